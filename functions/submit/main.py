@@ -1,0 +1,72 @@
+"""Cloud Function entry points for intake.
+
+- `api` (HTTP): the jobs API, the old /predict, health and the OpenAPI document.
+- `prompt_file` (CloudEvent, storage object finalized): prompt files under incoming/.
+- `redispatch` (CloudEvent, Pub/Sub message from Cloud Scheduler): publishes jobs that a
+  crash left recorded but unpublished.
+
+Thin on purpose: everything here is wiring; the logic lives in the `ltxv` package.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cache
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+from ltxv import logs
+from ltxv.api import JobsApi
+from ltxv.prompt_files import PromptFiles
+from ltxv.service import Service
+from ltxv.settings import get_settings
+
+
+@cache
+def _service() -> Service:
+    settings = get_settings()
+    logs.setup("submit", settings.log_level)
+    return Service(settings)
+
+
+@cache
+def _api() -> JobsApi:
+    return JobsApi(_service())
+
+
+@cache
+def _prompt_files() -> PromptFiles:
+    service = _service()
+    settings = service.settings
+    return PromptFiles(
+        service.intake,
+        service.storage,
+        prompts_bucket=settings.prompts,
+        owner=settings.prompt_file_owner,
+        max_bytes=settings.prompt_file_max_bytes,
+        max_lines=settings.prompt_file_max_lines,
+    )
+
+
+@functions_framework.http
+def api(request: Request) -> Response:
+    return _api()(request)
+
+
+@functions_framework.cloud_event
+def prompt_file(event: CloudEvent) -> None:
+    data = event.get_data() or {}
+    _prompt_files().handle(
+        bucket=data.get("bucket", ""),
+        name=data.get("name", ""),
+        generation=str(data.get("generation", "0")),
+        size=int(data["size"]) if data.get("size") is not None else None,
+    )
+
+
+@functions_framework.cloud_event
+def redispatch(event: CloudEvent) -> None:
+    service = _service()
+    service.intake.redispatch(timedelta(seconds=service.settings.redispatch_after_seconds))

@@ -1,0 +1,1 @@
+"""ltxv: the shared package of ltx-video-pipeline."""

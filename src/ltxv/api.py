@@ -1,0 +1,410 @@
+"""The HTTP API of functions/submit: routes, auth, body parsing and response shapes.
+
+Every client mistake becomes a 4xx JSON error naming what is wrong and where; backend
+outages become a retryable 503. The job logic itself lives in `intake` and `store`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Request, Response
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from . import openapi
+from .intake import BACKEND_ERRORS, IdempotencyConflict, Unavailable
+from .jobs import State, to_json
+from .service import Service
+from .signing import split_gs_uri
+from .store import BadPageToken, JobNotFound
+from .validation import RequestInvalid
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^[a-z2-7]{26}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE)
+LIST_PARAMS = {"state", "page_size", "page_token"}
+MAX_PAGE_SIZE = 100
+
+ROUTES = Map(
+    [
+        Rule("/healthz", endpoint="health", methods=["GET"]),
+        Rule("/health", endpoint="health", methods=["GET"]),
+        Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
+        Rule("/v1/jobs", endpoint="create_job", methods=["POST"]),
+        Rule("/v1/jobs", endpoint="list_jobs", methods=["GET"]),
+        Rule("/v1/jobs/<job_id>", endpoint="get_job", methods=["GET"]),
+        Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
+        Rule("/predict", endpoint="predict", methods=["POST"]),
+    ],
+    strict_slashes=False,
+)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        *,
+        retryable: bool = False,
+        headers: dict[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or []
+        self.retryable = retryable
+        self.headers = headers or {}
+        self.job_id = job_id
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "retryable": self.retryable,
+        }
+        if self.job_id:
+            body["job_id"] = self.job_id
+        return json_response({"error": body}, self.status, self.headers)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JobsApi:
+    """A callable that functions-framework hands each Flask request."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.sleep = sleep
+        self.clock = clock
+
+    def __call__(self, request: Request) -> Response:
+        started = self.clock()
+        try:
+            endpoint, args = ROUTES.bind("", "").match(request.path, request.method)
+            response = getattr(self, endpoint)(request, **args)
+        except NotFound:
+            response = ApiError(404, "not_found", f"no route for {request.path}").response()
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or []))
+            response = ApiError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.path}; use {allowed}",
+                headers={"Allow": allowed},
+            ).response()
+        except ApiError as exc:
+            response = exc.response()
+        except (Unavailable, *BACKEND_ERRORS) as exc:
+            log.warning("backend unavailable", extra={"error": str(exc)})
+            response = unavailable("a backend is unavailable; retry shortly").response()
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            response = ApiError(500, "internal", "internal error").response()
+        log.info(
+            "request",
+            extra={
+                "httpRequest": {
+                    "requestMethod": request.method,
+                    "requestUrl": request.path,
+                    "status": response.status_code,
+                    "latency": f"{self.clock() - started:.3f}s",
+                }
+            },
+        )
+        return response
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> str:
+        presented = request.headers.get("X-API-Key")
+        authorization = request.headers.get("Authorization", "")
+        if presented is None and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(
+                    401,
+                    "unauthenticated",
+                    "Authorization must be 'Bearer <API key>'",
+                    [{"path": "header.Authorization", "message": "expected 'Bearer <API key>'"}],
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            presented = token.strip()
+        if not presented:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "missing API key: send X-API-Key: <key> or Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            key_id = self.service.keyring.authenticate(presented)
+        except BACKEND_ERRORS as exc:
+            raise unavailable("API keys cannot be read right now; retry shortly") from exc
+        if key_id is None:
+            raise ApiError(
+                401, "unauthenticated", "invalid API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return key_id
+
+    def _json_body(self, request: Request) -> Any:
+        limit = self.settings.max_body_bytes
+        if request.mimetype != "application/json":
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send the request body as JSON with Content-Type: application/json",
+                [{"path": "header.Content-Type", "message": "must be application/json"}],
+            )
+        if request.content_length is not None and request.content_length > limit:
+            raise self._too_large(limit)
+        raw = request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise self._too_large(limit)
+        if not raw.strip():
+            raise ApiError(400, "invalid_json", "request body is empty; send a JSON object")
+        try:
+            return json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "invalid_json", "request body is not valid UTF-8") from exc
+        except json.JSONDecodeError as exc:
+            raise ApiError(
+                400,
+                "invalid_json",
+                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                f"column {exc.colno}",
+            ) from exc
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+
+    @staticmethod
+    def _too_large(limit: int) -> ApiError:
+        return ApiError(
+            413, "payload_too_large", f"request body is larger than the limit of {limit} bytes"
+        )
+
+    @staticmethod
+    def _idempotency_key(request: Request) -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not IDEMPOTENCY_KEY.match(key):
+            raise ApiError(
+                400,
+                "invalid_argument",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+                [{"path": "header.Idempotency-Key", "message": "1-255 printable ASCII characters"}],
+            )
+        return key
+
+    def _wait_seconds(self, request: Request) -> int:
+        match = PREFER_WAIT.search(request.headers.get("Prefer", ""))
+        return min(int(match.group(1)), self.settings.max_wait_seconds) if match else 0
+
+    def _owned_job(self, job_id: str, key_id: str) -> dict[str, Any]:
+        job = self.service.store.get(job_id) if JOB_ID.match(job_id) else None
+        if job is None or job["api_key_id"] != key_id:
+            # Another key's job is reported exactly like a missing one: ids leak nothing.
+            raise ApiError(404, "not_found", f"job {job_id} not found")
+        return job
+
+    def _wait_until_settled(self, job: dict[str, Any], seconds: float) -> dict[str, Any]:
+        deadline = self.clock() + seconds
+        interval = 0.1
+        while not State(job["state"]).terminal and self.clock() < deadline:
+            self.sleep(min(interval, max(0.0, deadline - self.clock())))
+            interval = min(interval * 1.5, 1.0)
+            job = self.service.store.get(job["job_id"]) or job
+        return job
+
+    def _present(self, job: dict[str, Any]) -> dict[str, Any]:
+        body = to_json(job)
+        outputs = job.get("outputs") or {}
+        if job["state"] == State.SUCCEEDED and outputs.get("video"):
+            minutes = self.settings.signed_url_minutes
+            body["video_url"] = self.service.signer.sign(outputs["video"], minutes)
+            if outputs.get("poster"):
+                body["poster_url"] = self.service.signer.sign(outputs["poster"], minutes)
+        return body
+
+    def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
+        key_id = self._authenticate(request)
+        idempotency_key = self._idempotency_key(request)
+        body = self._json_body(request)
+        try:
+            accepted = self.service.intake.submit_http(
+                body, api_key_id=key_id, idempotency_key=idempotency_key
+            )
+        except RequestInvalid as exc:
+            raise ApiError(
+                422,
+                "validation_failed",
+                f"the request has {len(exc.errors)} invalid field(s)",
+                [e.as_dict() for e in exc.errors],
+            ) from exc
+        except IdempotencyConflict as exc:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+                [{"path": "header.Idempotency-Key", "message": "already used for another body"}],
+                job_id=exc.job["job_id"],
+            ) from exc
+        return accepted.job, accepted.created
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    def openapi(self, request: Request) -> Response:
+        return json_response(openapi.document(self.service.profiles, self.settings.max_body_bytes))
+
+    def create_job(self, request: Request) -> Response:
+        job, created = self._submit(request)
+        wait = self._wait_seconds(request)
+        headers = {"Location": f"/v1/jobs/{job['job_id']}"}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        if wait:
+            job = self._wait_until_settled(job, wait)
+            headers["Preference-Applied"] = f"wait={wait}"
+        status = 200 if State(job["state"]).terminal else 202
+        return json_response(self._present(job), status, headers)
+
+    def get_job(self, request: Request, job_id: str) -> Response:
+        key_id = self._authenticate(request)
+        return json_response(self._present(self._owned_job(job_id, key_id)))
+
+    def list_jobs(self, request: Request) -> Response:
+        key_id = self._authenticate(request)
+        args = request.args
+        problems = [
+            {"path": f"query.{name}", "message": "unknown query parameter"}
+            for name in sorted(set(args) - LIST_PARAMS)
+        ]
+        state = args.get("state")
+        if state is not None and state not in {s.value for s in State}:
+            problems.append(
+                {"path": "query.state", "message": f"must be one of {[s.value for s in State]}"}
+            )
+        raw_size = args.get("page_size", "20")
+        page_size = int(raw_size) if raw_size.isdigit() else 0
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            problems.append({"path": "query.page_size", "message": f"must be 1 to {MAX_PAGE_SIZE}"})
+        if problems:
+            raise ApiError(400, "invalid_argument", "invalid query parameters", problems)
+        try:
+            page = self.service.store.list(
+                key_id, state=state, page_size=page_size, page_token=args.get("page_token")
+            )
+        except BadPageToken as exc:
+            raise ApiError(
+                400,
+                "invalid_argument",
+                str(exc),
+                [{"path": "query.page_token", "message": "not a token this API returned"}],
+            ) from exc
+        return json_response(
+            {"jobs": [to_json(job) for job in page.jobs], "next_page_token": page.next_page_token}
+        )
+
+    def cancel_job(self, request: Request, job_id: str) -> Response:
+        key_id = self._authenticate(request)
+        if not JOB_ID.match(job_id):
+            raise ApiError(404, "not_found", f"job {job_id} not found")
+        try:
+            job = self.service.store.request_cancel(job_id, key_id)
+        except JobNotFound as exc:
+            raise ApiError(404, "not_found", f"job {job_id} not found") from exc
+        if job["state"] in (State.SUCCEEDED, State.FAILED):
+            raise ApiError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
+        # A running job stops between denoising steps: accepted, not yet done.
+        status = 202 if job["state"] == State.RUNNING else 200
+        return json_response(self._present(job), status)
+
+    def predict(self, request: Request) -> Response:
+        """The old synchronous API: same body, waits for the video, same response shape."""
+        job, _ = self._submit(request)
+        started = self.clock()
+        job = self._wait_until_settled(job, self.settings.predict_wait_seconds)
+        job_id = job["job_id"]
+        state = job["state"]
+        if state == State.SUCCEEDED:
+            return json_response(self._predict_response(job))
+        if state == State.FAILED:
+            error = job.get("error") or {}
+            retryable = bool(error.get("retryable"))
+            raise ApiError(
+                503 if retryable else 422,
+                "job_failed",
+                error.get("message") or "the job failed",
+                retryable=retryable,
+                job_id=job_id,
+            )
+        if state == State.CANCELED:
+            raise ApiError(409, "job_canceled", f"job {job_id} was canceled", job_id=job_id)
+        waited = round(self.clock() - started)
+        raise ApiError(
+            504,
+            "timeout",
+            f"job {job_id} did not finish within {waited}s; it goes on, follow it at "
+            f"/v1/jobs/{job_id}",
+            retryable=False,
+            headers={"Location": f"/v1/jobs/{job_id}"},
+            job_id=job_id,
+        )
+
+    def _predict_response(self, job: dict[str, Any]) -> dict[str, Any]:
+        video = job["outputs"]["video"]
+        bucket, blob = split_gs_uri(video)
+        timings = job.get("timings") or {}
+        return {
+            "video_url": self.service.signer.sign(video, self.settings.signed_url_minutes),
+            "video_path": blob,
+            "seed": job["request"]["seed"],
+            "gcs_bucket": bucket,
+            "gcs_blob": blob,
+            "generation_time_seconds": timings.get(
+                "generate_seconds", timings.get("total_seconds")
+            ),
+            "metadata": job["request"].get("metadata") or {},
+            "job_id": job["job_id"],
+        }

@@ -1,0 +1,221 @@
+"""The OpenAPI 3.1 document of the HTTP API, assembled from the JSON Schemas in schemas/.
+
+OpenAPI 3.1 speaks JSON Schema 2020-12, so the files are embedded as components as they
+are; only their `$ref`s are rewritten from schema ids to component pointers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import schemas
+from .profiles import ModelProfile
+
+COMPONENTS = {
+    "job-request": "JobRequest",
+    "job": "Job",
+    "result": "JobResult",
+    "webhook-event": "WebhookEvent",
+    "receipt": "PromptFileReceipt",
+    "error": "Error",
+    "predict-response": "PredictResponse",
+}
+
+
+def _component_ref(ref: str, current: str) -> str:
+    target, _, fragment = ref.partition("#")
+    name = current
+    if target:
+        short = next(n for n in COMPONENTS if schemas.schema_id(n) == target)
+        name = COMPONENTS[short]
+    return f"#/components/schemas/{name}{fragment}"
+
+
+def _rewrite(node: Any, current: str) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: _component_ref(value, current) if key == "$ref" else _rewrite(value, current)
+            for key, value in node.items()
+            if key not in ("$id", "$schema")
+        }
+    if isinstance(node, list):
+        return [_rewrite(item, current) for item in node]
+    return node
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": schema_ref}}},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Malformed JSON or invalid header/query parameter",
+        401: "Missing or invalid API key",
+        404: "No such job for this API key",
+        405: "Method not allowed on this path",
+        409: "Conflict (Idempotency-Key reused with another body, or job already settled)",
+        413: "Request body larger than the documented limit",
+        415: "Content-Type is not application/json",
+        422: "The request is invalid; details name every field by JSON path",
+        503: "A backend is unavailable; nothing was accepted, retry",
+        504: "The job did not finish in time; it goes on (see Location)",
+    }
+    return {str(s): _json("#/components/schemas/Error", meaning[s]) for s in statuses}
+
+
+def document(profiles: Mapping[str, ModelProfile], max_body_bytes: int = 65536) -> dict[str, Any]:
+    components = {
+        component: _rewrite(schemas.load(short), component)
+        for short, component in COMPONENTS.items()
+    }
+    components["JobRequest"]["properties"]["model"]["enum"] = sorted(profiles)
+    components["JobList"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["jobs", "next_page_token"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "next_page_token": {"type": ["string", "null"]},
+        },
+    }
+    components["Health"] = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+    }
+    job = "#/components/schemas/Job"
+    body = {
+        "required": True,
+        "description": f"At most {max_body_bytes} bytes.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+    }
+    job_id_param = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Replays with the same key and body return the same job; "
+        "another body is 409.",
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    }
+    prefer = {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "wait=N: answer when the job settles, or after N seconds (capped).",
+        "schema": {"type": "string"},
+    }
+    health = {
+        "get": {
+            "summary": "Liveness",
+            "security": [],
+            "responses": {"200": _json("#/components/schemas/Health", "Alive")},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ltx-video-pipeline API",
+            "version": "1.0.0",
+            "description": "Asynchronous text-to-video jobs with LTX-Video. "
+            "Authenticate with X-API-Key or Authorization: Bearer.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Submit a job",
+                    "parameters": [idempotency, prefer],
+                    "requestBody": body,
+                    "responses": {
+                        "200": _json(job, "Finished within Prefer: wait"),
+                        "202": _json(job, "Accepted (queued or running)"),
+                        **_errors(400, 401, 409, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "This key's jobs, newest first",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["queued", "running", "succeeded", "failed", "canceled"],
+                            },
+                        },
+                        {
+                            "name": "page_size",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json("#/components/schemas/JobList", "A page of jobs"),
+                        **_errors(400, 401, 503),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job, with a signed video URL once it succeeded",
+                    "parameters": [job_id_param],
+                    "responses": {"200": _json(job, "The job"), **_errors(401, 404, 503)},
+                }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel: a queued job at once, a running one between steps",
+                    "parameters": [job_id_param],
+                    "responses": {
+                        "200": _json(job, "Canceled"),
+                        "202": _json(job, "Cancel requested; the worker stops the render"),
+                        **_errors(401, 404, 409, 503),
+                    },
+                }
+            },
+            "/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "summary": "The old synchronous API: waits for the video",
+                    "parameters": [idempotency],
+                    "requestBody": body,
+                    "responses": {
+                        "200": _json("#/components/schemas/PredictResponse", "The video"),
+                        **_errors(400, 401, 409, 413, 415, 422, 503, 504),
+                    },
+                }
+            },
+            "/healthz": health,
+            "/health": health,
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

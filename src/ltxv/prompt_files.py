@@ -1,0 +1,199 @@
+"""Prompt files: a `.json` (one job) or `.jsonl` (a job per line) dropped under incoming/.
+
+Job ids derive from the object's bucket, name, generation and line, so a storage event
+delivered twice creates each job once. What became of every line is written to
+`receipts/<name>.json` in the same bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from .intake import Intake, JobOrigin
+from .jobs import job_id_for_prompt_line, to_json, utcnow
+from .validation import FieldError, RequestInvalid
+
+log = logging.getLogger(__name__)
+
+INCOMING = "incoming/"
+RECEIPTS = "receipts/"
+SUFFIXES = (".json", ".jsonl")
+
+
+class PromptFileError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Receipt:
+    source: str
+    generation: str
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "generation": self.generation,
+            "processed_at": to_json(utcnow()),
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "error": self.error,
+        }
+
+
+def receipt_name(object_name: str) -> str:
+    return RECEIPTS + object_name.removeprefix(INCOMING) + ".json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    line: int
+    value: Any = None
+    syntax_error: str | None = None
+
+
+def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
+    """One entry per job in the file (lines count from 1; blank lines are skipped)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError("not_utf8", f"the file is not UTF-8 text: {exc.reason}") from exc
+    if not text.strip():
+        raise PromptFileError("empty", "the file is empty; put one JSON job object in it")
+    if name.endswith(".json"):
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise PromptFileError("invalid_json", f"the file is not valid JSON: {exc}") from exc
+        if isinstance(value, list):
+            raise PromptFileError(
+                "not_an_object", "a .json prompt file holds one job object; use .jsonl for many"
+            )
+        return [Entry(1, value)]
+    entries: list[Entry] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(entries) >= max_lines:
+            raise PromptFileError(
+                "too_many_lines", f"the file has more than {max_lines} jobs; split it"
+            )
+        try:
+            entries.append(Entry(number, json.loads(line)))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            message = f"line is not valid JSON: {getattr(exc, 'msg', exc)}"
+            entries.append(Entry(number, syntax_error=message))
+    return entries
+
+
+class PromptFiles:
+    def __init__(
+        self,
+        intake: Intake,
+        storage_client: storage.Client,
+        *,
+        prompts_bucket: str,
+        owner: str,
+        max_bytes: int,
+        max_lines: int,
+    ) -> None:
+        self.intake = intake
+        self.storage = storage_client
+        self.prompts_bucket = prompts_bucket
+        self.owner = owner
+        self.max_bytes = max_bytes
+        self.max_lines = max_lines
+
+    def wants(self, bucket: str, name: str) -> bool:
+        return bucket == self.prompts_bucket and name.startswith(INCOMING)
+
+    def handle(self, bucket: str, name: str, generation: str, size: int | None) -> Receipt | None:
+        """Turn one finalized object into jobs and a receipt; None when it is not ours."""
+        if not self.wants(bucket, name):
+            log.info("ignored object", extra={"object": f"gs://{bucket}/{name}"})
+            return None
+        receipt = Receipt(source=f"gs://{bucket}/{name}", generation=str(generation))
+        try:
+            entries = self._read(bucket, name, generation, size)
+        except PromptFileError as exc:
+            receipt.error = {"code": exc.code, "message": str(exc)}
+            entries = []
+        except gexc.NotFound:
+            log.info("object gone before it was read", extra={"object": receipt.source})
+            return None
+        for entry in entries:
+            self._accept_line(receipt, bucket, name, str(generation), entry)
+        self._write_receipt(bucket, name, receipt)
+        return receipt
+
+    def _read(self, bucket: str, name: str, generation: str, size: int | None) -> list[Entry]:
+        if not name.endswith(SUFFIXES):
+            raise PromptFileError(
+                "unsupported_type", "prompt files must end in .json (one job) or .jsonl"
+            )
+        if size is not None and int(size) > self.max_bytes:
+            raise PromptFileError(
+                "too_large", f"the file is {size} bytes; the limit is {self.max_bytes}"
+            )
+        blob = self.storage.bucket(bucket).blob(name, generation=int(generation))
+        raw = blob.download_as_bytes(timeout=30)
+        if len(raw) > self.max_bytes:
+            raise PromptFileError("too_large", f"the file is larger than {self.max_bytes} bytes")
+        return parse_lines(name, raw, self.max_lines)
+
+    def _accept_line(
+        self, receipt: Receipt, bucket: str, name: str, generation: str, entry: Entry
+    ) -> None:
+        line = entry.line
+        try:
+            if entry.syntax_error:
+                raise RequestInvalid([FieldError("$", entry.syntax_error)])
+            request = self.intake.validate(entry.value)
+        except RequestInvalid as exc:
+            receipt.rejected.append(
+                {"line": line, "errors": [error.as_dict() for error in exc.errors]}
+            )
+            return
+        origin = JobOrigin(
+            api_key_id=self.owner,
+            source=f"gs://{bucket}/{name}",
+            source_generation=generation,
+            source_line=line,
+        )
+        job_id = job_id_for_prompt_line(bucket, name, generation, line)
+        # Backend errors propagate: the event is retried and the stable ids dedupe.
+        accepted = self.intake.accept(request, job_id=job_id, origin=origin)
+        receipt.accepted.append({"line": line, "job_id": accepted.job["job_id"]})
+
+    def _write_receipt(self, bucket: str, name: str, receipt: Receipt) -> None:
+        blob = self.storage.bucket(bucket).blob(receipt_name(name))
+        current = None
+        with contextlib.suppress(gexc.NotFound):
+            current = json.loads(blob.download_as_bytes(timeout=30))
+        if current and int(current.get("generation", 0)) > int(receipt.generation):
+            return  # a late retry of an older upload must not hide the newer receipt
+        blob.upload_from_string(
+            json.dumps(receipt.as_dict(), indent=2),
+            content_type="application/json",
+            timeout=30,
+        )
+        log.info(
+            "prompt file processed",
+            extra={
+                "object": receipt.source,
+                "accepted": len(receipt.accepted),
+                "rejected": len(receipt.rejected),
+                "error": receipt.error,
+            },
+        )

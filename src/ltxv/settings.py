@@ -1,0 +1,169 @@
+"""Every setting of the service, read from `LTXV_*` environment variables in this one place.
+
+Resource names follow the deployment prefix the same way terraform names them, so the
+local stack and a deployed project agree on what a topic or bucket is called.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+ENV_PREFIX = "LTXV_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return default if value is None or value == "" else value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from exc
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    raw = _env(name, "") or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build one with `Settings.from_env()`."""
+
+    project: str = "ltxv-local"
+    prefix: str = "ltxv"
+    # Names default to PREFIX-based names (as terraform creates them) when left empty.
+    topic_name: str = ""
+    subscription_name: str = ""
+    dead_letter_topic_name: str = ""
+    prompts_bucket: str = ""
+    outputs_bucket: str = ""
+    jobs_collection: str = "jobs"
+    allowed_destination_buckets_extra: tuple[str, ...] = ()
+    # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
+    # tests) or a Secret Manager secret holding that JSON (deployed).
+    api_key_hashes_json: str | None = None
+    api_keys_secret: str | None = None
+    api_keys_cache_seconds: int = 300
+    default_model: str = "tiny-random"
+    enabled_models: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024
+    max_wait_seconds: int = 60
+    predict_wait_seconds: int = 900
+    job_ttl_days: int = 30
+    allow_http_loopback_webhooks: bool = False
+    prompt_file_owner: str = "default"
+    prompt_file_max_bytes: int = 8 * 1024 * 1024
+    prompt_file_max_lines: int = 5000
+    signed_url_minutes: int = 60
+    rpc_timeout_seconds: float = 10.0
+    redispatch_after_seconds: int = 60
+    log_level: str = "INFO"
+    signing_credentials_file: str | None = None
+    webhook_secret: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            project=_env("PROJECT")
+            or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            or os.environ.get("GCP_PROJECT")
+            or cls.project,
+            prefix=_env("PREFIX", cls.prefix),
+            topic_name=_env("TOPIC", ""),
+            subscription_name=_env("SUBSCRIPTION", ""),
+            dead_letter_topic_name=_env("DEAD_LETTER_TOPIC", ""),
+            prompts_bucket=_env("PROMPTS_BUCKET", ""),
+            outputs_bucket=_env("OUTPUTS_BUCKET", ""),
+            jobs_collection=_env("JOBS_COLLECTION", cls.jobs_collection),
+            allowed_destination_buckets_extra=_env_list("ALLOWED_DESTINATION_BUCKETS"),
+            api_key_hashes_json=_env("API_KEY_HASHES"),
+            api_keys_secret=_env("API_KEYS_SECRET"),
+            api_keys_cache_seconds=_env_int("API_KEYS_CACHE_SECONDS", cls.api_keys_cache_seconds),
+            default_model=_env("DEFAULT_MODEL", cls.default_model),
+            enabled_models=_env_list("MODELS"),
+            max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_wait_seconds=_env_int("MAX_WAIT_SECONDS", cls.max_wait_seconds),
+            predict_wait_seconds=_env_int("PREDICT_WAIT_SECONDS", cls.predict_wait_seconds),
+            job_ttl_days=_env_int("JOB_TTL_DAYS", cls.job_ttl_days),
+            allow_http_loopback_webhooks=_env_bool("ALLOW_HTTP_LOOPBACK_WEBHOOKS", False),
+            prompt_file_owner=_env("PROMPT_FILE_OWNER", cls.prompt_file_owner),
+            prompt_file_max_bytes=_env_int("PROMPT_FILE_MAX_BYTES", cls.prompt_file_max_bytes),
+            prompt_file_max_lines=_env_int("PROMPT_FILE_MAX_LINES", cls.prompt_file_max_lines),
+            signed_url_minutes=_env_int("SIGNED_URL_MINUTES", cls.signed_url_minutes),
+            rpc_timeout_seconds=float(_env("RPC_TIMEOUT_SECONDS", str(cls.rpc_timeout_seconds))),
+            redispatch_after_seconds=_env_int(
+                "REDISPATCH_AFTER_SECONDS", cls.redispatch_after_seconds
+            ),
+            log_level=_env("LOG_LEVEL", cls.log_level),
+            signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
+            webhook_secret=_env("WEBHOOK_SECRET"),
+        )
+
+    @property
+    def topic(self) -> str:
+        return self.topic_name or f"{self.prefix}-jobs"
+
+    @property
+    def subscription(self) -> str:
+        return self.subscription_name or f"{self.prefix}-jobs-worker"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dead_letter_topic_name or f"{self.prefix}-jobs-dead-letter"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return f"{self.dead_letter_topic}-notify"
+
+    @property
+    def prompts(self) -> str:
+        return self.prompts_bucket or f"{self.prefix}-prompts"
+
+    @property
+    def outputs(self) -> str:
+        return self.outputs_bucket or f"{self.prefix}-outputs"
+
+    @property
+    def model_cache(self) -> str:
+        return f"{self.prefix}-model-cache"
+
+    @property
+    def storage_events_topic(self) -> str:
+        """Where Cloud Storage announces finalized objects (fake-gcs-server locally)."""
+        return f"{self.prefix}-storage-events"
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.topic}"
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.project}/subscriptions/{self.subscription}"
+
+    @cached_property
+    def allowed_destination_buckets(self) -> frozenset[str]:
+        """Buckets a request's `gcs_destination` may write into: outputs plus any extras."""
+        return frozenset((self.outputs, *self.allowed_destination_buckets_extra))
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,268 @@
+"""SSRF guard for user-supplied webhook URLs.
+
+The webhook sender runs inside GCP, next to the metadata server (which hands out access
+tokens to anyone who can reach it) and inside a VPC with private services. A webhook URL is
+therefore attacker-controlled input that asks *us* to open a connection, and every check
+below closes one way of pointing that connection somewhere internal:
+
+- **https only.** Webhook payloads and signatures must not travel in clear text. Plain
+  http is allowed only for local development, behind ``allow_http_loopback``, and only when
+  every address is loopback.
+- **No userinfo, no whitespace or control characters, bounded length, valid port.**
+  ``https://good.example@evil.example/`` and embedded tabs or newlines are parsed
+  differently by different URL libraries; refusing them removes parser-confusion tricks.
+- **No odd IP spellings.** C resolvers (``inet_aton``) accept ``2130706433``,
+  ``0x7f.1``, ``0177.0.0.1`` and ``127.1`` as 127.0.0.1, while ``ipaddress`` does not, so a
+  checker and a connector could disagree about the target. Only canonical dotted quads
+  are accepted as literals. IPv6 literals (``[...]``) and zone ids are refused outright:
+  a webhook endpoint should have a DNS name, and bracket/zone syntax is another source of
+  parser disagreement.
+- **Metadata server by name and by address.** ``metadata.google.internal`` and friends
+  resolve to 169.254.169.254 inside GCP; both the names and the link-local addresses are
+  refused, whatever the resolver says.
+- **Every resolved address must be public unicast.** A name can have several A/AAAA
+  records; if any of them is internal, the connection might go there, so one bad address
+  rejects the URL. ``ipaddress.is_global`` misses some ranges (multicast, site-local,
+  6to4), and IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo, NAT64) could
+  smuggle a private IPv4 target, so those are checked explicitly.
+- **Pin the connection.** Checking a name and then letting the HTTP client resolve it
+  again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses and the
+  sender must connect to one of them (see :func:`pinned_connection_target`), sending the
+  original name only as SNI/Host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+MAX_URL_LENGTH = 2048
+DEFAULT_PORTS = {"https": 443, "http": 80}
+METADATA_NAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
+METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ["169.254.169.254", "fd00:ec2::254"]))
+LOOPBACK_NAME_ADDRESSES = ("127.0.0.1", "::1")
+
+_net = ipaddress.ip_network
+# Ranges checked by name so the error can say which category an address is in; anything
+# else that ipaddress does not consider global is refused as "non-public".
+_NAMED_RANGES: tuple[tuple[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]], ...] = (
+    ("a broadcast address", (_net("255.255.255.255/32"),)),
+    ("a private address", (_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("192.168.0.0/16"))),
+    ("a shared (CGNAT) address", (_net("100.64.0.0/10"),)),
+    (
+        "a documentation address",
+        (
+            _net("192.0.2.0/24"),
+            _net("198.51.100.0/24"),
+            _net("203.0.113.0/24"),
+            _net("2001:db8::/32"),
+            _net("3fff::/20"),
+        ),
+    ),
+    ("a unique local address", (_net("fc00::/7"),)),
+    (  # "this network", IETF protocol assignments, benchmarking
+        "a special-purpose address",
+        (_net("0.0.0.0/8"), _net("192.0.0.0/24"), _net("198.18.0.0/15")),
+    ),
+)
+_NAT64 = _net("64:ff9b::/96")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+class UnsafeURL(ValueError):
+    """The URL must not be used as a webhook target; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckedURL:
+    url: str  # the original URL
+    scheme: str
+    host: str  # lower-case ASCII (IDNA-encoded) host name or IPv4 literal, no trailing dot
+    port: int
+    path_and_query: str
+    addresses: tuple[str, ...]  # every resolved address, all checked
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve ``host`` for TCP over IPv4 and IPv6; addresses deduplicated, in resolver order."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def pinned_connection_target(checked: CheckedURL) -> tuple[str, int]:
+    """The (address, port) to connect to; send ``checked.host`` as SNI and Host header."""
+    return checked.addresses[0], checked.port
+
+
+def check_webhook_url(
+    url: str,
+    *,
+    allow_http_loopback: bool = False,
+    resolver: Resolver = system_resolver,
+    field: str = "webhook_url",
+) -> CheckedURL:
+    """Validate ``url`` as a webhook target and resolve it; raise :class:`UnsafeURL` if unsafe.
+
+    ``allow_http_loopback`` (local development only) tolerates loopback addresses, over https
+    or http, and allows http when every address is loopback.
+    """
+
+    def fail(problem: str) -> UnsafeURL:
+        return UnsafeURL(f"{field} {problem}")
+
+    if not isinstance(url, str) or not url:
+        raise fail("must be a non-empty string")
+    if len(url) > MAX_URL_LENGTH:
+        raise fail(f"is longer than {MAX_URL_LENGTH} characters")
+    if any(unicodedata.category(c)[0] in "CZ" for c in url):
+        raise fail("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise fail(f"is not a valid URL ({exc})") from None
+
+    scheme = parts.scheme
+    if scheme != "https" and not (scheme == "http" and allow_http_loopback):
+        raise fail("must use https")
+    if "@" in parts.netloc:
+        raise fail("must not contain user credentials (user:password@)")
+    if "[" in parts.netloc or "]" in parts.netloc:
+        raise fail("must not use an IPv6 literal host; use a DNS name")
+    if "%" in parts.netloc:
+        raise fail("host must not contain '%' (percent-encoding or an IPv6 zone id)")
+    if not parts.hostname:
+        raise fail("must include a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise fail("has an invalid port") from None
+    if port is None:
+        port = DEFAULT_PORTS[scheme]
+    elif not 1 <= port <= 65535:
+        raise fail(f"port {port} is out of range 1-65535")
+
+    host = _normalize_host(parts.hostname, fail)
+    literal = _parse_ipv4_literal(host, fail)
+    if host in METADATA_NAMES:
+        raise fail(f"host {host} is the metadata server")
+    if literal is not None:
+        ips = [literal]
+    elif host == "localhost" or host.endswith(".localhost"):
+        ips = [ipaddress.ip_address(a) for a in LOOPBACK_NAME_ADDRESSES]
+    else:
+        ips = _resolve(host, port, resolver, fail)
+
+    for ip in ips:
+        problem = _classify(ip)
+        if problem is None or (allow_http_loopback and problem == "a loopback address"):
+            continue
+        where = f"host {host} is" if literal is not None else f"host {host} resolves to {ip},"
+        raise fail(f"{where} {problem}")
+    if scheme == "http" and not all(ip.is_loopback for ip in ips):
+        raise fail("must use https (http is allowed only for loopback hosts)")
+
+    path_and_query = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return CheckedURL(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path_and_query=path_and_query,
+        addresses=tuple(str(ip) for ip in ips),
+    )
+
+
+def _normalize_host(hostname: str, fail: Callable[[str], UnsafeURL]) -> str:
+    """IDNA-encode, lower-case and strip one trailing dot; refuse anything not a DNS name."""
+    try:
+        host = hostname.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise fail(f"host {hostname!r} is not a valid internationalized domain name") from None
+    host = host.removesuffix(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in host.split(".")):
+        raise fail(f"host {hostname!r} is not a valid host name")
+    return host
+
+
+def _parse_ipv4_literal(host: str, fail: Callable[[str], UnsafeURL]) -> IPAddress | None:
+    """A canonical dotted-quad literal, None for a name; refuse what only inet_aton accepts."""
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return None
+    raise fail(f"host {host} is not a canonical IP address")
+
+
+def _resolve(
+    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL]
+) -> list[IPAddress]:
+    try:
+        raw = resolver(host, port)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
+        raw = []
+    if not raw:
+        raise fail(f"host {host} does not resolve")
+    ips: list[IPAddress] = []
+    for address in raw:
+        try:
+            ips.append(ipaddress.ip_address(address))
+        except ValueError:
+            raise fail(f"host {host} resolves to an invalid address {address!r}") from None
+    return list(dict.fromkeys(ips))
+
+
+def _classify(ip: IPAddress) -> str | None:
+    """Why ``ip`` must not be connected to, or None for a public unicast address."""
+    if ip in METADATA_ADDRESSES:
+        return "the metadata server"
+    if isinstance(ip, ipaddress.IPv6Address):
+        for kind, v4 in _embedded_ipv4(ip):
+            inner = _classify(v4)
+            if inner is not None:
+                return f"{kind} address embedding {v4}, {inner}"
+        if ip.ipv4_mapped is not None:  # even a public one: the v4 address should be used
+            return "an IPv4-mapped IPv6 address"
+        if ip.is_site_local:
+            return "a site-local address"
+    for flag, problem in (
+        (ip.is_unspecified, "an unspecified address"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address"),
+        (ip.is_multicast, "a multicast address"),
+    ):
+        if flag:
+            return problem
+    for problem, networks in _NAMED_RANGES:
+        if any(ip.version == net.version and ip in net for net in networks):
+            return problem
+    if ip.is_reserved:
+        return "a reserved address"
+    if not ip.is_global:
+        return "a non-public address"
+    return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """IPv4 addresses carried inside mapped, 6to4, Teredo and NAT64 (64:ff9b::/96) addresses."""
+    embedded = []
+    if ip.ipv4_mapped is not None:
+        embedded.append(("an IPv4-mapped IPv6", ip.ipv4_mapped))
+    if ip.sixtofour is not None:
+        embedded.append(("a 6to4", ip.sixtofour))
+    if ip.teredo is not None:
+        embedded += [("a Teredo", v4) for v4 in ip.teredo]
+    if ip in _NAT64:
+        embedded.append(("a NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+    return embedded

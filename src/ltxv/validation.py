@@ -1,0 +1,261 @@
+"""Request validation: the JSON Schema, then the model profile's LTX rules and limits.
+
+Every problem is reported, each with the JSON path of the field it is about, so a client
+can fix a request in one round trip. Messages never echo a long value back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import ValidationError
+
+from . import schemas
+from .profiles import ModelProfile
+from .urlsafety import Resolver, UnsafeURL, check_webhook_url, system_resolver
+
+REQUEST_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "fps",
+    "gcs_destination",
+    "webhook_url",
+    "metadata",
+    "model",
+)
+PROFILE_DEFAULTED = (
+    "negative_prompt",
+    "seed",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "fps",
+)
+MAX_METADATA_BYTES = 4096
+MAX_OBJECT_NAME_BYTES = 1024
+LTX_FRAME_STEP = 8  # LTX's VAE compresses time 8x: a valid length is 8k + 1 frames.
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class RequestInvalid(ValueError):
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
+
+
+@dataclass(frozen=True)
+class IntakePolicy:
+    """What the deployment allows, beyond the schema."""
+
+    profiles: Mapping[str, ModelProfile]
+    default_model: str
+    allowed_destination_buckets: frozenset[str]
+    allow_http_loopback_webhooks: bool = False
+    resolver: Resolver = system_resolver
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "a JSON object",
+    "array": "an array",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+_PATTERN_MESSAGES = {
+    "$.prompt": "must contain a non-space character",
+    "$.gcs_destination": "must look like gs://bucket/path/video.mp4",
+    "$.model": "must be a profile name (lowercase letters, digits, '.', '_', '-')",
+}
+
+
+def _schema_message(error: ValidationError) -> str:
+    """A message that says what is expected without quoting a possibly huge value."""
+    kind, expected, value = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return "must be " + " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    if kind == "minLength":
+        return "must not be empty" if expected == 1 else f"must be at least {expected} characters"
+    if kind == "maxLength":
+        return f"must be at most {expected} characters (got {len(value)})"
+    if kind == "minimum":
+        return f"must be at least {expected}"
+    if kind == "maximum":
+        return f"must be at most {expected}"
+    if kind == "multipleOf":
+        return f"must be divisible by {expected}"
+    if kind == "maxProperties":
+        return f"must have at most {expected} entries"
+    if kind == "pattern":
+        return _PATTERN_MESSAGES.get(error.json_path, f"must match {expected}")
+    if kind == "enum":
+        return f"must be one of {expected}"
+    return error.message if len(error.message) <= 200 else f"is invalid ({kind})"
+
+
+def _schema_errors(body: dict[str, Any]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for error in schemas.validator("job-request").iter_errors(body):
+        if error.validator == "additionalProperties" and not error.relative_path:
+            allowed = ", ".join(REQUEST_FIELDS)
+            errors += [
+                FieldError(f"$.{name}", f"unknown field; allowed fields are: {allowed}")
+                for name in sorted(set(body) - set(REQUEST_FIELDS))
+            ]
+        elif error.validator == "required":
+            for name in error.validator_value:
+                if name not in error.instance:
+                    errors.append(FieldError(f"{error.json_path}.{name}", "is required"))
+        elif error.validator == "propertyNames":
+            errors.append(FieldError(error.json_path, "keys must be 1 to 64 characters"))
+        else:
+            errors.append(FieldError(error.json_path, _schema_message(error)))
+    return errors
+
+
+def _check_range(errors: list[FieldError], request: dict, field: str, profile: ModelProfile):
+    bounds = profile.limits[field]
+    value = request[field]
+    if value not in bounds:
+        errors.append(
+            FieldError(
+                f"$.{field}",
+                f"must be between {bounds.min} and {bounds.max} for model {profile.name} "
+                f"(got {value})",
+            )
+        )
+
+
+def _profile_errors(request: dict[str, Any], profile: ModelProfile) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for field in ("height", "width", "num_frames", "num_inference_steps", "fps"):
+        _check_range(errors, request, field, profile)
+    frames = request["num_frames"]
+    if (frames - 1) % LTX_FRAME_STEP:
+        lower = (frames - 1) // LTX_FRAME_STEP * LTX_FRAME_STEP + 1
+        errors.append(
+            FieldError(
+                "$.num_frames",
+                f"must be 8k + 1 (e.g. {lower} or {lower + LTX_FRAME_STEP}), got {frames}",
+            )
+        )
+    pixels = request["height"] * request["width"] * frames
+    if not errors and pixels > profile.max_video_pixels:
+        errors.append(
+            FieldError(
+                "$",
+                f"height x width x num_frames = {pixels} exceeds model {profile.name}'s limit "
+                f"of {profile.max_video_pixels}; lower the size or the frame count",
+            )
+        )
+    return errors
+
+
+def _destination_errors(destination: str, allowed: frozenset[str]) -> list[FieldError]:
+    bucket, _, name = destination.removeprefix("gs://").partition("/")
+    problems = []
+    if bucket not in allowed:
+        problems.append(f"bucket {bucket!r} is not allowed; allowed: {sorted(allowed)}")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        problems.append("object path must not contain empty, '.' or '..' segments")
+    if len(name.encode("utf-8")) > MAX_OBJECT_NAME_BYTES:
+        problems.append(f"object name must be at most {MAX_OBJECT_NAME_BYTES} bytes")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        problems.append("object name must not contain control characters")
+    return [FieldError("$.gcs_destination", p) for p in problems]
+
+
+def _first_per_path(errors: list[FieldError]) -> list[FieldError]:
+    seen: set[str] = set()
+    return [e for e in errors if not (e.path in seen or seen.add(e.path))]
+
+
+def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
+    """Return the request with every field resolved, or raise RequestInvalid with all errors."""
+    if not isinstance(body, dict):
+        raise RequestInvalid([FieldError("$", "request body must be a JSON object")])
+    errors = _first_per_path(_schema_errors(body))
+    bad = {e.path.removeprefix("$.").split(".")[0] for e in errors}
+    model = body.get("model") or policy.default_model
+    profile = policy.profiles.get(model) if isinstance(model, str) else None
+    if profile is None:
+        if "model" not in bad:
+            errors.append(
+                FieldError(
+                    "$.model",
+                    f"unknown model {_short(model)}; available: {sorted(policy.profiles)}",
+                )
+            )
+        raise RequestInvalid(errors)
+
+    request = {field: body.get(field) for field in REQUEST_FIELDS}
+    for field in PROFILE_DEFAULTED:
+        if request[field] is None or field in bad:
+            # A field that failed the schema is checked no further; the default stands
+            # in for it so the other fields' rules can still be checked and reported.
+            request[field] = profile.defaults[field]
+    for field in ("seed", "height", "width", "num_frames", "num_inference_steps", "fps"):
+        request[field] = int(request[field])  # JSON 704.0 is a valid integer; store 704.
+    request["model"] = model
+    request["metadata"] = request["metadata"] if "metadata" not in bad else None
+    request["metadata"] = request["metadata"] or {}
+
+    errors += [e for e in _profile_errors(request, profile) if e.path != "$" or not bad]
+    if request["gcs_destination"] and "gcs_destination" not in bad:
+        errors += _destination_errors(
+            request["gcs_destination"], policy.allowed_destination_buckets
+        )
+    metadata_size = len(json.dumps(request["metadata"], separators=(",", ":")).encode())
+    if metadata_size > MAX_METADATA_BYTES:
+        errors.append(
+            FieldError(
+                "$.metadata",
+                f"must be at most {MAX_METADATA_BYTES} bytes as JSON (got {metadata_size})",
+            )
+        )
+    if request["webhook_url"] is not None and "webhook_url" not in bad:
+        try:
+            check_webhook_url(
+                request["webhook_url"],
+                allow_http_loopback=policy.allow_http_loopback_webhooks,
+                resolver=policy.resolver,
+            )
+        except UnsafeURL as exc:
+            errors.append(FieldError("$.webhook_url", str(exc)))
+    if errors:
+        raise RequestInvalid(errors)
+    return request
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """Identify a validated request, so that an Idempotency-Key replay can be compared."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

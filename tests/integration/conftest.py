@@ -1,0 +1,122 @@
+"""Fixtures for tests that run the submit function against the emulators.
+
+Each test gets its own jobs topic and worker subscription (so messages never leak between
+tests), an empty Firestore, and functions-framework's test client over the real
+`functions/submit/main.py`, configured only through LTXV_* variables as in the cloud.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from functions_framework import create_app
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from ltxv.auth import generate_api_key, hash_api_key
+from ltxv.local.credentials import fake_service_account_key
+from ltxv.service import Service
+from ltxv.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBMIT_SOURCE = str(ROOT / "functions" / "submit" / "main.py")
+API_KEY = generate_api_key()
+OTHER_KEY = generate_api_key()
+KEY_HASHES = json.dumps({"default": hash_api_key(API_KEY), "other": hash_api_key(OTHER_KEY)})
+
+
+@pytest.fixture
+def topic_names(emulators) -> Iterator[tuple[str, str]]:
+    """A fresh jobs topic and worker subscription for one test."""
+    suffix = uuid.uuid4().hex[:8]
+    topic, subscription = f"jobs-{suffix}", f"jobs-{suffix}-worker"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic_path = publisher.topic_path(emulators.project, topic)
+    sub_path = subscriber.subscription_path(emulators.project, subscription)
+    publisher.create_topic(name=topic_path)
+    subscriber.create_subscription(name=sub_path, topic=topic_path, ack_deadline_seconds=60)
+    yield topic, subscription
+    for delete in (
+        lambda: subscriber.delete_subscription(subscription=sub_path),
+        lambda: publisher.delete_topic(topic=topic_path),
+    ):
+        with contextlib.suppress(gexc.NotFound):
+            delete()
+
+
+@pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory) -> Path:
+    """A throwaway service-account key: fake-gcs-server does not check signatures."""
+    path = tmp_path_factory.mktemp("signing") / "sa.json"
+    path.write_text(json.dumps(fake_service_account_key("ltxv-test")))
+    return path
+
+
+@pytest.fixture
+def env(emulators, clean_firestore, topic_names, signing_key_file, monkeypatch) -> dict[str, str]:
+    topic, subscription = topic_names
+    values = {
+        "LTXV_PROJECT": emulators.project,
+        "LTXV_PREFIX": emulators.prefix,
+        "LTXV_TOPIC": topic,
+        "LTXV_SUBSCRIPTION": subscription,
+        "LTXV_API_KEY_HASHES": KEY_HASHES,
+        "LTXV_SIGNING_CREDENTIALS_FILE": str(signing_key_file),
+        "LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS": "true",
+        "LTXV_MAX_WAIT_SECONDS": "5",
+        "LTXV_PREDICT_WAIT_SECONDS": "5",
+        "LTXV_RPC_TIMEOUT_SECONDS": "3",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def settings(env) -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture
+def service(settings) -> Service:
+    return Service(settings)
+
+
+@pytest.fixture
+def app(env):
+    return create_app(target="api", source=SUBMIT_SOURCE, signature_type="http")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"X-API-Key": API_KEY}
+
+
+def pull_job_ids(settings: Settings, max_messages: int = 100, timeout: float = 2.0) -> list[str]:
+    """Every job id waiting in the worker subscription (acknowledged as they are read)."""
+    subscriber = pubsub_v1.SubscriberClient()
+    found: list[str] = []
+    while True:
+        response = subscriber.pull(
+            subscription=settings.subscription_path, max_messages=max_messages, timeout=timeout
+        )
+        if not response.received_messages:
+            return found
+        for received in response.received_messages:
+            data = json.loads(received.message.data)
+            assert received.message.attributes["job_id"] == data["job_id"]
+            found.append(data["job_id"])
+        subscriber.acknowledge(
+            subscription=settings.subscription_path,
+            ack_ids=[r.ack_id for r in response.received_messages],
+        )

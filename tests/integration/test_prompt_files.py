@@ -1,0 +1,149 @@
+"""Prompt files under incoming/: CloudEvents through functions-framework, emulators behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+from functions_framework import create_app
+from google.cloud import storage
+
+from ltxv import schemas
+
+from .conftest import SUBMIT_SOURCE, pull_job_ids
+
+pytestmark = pytest.mark.emulators
+
+GOOD = [
+    {"prompt": "a red fox in snow"},
+    {"prompt": "waves at dusk", "seed": 3, "num_frames": 17},
+    {"prompt": "a city at night", "height": 128, "width": 128},
+]
+
+
+@pytest.fixture
+def prompt_client(env):
+    return create_app(
+        target="prompt_file", source=SUBMIT_SOURCE, signature_type="cloudevent"
+    ).test_client()
+
+
+def upload(settings, name: str, payload: bytes) -> storage.Blob:
+    blob = storage.Client(project=settings.project).bucket(settings.prompts).blob(name)
+    blob.upload_from_string(payload, content_type="application/octet-stream")
+    blob.reload()
+    return blob
+
+
+def deliver(client, blob: storage.Blob, event_id: str = "1"):
+    """Send the event Eventarc sends for a finalized object, in binary content mode."""
+    data = {
+        "bucket": blob.bucket.name,
+        "name": blob.name,
+        "generation": str(blob.generation),
+        "size": str(blob.size),
+        "contentType": blob.content_type,
+    }
+    event = CloudEvent(
+        {
+            "id": event_id,
+            "source": f"//storage.googleapis.com/projects/_/buckets/{blob.bucket.name}",
+            "type": "google.cloud.storage.object.v1.finalized",
+            "subject": f"objects/{blob.name}",
+        },
+        data,
+    )
+    headers, body = to_binary(event)
+    response = client.post("/", headers=headers, data=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def receipt(settings, name: str) -> dict:
+    bucket = storage.Client(project=settings.project).bucket(settings.prompts)
+    text = bucket.blob(name).download_as_text()
+    document = json.loads(text)
+    schemas.validator("receipt").validate(document)
+    return document
+
+
+def test_jsonl_with_three_good_lines_and_one_bad_yields_three_jobs_and_a_receipt(
+    prompt_client, settings, service
+):
+    lines = [json.dumps(GOOD[0]), json.dumps(GOOD[1]), "", '{"prompt": "x", "height": 100}']
+    lines.append(json.dumps(GOOD[2]))
+    blob = upload(settings, "incoming/batch.jsonl", "\n".join(lines).encode())
+    deliver(prompt_client, blob)
+
+    result = receipt(settings, "receipts/batch.jsonl.json")
+    assert [entry["line"] for entry in result["accepted"]] == [1, 2, 5]
+    assert result["rejected"] == [
+        {"line": 4, "errors": [{"path": "$.height", "message": "must be divisible by 32"}]}
+    ]
+    assert result["error"] is None and result["generation"] == str(blob.generation)
+    job_ids = [entry["job_id"] for entry in result["accepted"]]
+    assert sorted(pull_job_ids(settings)) == sorted(job_ids)
+    for line, job_id in zip((1, 2, 5), job_ids, strict=True):
+        job = service.store.get(job_id)
+        assert job["state"] == "queued" and job["published"] is True
+        assert job["source"] == f"gs://{settings.prompts}/incoming/batch.jsonl"
+        assert job["source_line"] == line and job["api_key_id"] == "default"
+
+
+def test_a_redelivered_event_creates_no_second_job(prompt_client, settings, service):
+    blob = upload(settings, "incoming/twice.jsonl", b'{"prompt": "once"}\n{"prompt": "only once"}')
+    deliver(prompt_client, blob, event_id="a")
+    deliver(prompt_client, blob, event_id="b")
+    jobs = list(service.firestore.collection("jobs").stream())
+    assert len(jobs) == 2
+    first = pull_job_ids(settings)
+    assert sorted(first) == sorted(job.id for job in jobs)  # published once each
+
+
+def test_a_new_upload_under_the_same_name_is_new_jobs(prompt_client, settings, service):
+    deliver(prompt_client, upload(settings, "incoming/again.json", b'{"prompt": "one"}'))
+    deliver(prompt_client, upload(settings, "incoming/again.json", b'{"prompt": "one"}'))
+    assert len(list(service.firestore.collection("jobs").stream())) == 2
+
+
+def test_a_json_file_is_one_job(prompt_client, settings):
+    blob = upload(settings, "incoming/single.json", json.dumps(GOOD[0], indent=2).encode())
+    deliver(prompt_client, blob)
+    result = receipt(settings, "receipts/single.json.json")
+    assert len(result["accepted"]) == 1 and result["accepted"][0]["line"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "code"),
+    [
+        ("incoming/empty.jsonl", b"", "empty"),
+        ("incoming/blank.json", b"  \n ", "empty"),
+        ("incoming/broken.json", b"{nope", "invalid_json"),
+        ("incoming/list.json", b'[{"prompt": "a"}]', "not_an_object"),
+        ("incoming/binary.jsonl", b"\xff\xfe\x00", "not_utf8"),
+        ("incoming/notes.txt", b"hello", "unsupported_type"),
+    ],
+)
+def test_unreadable_files_get_a_receipt_saying_why(prompt_client, settings, name, payload, code):
+    deliver(prompt_client, upload(settings, name, payload))
+    result = receipt(settings, "receipts/" + name.removeprefix("incoming/") + ".json")
+    assert result["error"]["code"] == code and result["error"]["message"]
+    assert result["accepted"] == []
+
+
+def test_lines_that_are_not_json_or_not_objects_are_rejected_by_line(prompt_client, settings):
+    payload = b'{"prompt": "fine"}\nnot json\n[1]\n{"prompt": "also fine", "model": "nope"}'
+    deliver(prompt_client, upload(settings, "incoming/mixed.jsonl", payload))
+    result = receipt(settings, "receipts/mixed.jsonl.json")
+    assert [entry["line"] for entry in result["accepted"]] == [1]
+    rejected = {entry["line"]: entry["errors"] for entry in result["rejected"]}
+    assert rejected[2][0]["path"] == "$" and "not valid JSON" in rejected[2][0]["message"]
+    assert rejected[3] == [{"path": "$", "message": "request body must be a JSON object"}]
+    assert rejected[4][0]["path"] == "$.model"
+
+
+def test_objects_outside_incoming_are_ignored(prompt_client, settings, service):
+    deliver(prompt_client, upload(settings, "receipts/someone.json", b'{"prompt": "x"}'))
+    deliver(prompt_client, upload(settings, "elsewhere/a.json", b'{"prompt": "x"}'))
+    assert list(service.firestore.collection("jobs").stream()) == []

@@ -1,0 +1,215 @@
+"""The request validator: old /predict bodies pass, every mistake is named by its path."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltxv import schemas
+from ltxv.profiles import all_profiles
+from ltxv.validation import REQUEST_FIELDS, IntakePolicy, RequestInvalid, validate_request
+
+PUBLIC = {"hooks.example.com": ["93.184.216.34"], "internal.example.com": ["10.1.2.3"]}
+
+
+def fake_resolver(host: str, port: int) -> list[str]:
+    return PUBLIC.get(host, [])
+
+
+POLICY = IntakePolicy(
+    profiles={name: all_profiles()[name] for name in ("tiny-random", "ltx-video-2b-distilled")},
+    default_model="tiny-random",
+    allowed_destination_buckets=frozenset({"ltxv-outputs", "team-videos"}),
+    resolver=fake_resolver,
+)
+OLD_EXAMPLE = {
+    "prompt": "A cinematic shot of a cyberpunk city in rain",
+    "num_frames": 121,
+    "width": 1216,
+    "height": 704,
+}
+
+
+def errors_of(body) -> dict[str, str]:
+    with pytest.raises(RequestInvalid) as caught:
+        validate_request(body, POLICY)
+    return {e.path: e.message for e in caught.value.errors}
+
+
+def test_old_predict_example_is_accepted_with_its_values():
+    request = validate_request(OLD_EXAMPLE, POLICY)
+    assert request["height"] == 704 and request["width"] == 1216 and request["num_frames"] == 121
+    assert request["seed"] == 171198  # the old API's default seed
+    assert request["negative_prompt"] == ""
+    assert request["gcs_destination"] is None
+    assert set(request) == set(REQUEST_FIELDS)
+
+
+def test_every_old_predict_field_keeps_its_name_and_meaning():
+    body = {
+        **OLD_EXAMPLE,
+        "negative_prompt": "blurry",
+        "seed": 42,
+        "num_inference_steps": 7,
+        "fps": 24,
+        "gcs_destination": "gs://team-videos/launch/clip.mp4",
+        "model": "ltx-video-2b-distilled",
+    }
+    request = validate_request(body, POLICY)
+    assert {k: request[k] for k in body} == body
+
+
+def test_omitted_fields_take_the_profile_defaults():
+    request = validate_request({"prompt": "a cat", "model": "ltx-video-2b-distilled"}, POLICY)
+    defaults = all_profiles()["ltx-video-2b-distilled"].defaults
+    assert request["num_inference_steps"] == defaults["num_inference_steps"] == 8
+    assert (request["height"], request["width"], request["num_frames"]) == (704, 1216, 121)
+
+
+def test_integral_floats_are_integers():
+    assert validate_request({"prompt": "x", "height": 64.0}, POLICY)["height"] == 64
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "fragment"),
+    [
+        ({}, "$.prompt", "required"),
+        ({"prompt": ""}, "$.prompt", "empty"),
+        ({"prompt": "   "}, "$.prompt", "non-space"),
+        ({"prompt": "x" * 4001}, "$.prompt", "at most 4000"),
+        ({"prompt": 5}, "$.prompt", "string"),
+        ({"prompt": "x", "colour": "red"}, "$.colour", "unknown field"),
+        ({"prompt": "x", "height": 100}, "$.height", "divisible by 32"),
+        ({"prompt": "x", "width": 2048}, "$.width", "between 32 and 1280"),
+        ({"prompt": "x", "height": "704"}, "$.height", "integer"),
+        ({"prompt": "x", "height": True}, "$.height", "integer"),
+        ({"prompt": "x", "num_frames": 120}, "$.num_frames", "8k + 1"),
+        ({"prompt": "x", "num_frames": 265}, "$.num_frames", "between 9 and 257"),
+        ({"prompt": "x", "seed": -1}, "$.seed", "at least 0"),
+        ({"prompt": "x", "seed": 2**32}, "$.seed", "at most"),
+        ({"prompt": "x", "num_inference_steps": 0}, "$.num_inference_steps", "at least 1"),
+        ({"prompt": "x", "num_inference_steps": 51}, "$.num_inference_steps", "between 1 and 50"),
+        ({"prompt": "x", "fps": 0}, "$.fps", "at least 1"),
+        ({"prompt": "x", "fps": 61}, "$.fps", "between 1 and 60"),
+        ({"prompt": "x", "model": "sdxl"}, "$.model", "unknown model"),
+        ({"prompt": "x", "model": "ltx-video-2b"}, "$.model", "unknown model"),  # not deployed
+        ({"prompt": "x", "gcs_destination": "s3://b/x.mp4"}, "$.gcs_destination", "gs://"),
+        ({"prompt": "x", "gcs_destination": "gs://other/x.mp4"}, "$.gcs_destination", "allowed"),
+        (
+            {"prompt": "x", "gcs_destination": "gs://ltxv-outputs/a/../x.mp4"},
+            "$.gcs_destination",
+            "'..'",
+        ),
+        ({"prompt": "x", "webhook_url": "http://hooks.example.com/x"}, "$.webhook_url", "https"),
+        ({"prompt": "x", "webhook_url": "https://10.0.0.1/x"}, "$.webhook_url", "private"),
+        (
+            {"prompt": "x", "webhook_url": "https://internal.example.com/x"},
+            "$.webhook_url",
+            "private",
+        ),
+        ({"prompt": "x", "webhook_url": "https://169.254.169.254/x"}, "$.webhook_url", "metadata"),
+        ({"prompt": "x", "metadata": {"k": "v" * 5000}}, "$.metadata", "4096 bytes"),
+        ({"prompt": "x", "metadata": []}, "$.metadata", "object"),
+        ({"prompt": "x", "height": 1280, "width": 1280, "num_frames": 257}, "$", "exceeds"),
+    ],
+)
+def test_each_mistake_is_named_by_its_path(body, path, fragment):
+    errors = errors_of(body)
+    assert path in errors, errors
+    assert fragment in errors[path]
+
+
+def test_all_mistakes_are_reported_at_once():
+    errors = errors_of({"prompt": "", "height": 100, "num_frames": 10, "fps": "x", "extra": 1})
+    assert {"$.prompt", "$.height", "$.num_frames", "$.fps", "$.extra"} <= set(errors)
+
+
+def test_non_object_bodies_are_rejected_at_the_root():
+    for body in ([], "x", 1, None, [OLD_EXAMPLE]):
+        assert errors_of(body) == {"$": "request body must be a JSON object"}
+
+
+def test_messages_never_echo_huge_values():
+    errors = errors_of({"prompt": "x" * 100_000, "negative_prompt": 7})
+    assert all(len(message) < 300 for message in errors.values())
+
+
+def test_public_https_webhook_is_accepted():
+    body = {"prompt": "x", "webhook_url": "https://hooks.example.com/ltxv"}
+    assert validate_request(body, POLICY)["webhook_url"] == body["webhook_url"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_values = st.dictionaries(
+    st.sampled_from([*REQUEST_FIELDS, "extra"]), json_values, max_size=len(REQUEST_FIELDS)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, field_values))
+def test_fuzz_any_json_is_accepted_or_rejected_with_paths(body):
+    try:
+        request = validate_request(body, POLICY)
+    except RequestInvalid as exc:
+        assert exc.errors
+        for error in exc.errors:
+            assert error.path.startswith("$")
+            assert error.message
+    else:
+        schemas.validator("job-request").validate(request)
+
+
+def valid_requests(profile_name: str = "tiny-random"):
+    limits = all_profiles()[profile_name].limits
+    return st.fixed_dictionaries(
+        {"prompt": st.text(min_size=1, max_size=200).filter(str.strip)},
+        optional={
+            "negative_prompt": st.text(max_size=50),
+            "seed": st.integers(0, 2**32 - 1),
+            "height": st.integers(1, 8).map(lambda k: 32 * k),
+            "width": st.integers(1, 8).map(lambda k: 32 * k),
+            "num_frames": st.integers(1, 8).map(lambda k: 8 * k + 1),
+            "num_inference_steps": st.integers(*vars(limits["num_inference_steps"]).values()),
+            "fps": st.integers(*vars(limits["fps"]).values()),
+            "metadata": st.dictionaries(st.text(min_size=1, max_size=8), st.integers(), max_size=3),
+            "gcs_destination": st.just("gs://ltxv-outputs/custom/clip.mp4"),
+        },
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_requests())
+def test_fuzz_valid_requests_pass_and_resolve_every_field(body):
+    request = validate_request(body, POLICY)
+    assert set(request) == set(REQUEST_FIELDS)
+    assert {k: request[k] for k in body} == body
+    assert validate_request(request, POLICY) == request  # resolving again changes nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    valid_requests(),
+    st.sampled_from(
+        [
+            ("height", 33),
+            ("width", -32),
+            ("num_frames", 8),
+            ("seed", "1"),
+            ("fps", 0),
+            ("prompt", ""),
+            ("model", "unknown"),
+            ("metadata", "x"),
+        ]
+    ),
+)
+def test_fuzz_one_bad_field_is_named(body, mutation):
+    field, value = mutation
+    errors = errors_of({**body, field: value})
+    assert f"$.{field}" in errors

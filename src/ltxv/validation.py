@@ -198,10 +198,32 @@ def _first_per_path(errors: list[FieldError]) -> list[FieldError]:
     return [e for e in errors if not (e.path in seen or seen.add(e.path))]
 
 
+def _unicode_errors(value: Any, path: str = "$") -> list[FieldError]:
+    """Lone UTF-16 surrogates (legal in JSON escapes) cannot be stored or sent on."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [FieldError(path, "contains an unpaired UTF-16 surrogate escape")]
+        return []
+    if isinstance(value, dict):
+        return [
+            error
+            for key, item in value.items()
+            for error in _unicode_errors(key, path) + _unicode_errors(item, f"{path}.{key}")
+        ]
+    if isinstance(value, list):
+        return [e for i, item in enumerate(value) for e in _unicode_errors(item, f"{path}[{i}]")]
+    return []
+
+
 def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
     """Return the request with every field resolved, or raise RequestInvalid with all errors."""
     if not isinstance(body, dict):
         raise RequestInvalid([FieldError("$", "request body must be a JSON object")])
+    unicode_errors = _unicode_errors(body)
+    if unicode_errors:
+        raise RequestInvalid(unicode_errors)
     errors = _first_per_path(_schema_errors(body))
     bad = {e.path.removeprefix("$.").split(".")[0] for e in errors}
     model = body.get("model") or policy.default_model

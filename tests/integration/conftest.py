@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from ltxv.auth import generate_api_key, hash_api_key
+from ltxv.jobs import utcnow
 from ltxv.local.credentials import fake_service_account_key
 from ltxv.service import Service
 from ltxv.settings import Settings
@@ -120,3 +123,28 @@ def pull_job_ids(settings: Settings, max_messages: int = 100, timeout: float = 2
             subscription=settings.subscription_path,
             ack_ids=[r.ack_id for r in response.received_messages],
         )
+
+
+def settle(service, job_id, state="succeeded", delay=0.0, **fields):
+    """Move a job on as a worker would (the worker itself arrives with issue 3)."""
+
+    def run():
+        time.sleep(delay)
+        now = utcnow()
+        changes = {"state": state, f"state_times.{state}": now, "updated_at": now, **fields}
+        if state == "succeeded":
+            outputs_bucket = service.settings.outputs
+            changes.setdefault(
+                "outputs",
+                {
+                    "video": f"gs://{outputs_bucket}/jobs/{job_id}/video.mp4",
+                    "poster": f"gs://{outputs_bucket}/jobs/{job_id}/poster.jpg",
+                    "result": f"gs://{outputs_bucket}/jobs/{job_id}/result.json",
+                },
+            )
+            changes.setdefault("timings", {"generate_seconds": 1.5, "total_seconds": 2.0})
+        service.firestore.collection("jobs").document(job_id).update(changes)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

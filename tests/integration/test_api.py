@@ -12,7 +12,7 @@ import pytest
 from ltxv import schemas
 from ltxv.jobs import to_json, utcnow
 
-from .conftest import OTHER_KEY, pull_job_ids
+from .conftest import OTHER_KEY, pull_job_ids, settle
 
 pytestmark = pytest.mark.emulators
 
@@ -35,31 +35,6 @@ def assert_error(response, status, code, paths=()):
     assert body["error"]["code"] == code
     assert {d["path"] for d in body["error"]["details"]} >= set(paths)
     return body["error"]
-
-
-def settle(service, job_id, state="succeeded", delay=0.0, **fields):
-    """Move a job on as a worker would (the worker itself arrives with issue 3)."""
-
-    def run():
-        time.sleep(delay)
-        now = utcnow()
-        changes = {"state": state, f"state_times.{state}": now, "updated_at": now, **fields}
-        if state == "succeeded":
-            outputs_bucket = service.settings.outputs
-            changes.setdefault(
-                "outputs",
-                {
-                    "video": f"gs://{outputs_bucket}/jobs/{job_id}/video.mp4",
-                    "poster": f"gs://{outputs_bucket}/jobs/{job_id}/poster.jpg",
-                    "result": f"gs://{outputs_bucket}/jobs/{job_id}/result.json",
-                },
-            )
-            changes.setdefault("timings", {"generate_seconds": 1.5, "total_seconds": 2.0})
-        service.firestore.collection("jobs").document(job_id).update(changes)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 def test_old_predict_body_is_accepted_queued_and_published(client, auth, settings):

@@ -97,7 +97,7 @@ def document(profiles: Mapping[str, ModelProfile], max_body_bytes: int = 65536) 
         "name": "job_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": "^[a-z2-7]{26}$"},
     }
     idempotency = {
         "name": "Idempotency-Key",

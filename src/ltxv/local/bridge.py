@@ -1,0 +1,391 @@
+"""The local stand-in for Eventarc and Cloud Scheduler: `python -m ltxv.local.bridge`.
+
+In the cloud, Eventarc turns Cloud Storage notifications and Pub/Sub messages into
+CloudEvents and POSTs them to functions, retrying until a function answers 2xx; Cloud
+Scheduler publishes a periodic tick that reaches the redispatch function the same way.
+Locally, fake-gcs-server publishes GCS-format notifications to a topic in the Pub/Sub
+emulator, and this bridge pulls them and delivers the same CloudEvents, in binary content
+mode, to the functions-framework processes. It acks a message only after a 2xx so that
+Pub/Sub redelivers it otherwise, which is Eventarc's retry.
+
+Configuration (environment, set by `ltxv.local.stack`):
+
+- `LTXV_BRIDGE_ROUTES`: JSON list of storage routes `{"bucket", "prefix", "suffix", "url"}`
+  (`prefix` and `suffix` optional; `suffix` a string or a list of strings). A finalized
+  object is delivered to every route it matches.
+- `LTXV_BRIDGE_PUBSUB_ROUTES`: JSON list of `{"subscription", "url"}` (optional `topic`,
+  looked up from the subscription otherwise); each message becomes a
+  `messagePublished` CloudEvent.
+- `LTXV_BRIDGE_SWEEP_URL`, `LTXV_BRIDGE_SWEEP_SECONDS` (default 30): the scheduler tick.
+- `LTXV_BRIDGE_TIMEOUT_SECONDS` (default 540, an event function's longest run).
+- `LTXV_BRIDGE_READY_FILE`: written with this process's pid once it is pulling.
+- The usual `LTXV_PROJECT`, `LTXV_PREFIX` and `PUBSUB_EMULATOR_HOST`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+from google.cloud import pubsub_v1
+
+from ltxv import logs
+from ltxv.settings import Settings
+
+STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+
+log = logging.getLogger("ltxv.local.bridge")
+
+
+def storage_events_subscription(settings: Settings) -> str:
+    """The pull subscription the bridge reads storage notifications from."""
+    return f"{settings.storage_events_topic}-bridge"
+
+
+def sweep_topic(settings: Settings) -> str:
+    """The topic Cloud Scheduler publishes the redispatch tick to in the cloud."""
+    return f"{settings.prefix}-sweep"
+
+
+# --- routes and configuration -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageRoute:
+    """Deliver finalized objects in `bucket` whose name has `prefix` (and one `suffix`)."""
+
+    bucket: str
+    url: str
+    prefix: str = ""
+    suffixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StorageRoute:
+        suffix = raw.get("suffix") or ()
+        return cls(
+            bucket=raw["bucket"],
+            url=raw["url"],
+            prefix=raw.get("prefix") or "",
+            suffixes=(suffix,) if isinstance(suffix, str) else tuple(suffix),
+        )
+
+    def matches(self, bucket: str, name: str) -> bool:
+        return (
+            bucket == self.bucket
+            and name.startswith(self.prefix)
+            and (not self.suffixes or name.endswith(self.suffixes))
+        )
+
+
+@dataclass(frozen=True)
+class PubSubRoute:
+    """Deliver every message of a pull subscription as a `messagePublished` event."""
+
+    subscription: str
+    url: str
+    topic: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PubSubRoute:
+        return cls(subscription=raw["subscription"], url=raw["url"], topic=raw.get("topic"))
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    settings: Settings
+    storage_routes: tuple[StorageRoute, ...] = ()
+    pubsub_routes: tuple[PubSubRoute, ...] = ()
+    sweep_url: str | None = None
+    sweep_seconds: float = 30.0
+    delivery_timeout: float = 540.0
+    ready_file: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> BridgeConfig:
+        env = os.environ
+        ready = env.get("LTXV_BRIDGE_READY_FILE")
+        return cls(
+            settings=Settings.from_env(),
+            storage_routes=tuple(
+                StorageRoute.from_dict(r) for r in json.loads(env.get("LTXV_BRIDGE_ROUTES", "[]"))
+            ),
+            pubsub_routes=tuple(
+                PubSubRoute.from_dict(r)
+                for r in json.loads(env.get("LTXV_BRIDGE_PUBSUB_ROUTES", "[]"))
+            ),
+            sweep_url=env.get("LTXV_BRIDGE_SWEEP_URL") or None,
+            sweep_seconds=float(env.get("LTXV_BRIDGE_SWEEP_SECONDS") or 30),
+            delivery_timeout=float(env.get("LTXV_BRIDGE_TIMEOUT_SECONDS") or 540),
+            ready_file=Path(ready) if ready else None,
+        )
+
+
+# --- CloudEvents as Eventarc shapes them ----------------------------------------------------
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def storage_event(
+    message_id: str, attributes: dict[str, str], data: bytes
+) -> tuple[str, str, CloudEvent] | None:
+    """The `finalized` CloudEvent for a GCS notification, or None if it is another event."""
+    if attributes.get("eventType") != "OBJECT_FINALIZE":
+        return None
+    obj = json.loads(data) if data else {}
+    bucket = obj.get("bucket") or attributes["bucketId"]
+    name = obj.get("name") or attributes["objectId"]
+    # fake-gcs-server's payload is thinner than GCS's: make sure the fields functions
+    # rely on are there, the way GCS always sends them.
+    obj.setdefault("bucket", bucket)
+    obj.setdefault("name", name)
+    if "objectGeneration" in attributes:
+        obj.setdefault("generation", attributes["objectGeneration"])
+    obj.setdefault("metageneration", "1")
+    event = CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": message_id,
+            "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+            "type": STORAGE_FINALIZED,
+            "subject": f"objects/{name}",
+            "time": attributes.get("eventTime")
+            or obj.get("updated")
+            or _rfc3339(datetime.now(UTC)),
+            "datacontenttype": "application/json",
+        },
+        obj,
+    )
+    return bucket, name, event
+
+
+def pubsub_event(
+    *,
+    project: str,
+    topic: str,
+    subscription: str,
+    message_id: str,
+    data: bytes,
+    attributes: dict[str, str] | None = None,
+    publish_time: datetime | None = None,
+) -> CloudEvent:
+    """A `messagePublished` CloudEvent; Eventarc writes the message fields in both cases."""
+    published = _rfc3339(publish_time or datetime.now(UTC))
+    message: dict[str, Any] = {
+        "data": base64.b64encode(data).decode("ascii"),
+        "messageId": message_id,
+        "message_id": message_id,
+        "publishTime": published,
+        "publish_time": published,
+    }
+    if attributes:
+        message["attributes"] = dict(attributes)
+    return CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": message_id,
+            "source": f"//pubsub.googleapis.com/projects/{project}/topics/{topic}",
+            "type": PUBSUB_PUBLISHED,
+            "time": published,
+            "datacontenttype": "application/json",
+        },
+        {"message": message, "subscription": f"projects/{project}/subscriptions/{subscription}"},
+    )
+
+
+def deliver(url: str, event: CloudEvent, timeout: float) -> bool:
+    """POST the event in binary content mode; True when the receiver answered 2xx."""
+    headers, body = to_binary(event)
+    headers["Content-Type"] = "application/json"
+    fields = {"url": url, "ce_id": event["id"], "ce_type": event["type"]}
+    if event.get("subject"):
+        fields["ce_subject"] = event["subject"]
+    try:
+        response = requests.post(url, data=body, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        _log(logging.WARNING, "delivery failed", **fields, error=str(exc))
+        return False
+    ok = 200 <= response.status_code < 300
+    level = logging.INFO if ok else logging.WARNING
+    _log(level, "delivered" if ok else "delivery rejected", **fields, status=response.status_code)
+    return ok
+
+
+# --- the bridge ---------------------------------------------------------------------------
+
+
+class Bridge:
+    """Streaming-pulls the routed subscriptions and runs the scheduler tick until stopped."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        subscriber: pubsub_v1.SubscriberClient | None = None,
+        post: Callable[[str, CloudEvent, float], bool] = deliver,
+    ) -> None:
+        self.config = config
+        self.settings = config.settings
+        self._subscriber = subscriber or pubsub_v1.SubscriberClient()
+        self._post = post
+        self._stop = threading.Event()
+        self._futures: list[Any] = []
+        self._sweeper: threading.Thread | None = None
+
+    def _path(self, subscription: str) -> str:
+        return self._subscriber.subscription_path(self.settings.project, subscription)
+
+    def start(self) -> None:
+        # Flow control keeps a burst of uploads from opening hundreds of requests at once.
+        flow = pubsub_v1.types.FlowControl(max_messages=16)
+        if self.config.storage_routes:
+            path = self._path(storage_events_subscription(self.settings))
+            self._subscriber.get_subscription(subscription=path)  # fail fast when missing
+            self._futures.append(
+                self._subscriber.subscribe(path, self._on_storage_message, flow_control=flow)
+            )
+        for route in self.config.pubsub_routes:
+            path = self._path(route.subscription)
+            sub = self._subscriber.get_subscription(subscription=path)
+            topic = route.topic or sub.topic.rsplit("/", 1)[-1]
+            callback = self._pubsub_callback(route, topic)
+            self._futures.append(self._subscriber.subscribe(path, callback, flow_control=flow))
+        if self.config.sweep_url:
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="sweep", daemon=True)
+            self._sweeper.start()
+        _log(
+            logging.INFO,
+            "bridge started",
+            storage_routes=[r.__dict__ for r in self.config.storage_routes],
+            pubsub_routes=[r.__dict__ for r in self.config.pubsub_routes],
+            sweep_url=self.config.sweep_url,
+            sweep_seconds=self.config.sweep_seconds,
+        )
+        if self.config.ready_file:
+            self.config.ready_file.write_text(str(os.getpid()))
+
+    def request_stop(self) -> None:
+        """Make `wait` return; safe to call from a signal handler."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for future in self._futures:
+            future.cancel()
+        for future in self._futures:
+            # A cancelled stream reports its cancellation as an error: expected here.
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)
+        if self._sweeper:
+            self._sweeper.join(timeout=10)
+
+    def wait(self) -> int:
+        """Block until stopped (0) or until a streaming pull dies for good (1)."""
+        while not self._stop.wait(0.5):
+            for future in self._futures:
+                if future.done():
+                    _log(logging.ERROR, "streaming pull ended", error=repr(future.exception()))
+                    return 1
+        return 0
+
+    def _on_storage_message(self, message: Any) -> None:
+        try:
+            parsed = storage_event(message.message_id, dict(message.attributes), message.data)
+        except (ValueError, KeyError) as exc:
+            # A notification that cannot be parsed never will be: retrying would loop forever.
+            _log(logging.ERROR, "malformed notification dropped", error=str(exc))
+            message.ack()
+            return
+        if parsed is None:
+            message.ack()
+            return
+        bucket, name, event = parsed
+        urls = [r.url for r in self.config.storage_routes if r.matches(bucket, name)]
+        fields = {"bucket": bucket, "object": name, "ce_id": event["id"]}
+        if not urls:
+            _log(logging.INFO, "no route", **fields)
+            message.ack()
+            return
+        # One subscription stands in for one trigger per route: ack only when every routed
+        # receiver took it, so a failed one gets it again (the others may see it twice,
+        # which Eventarc's at-least-once delivery allows too).
+        results = [self._post(url, event, self.config.delivery_timeout) for url in urls]
+        if all(results):
+            message.ack()
+        else:
+            _log(logging.INFO, "will redeliver", **fields, attempt=message.delivery_attempt)
+            message.nack()
+
+    def _pubsub_callback(self, route: PubSubRoute, topic: str) -> Callable[[Any], None]:
+        def on_message(message: Any) -> None:
+            event = pubsub_event(
+                project=self.settings.project,
+                topic=topic,
+                subscription=route.subscription,
+                message_id=message.message_id,
+                data=message.data,
+                attributes=dict(message.attributes),
+                publish_time=message.publish_time,
+            )
+            if self._post(route.url, event, self.config.delivery_timeout):
+                message.ack()
+            else:
+                message.nack()
+
+        return on_message
+
+    def _sweep_loop(self) -> None:
+        topic = sweep_topic(self.settings)
+        while not self._stop.wait(self.config.sweep_seconds):
+            event = pubsub_event(
+                project=self.settings.project,
+                topic=topic,
+                subscription=f"eventarc-local-{topic}",
+                message_id=str(uuid.uuid4().int >> 64),
+                data=b"",
+            )
+            # Cloud Scheduler does not retry a missed tick here either: the next one comes.
+            self._post(self.config.sweep_url, event, self.config.delivery_timeout)
+
+
+# --- logging ------------------------------------------------------------------------------
+
+
+def _log(level: int, message: str, **fields: Any) -> None:
+    # ltxv.logs turns `extra` into top-level JSON fields.
+    log.log(level, message, extra=fields)
+
+
+def main() -> int:
+    config = BridgeConfig.from_env()
+    logs.setup("bridge", config.settings.log_level)
+    # The client libraries log every stream reconnect at INFO; keep the bridge's own lines.
+    logging.getLogger("google").setLevel(logging.WARNING)
+    bridge = Bridge(config)
+    signal.signal(signal.SIGTERM, lambda *_: bridge.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: bridge.request_stop())
+    bridge.start()
+    code = bridge.wait()
+    bridge.stop()
+    _log(logging.INFO, "bridge stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

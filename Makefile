@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 
 help:
+	@echo "make demo    run the pipeline locally end to end, then stop it"
 	@echo "make test    run the whole test suite (lint, unit, emulator integration, fuzzing)"
 	@echo "make dev     start the local stack in the background (.local/stack.env)"
 	@echo "make down    stop what make dev started"
@@ -52,3 +53,6 @@ bench: venv
 
 clean: down
 	rm -rf .local build
+
+demo: venv
+	$(PY) -m ltxv.local.demo

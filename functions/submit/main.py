@@ -18,7 +18,7 @@ from cloudevents.http import CloudEvent
 from flask import Request, Response
 
 from ltxv import logs
-from ltxv.api import JobsApi
+from ltxv.api import JobsApi, framework_error
 from ltxv.prompt_files import PromptFiles
 from ltxv.service import Service
 from ltxv.settings import get_settings
@@ -48,6 +48,11 @@ def _prompt_files() -> PromptFiles:
         max_bytes=settings.prompt_file_max_bytes,
         max_lines=settings.prompt_file_max_lines,
     )
+
+
+# Some requests never reach `api` (a path with a newline, say); answer those in JSON too.
+for _status in (400, 404, 405, 413):
+    functions_framework.errorhandler(_status)(framework_error)
 
 
 @functions_framework.http

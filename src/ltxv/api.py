@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Request, Response
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from . import openapi
@@ -90,6 +90,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def framework_error(error: HTTPException) -> Response:
+    """Errors raised before a request reaches JobsApi (e.g. a path no route can hold)."""
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    status = error.code or 500
+    return ApiError(
+        status,
+        code.get(status, "invalid_argument" if status < 500 else "internal"),
+        error.description or error.name,
+    ).response()
 
 
 def unavailable(message: str) -> ApiError:

@@ -390,3 +390,8 @@ def test_job_documents_in_firestore_match_the_schema(client, auth, service):
     schemas.validator("job").validate(to_json(document))
     assert document["webhook"]["url"] == "http://127.0.0.1:9/hook"
     assert document["expires_at"] > document["created_at"]
+
+
+def test_paths_no_route_can_hold_still_get_a_json_404(client, auth):
+    response = client.get("/v1/jobs/abc%0Adef", headers=auth)
+    assert_error(response, 404, "not_found")

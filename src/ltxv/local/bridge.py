@@ -25,7 +25,6 @@ Configuration (environment, set by `ltxv.local.stack`):
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import signal
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from typing import Any
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from ltxv import logs
@@ -51,6 +52,8 @@ STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 
 log = logging.getLogger("ltxv.local.bridge")
+# Deprecated for real Pub/Sub, where waiting Pulls are fine; kept on purpose here (Bridge).
+warnings.filterwarnings("ignore", "The return_immediately flag is deprecated")
 
 
 def storage_events_subscription(settings: Settings) -> str:
@@ -232,7 +235,16 @@ def deliver(url: str, event: CloudEvent, timeout: float) -> bool:
 
 
 class Bridge:
-    """Streaming-pulls the routed subscriptions and runs the scheduler tick until stopped."""
+    """Pulls the routed subscriptions, one loop each, and runs the scheduler tick until stopped.
+
+    Plain unary Pulls that return at once, rather than StreamingPull or waiting Pulls: the
+    Pub/Sub emulator keeps handing messages to a stream or Pull of a subscriber that has
+    gone (the bridge restarted with the stack), where they sit until their lease runs
+    out. A Pull that asks only when the bridge is ready leaves nothing to misdeliver.
+    """
+
+    BATCH = 16  # messages per Pull; a burst of uploads is delivered in order, a batch at a time
+    IDLE = 0.1  # seconds between Pulls that found nothing
 
     def __init__(
         self,
@@ -245,30 +257,24 @@ class Bridge:
         self._subscriber = subscriber or pubsub_v1.SubscriberClient()
         self._post = post
         self._stop = threading.Event()
-        self._futures: list[Any] = []
-        self._sweeper: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._failed = threading.Event()
 
     def _path(self, subscription: str) -> str:
         return self._subscriber.subscription_path(self.settings.project, subscription)
 
     def start(self) -> None:
-        # Flow control keeps a burst of uploads from opening hundreds of requests at once.
-        flow = pubsub_v1.types.FlowControl(max_messages=16)
         if self.config.storage_routes:
             path = self._path(storage_events_subscription(self.settings))
             self._subscriber.get_subscription(subscription=path)  # fail fast when missing
-            self._futures.append(
-                self._subscriber.subscribe(path, self._on_storage_message, flow_control=flow)
-            )
+            self._spawn(f"pull:{path}", self._pull_loop, path, self._on_storage_message)
         for route in self.config.pubsub_routes:
             path = self._path(route.subscription)
             sub = self._subscriber.get_subscription(subscription=path)
             topic = route.topic or sub.topic.rsplit("/", 1)[-1]
-            callback = self._pubsub_callback(route, topic)
-            self._futures.append(self._subscriber.subscribe(path, callback, flow_control=flow))
+            self._spawn(f"pull:{path}", self._pull_loop, path, self._pubsub_handler(route, topic))
         if self.config.sweep_url:
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="sweep", daemon=True)
-            self._sweeper.start()
+            self._spawn("sweep", self._sweep_loop)
         _log(
             logging.INFO,
             "bridge started",
@@ -280,60 +286,92 @@ class Bridge:
         if self.config.ready_file:
             self.config.ready_file.write_text(str(os.getpid()))
 
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def request_stop(self) -> None:
         """Make `wait` return; safe to call from a signal handler."""
         self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
-        for future in self._futures:
-            future.cancel()
-        for future in self._futures:
-            # A cancelled stream reports its cancellation as an error: expected here.
-            with contextlib.suppress(Exception):
-                future.result(timeout=10)
-        if self._sweeper:
-            self._sweeper.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._subscriber.close()
 
     def wait(self) -> int:
-        """Block until stopped (0) or until a streaming pull dies for good (1)."""
+        """Block until stopped (0) or until a pull loop died for good (1)."""
         while not self._stop.wait(0.5):
-            for future in self._futures:
-                if future.done():
-                    _log(logging.ERROR, "streaming pull ended", error=repr(future.exception()))
-                    return 1
+            if self._failed.is_set():
+                return 1
         return 0
 
-    def _on_storage_message(self, message: Any) -> None:
+    def _pull_loop(self, path: str, handle: Callable[[Any, int], bool]) -> None:
+        """Pull, hand each message to `handle`, ack what it took and nack the rest."""
+        errors = 0
+        while not self._stop.is_set():
+            try:
+                response = self._subscriber.pull(
+                    request={
+                        "subscription": path,
+                        "max_messages": self.BATCH,
+                        # Never leave a Pull waiting in the emulator: one still open when
+                        # the bridge stops would be handed the next message anyway.
+                        "return_immediately": True,
+                    },
+                    timeout=10,
+                )
+                errors = 0
+            except gexc.NotFound:
+                _log(logging.ERROR, "subscription gone", subscription=path)
+                self._failed.set()
+                return
+            except gexc.GoogleAPIError as exc:
+                # The emulator restarting, or a slow moment: keep trying, a little slower.
+                errors += 1
+                _log(logging.WARNING, "pull failed", subscription=path, error=str(exc))
+                self._stop.wait(min(0.2 * 2**errors, 5.0))
+                continue
+            if not response.received_messages:
+                self._stop.wait(self.IDLE)
+                continue
+            for received in response.received_messages:
+                taken = handle(received.message, received.delivery_attempt)
+                if taken:
+                    self._subscriber.acknowledge(subscription=path, ack_ids=[received.ack_id])
+                else:  # a nack: the subscription's retry policy spaces out redelivery
+                    self._subscriber.modify_ack_deadline(
+                        subscription=path, ack_ids=[received.ack_id], ack_deadline_seconds=0
+                    )
+
+    def _on_storage_message(self, message: Any, attempt: int) -> bool:
         try:
             parsed = storage_event(message.message_id, dict(message.attributes), message.data)
         except (ValueError, KeyError) as exc:
             # A notification that cannot be parsed never will be: retrying would loop forever.
             _log(logging.ERROR, "malformed notification dropped", error=str(exc))
-            message.ack()
-            return
+            return True
         if parsed is None:
-            message.ack()
-            return
+            return True
         bucket, name, event = parsed
         urls = [r.url for r in self.config.storage_routes if r.matches(bucket, name)]
         fields = {"bucket": bucket, "object": name, "ce_id": event["id"]}
         if not urls:
             _log(logging.INFO, "no route", **fields)
-            message.ack()
-            return
+            return True
         # One subscription stands in for one trigger per route: ack only when every routed
         # receiver took it, so a failed one gets it again (the others may see it twice,
         # which Eventarc's at-least-once delivery allows too).
         results = [self._post(url, event, self.config.delivery_timeout) for url in urls]
         if all(results):
-            message.ack()
-        else:
-            _log(logging.INFO, "will redeliver", **fields, attempt=message.delivery_attempt)
-            message.nack()
+            return True
+        _log(logging.INFO, "will redeliver", **fields, attempt=attempt)
+        return False
 
-    def _pubsub_callback(self, route: PubSubRoute, topic: str) -> Callable[[Any], None]:
-        def on_message(message: Any) -> None:
+    def _pubsub_handler(self, route: PubSubRoute, topic: str) -> Callable[[Any, int], bool]:
+        def handle(message: Any, _attempt: int) -> bool:
             event = pubsub_event(
                 project=self.settings.project,
                 topic=topic,
@@ -343,12 +381,9 @@ class Bridge:
                 attributes=dict(message.attributes),
                 publish_time=message.publish_time,
             )
-            if self._post(route.url, event, self.config.delivery_timeout):
-                message.ack()
-            else:
-                message.nack()
+            return self._post(route.url, event, self.config.delivery_timeout)
 
-        return on_message
+        return handle
 
     def _sweep_loop(self) -> None:
         topic = sweep_topic(self.settings)

@@ -513,10 +513,17 @@ class LocalStack:
                     "retry_policy": _retry_policy(10, 600),
                     "enable_exactly_once_delivery": True,
                 },
-                {"name": s.dead_letter_subscription, "topic": topic(s.dead_letter_topic)},
+                # The bridge pulls these and holds each message while a function runs (up
+                # to 540 s), as Eventarc's push subscriptions do with a 600 s deadline.
+                {
+                    "name": s.dead_letter_subscription,
+                    "topic": topic(s.dead_letter_topic),
+                    "ack_deadline_seconds": 600,
+                },
                 {
                     "name": storage_events_subscription(s),
                     "topic": topic(s.storage_events_topic),
+                    "ack_deadline_seconds": 600,
                     # Eventarc retries with backoff; without it a failing function is hammered.
                     "retry_policy": _retry_policy(1, 60),
                 },

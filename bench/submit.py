@@ -23,18 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.cloud import firestore
 
+from ltxv import schemas
 from ltxv.dispatch import Dispatcher, make_publisher
 from ltxv.jobs import new_job, new_job_id
 from ltxv.local.stack import LocalStack
 from ltxv.settings import Settings
 from ltxv.validation import request_hash
 
-BODY = {
-    "prompt": "A cinematic shot of a cyberpunk city in rain",
-    "num_frames": 121,
-    "width": 1216,
-    "height": 704,
-}
+BODY = schemas.old_predict_example()
 
 
 def run(operation: Callable[[int], None], count: int, concurrency: int) -> dict[str, float]:

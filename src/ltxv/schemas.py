@@ -63,3 +63,8 @@ def validator(name: str) -> Draft202012Validator:
 
 def schema_id(name: str) -> str:
     return load(name)["$id"]
+
+
+def old_predict_example() -> dict[str, Any]:
+    """The old /predict API's documented example body (the job request schema's example)."""
+    return dict(load("job-request")["examples"][0])

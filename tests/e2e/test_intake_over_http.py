@@ -18,12 +18,7 @@ from ltxv.local.stack import LocalStack
 
 pytestmark = pytest.mark.emulators
 
-OLD_EXAMPLE = {
-    "prompt": "A cinematic shot of a cyberpunk city in rain",
-    "num_frames": 121,
-    "width": 1216,
-    "height": 704,
-}
+OLD_EXAMPLE = schemas.old_predict_example()
 FUNCTIONS = ["api", "prompt_file", "redispatch", "bridge"]
 
 

@@ -16,12 +16,7 @@ from .conftest import OTHER_KEY, pull_job_ids, settle
 
 pytestmark = pytest.mark.emulators
 
-OLD_EXAMPLE = {
-    "prompt": "A cinematic shot of a cyberpunk city in rain",
-    "num_frames": 121,
-    "width": 1216,
-    "height": 704,
-}
+OLD_EXAMPLE = schemas.old_predict_example()
 
 
 def submit(client, auth, body=None, **headers):

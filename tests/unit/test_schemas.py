@@ -38,3 +38,13 @@ def test_openapi_document_embeds_the_schemas_and_resolves_every_ref():
         for step in ref.removeprefix("#/").split("/"):
             node = node[step]
         assert isinstance(node, dict)
+
+
+def test_the_request_schemas_example_is_the_old_predict_apis_example():
+    # Verbatim from the old API's documentation: the contract this project must keep.
+    assert schemas.old_predict_example() == {
+        "prompt": "A cinematic shot of a cyberpunk city in rain",
+        "num_frames": 121,
+        "width": 1216,
+        "height": 704,
+    }

@@ -23,12 +23,7 @@ POLICY = IntakePolicy(
     allowed_destination_buckets=frozenset({"ltxv-outputs", "team-videos"}),
     resolver=fake_resolver,
 )
-OLD_EXAMPLE = {
-    "prompt": "A cinematic shot of a cyberpunk city in rain",
-    "num_frames": 121,
-    "width": 1216,
-    "height": 704,
-}
+OLD_EXAMPLE = schemas.old_predict_example()
 
 
 def errors_of(body) -> dict[str, str]:

@@ -18,14 +18,10 @@ from pathlib import Path
 import requests
 from google.api_core import exceptions as gexc
 
+from .. import schemas
 from .stack import REPO_ROOT, LocalStack, StackError
 
-OLD_EXAMPLE = {
-    "prompt": "A cinematic shot of a cyberpunk city in rain",
-    "num_frames": 121,
-    "width": 1216,
-    "height": 704,
-}
+OLD_EXAMPLE = schemas.old_predict_example()
 PROMPT_FILE = [
     {"prompt": "A red fox trotting through fresh snow, morning light"},
     {"prompt": "Waves rolling onto a black sand beach at dusk", "seed": 7},

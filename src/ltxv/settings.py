@@ -79,6 +79,14 @@ class Settings:
     log_level: str = "INFO"
     signing_credentials_file: str | None = None
     webhook_secret: str | None = None
+    # The GPU worker.
+    model_dir: str | None = None
+    worker_id: str | None = None
+    lease_seconds: int = 60
+    ack_extension_seconds: int = 60
+    progress_interval_seconds: float = 2.0
+    shutdown_grace_seconds: float = 20.0
+    storage_retry_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,6 +124,19 @@ class Settings:
             log_level=_env("LOG_LEVEL", cls.log_level),
             signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
             webhook_secret=_env("WEBHOOK_SECRET"),
+            model_dir=_env("MODEL_DIR"),
+            worker_id=_env("WORKER_ID"),
+            lease_seconds=_env_int("LEASE_SECONDS", cls.lease_seconds),
+            ack_extension_seconds=_env_int("ACK_EXTENSION_SECONDS", cls.ack_extension_seconds),
+            progress_interval_seconds=float(
+                _env("PROGRESS_INTERVAL_SECONDS", str(cls.progress_interval_seconds))
+            ),
+            shutdown_grace_seconds=float(
+                _env("SHUTDOWN_GRACE_SECONDS", str(cls.shutdown_grace_seconds))
+            ),
+            storage_retry_seconds=float(
+                _env("STORAGE_RETRY_SECONDS", str(cls.storage_retry_seconds))
+            ),
         )
 
     @property

@@ -63,24 +63,24 @@ class JobStore:
         self.timeout = timeout
         self.retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
 
-    def _ref(self, job_id: str) -> firestore.DocumentReference:
+    def ref(self, job_id: str) -> firestore.DocumentReference:
         return self.collection.document(job_id)
 
     def create(self, job: dict[str, Any]) -> None:
         """Create the document; raise JobExists (with the stored job) if the id is taken."""
         try:
-            self._ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
+            self.ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
         except gexc.AlreadyExists:
             existing = self.get(job["job_id"])
             if existing is None:  # deleted in between: one more try settles it
-                self._ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
+                self.ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
                 return
             raise JobExists(existing) from None
         except gexc.Conflict:
             raise JobExists(self.get(job["job_id"]) or job) from None
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        snapshot = self._ref(job_id).get(retry=self.retry, timeout=self.timeout)
+        snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
         return snapshot.to_dict() if snapshot.exists else None
 
     def delete_unpublished(self, job_id: str) -> None:
@@ -89,9 +89,9 @@ class JobStore:
 
         @firestore.transactional
         def undo(transaction: firestore.Transaction) -> None:
-            snapshot = self._ref(job_id).get(transaction=transaction)
+            snapshot = self.ref(job_id).get(transaction=transaction)
             if snapshot.exists and not snapshot.get("published"):
-                transaction.delete(self._ref(job_id))
+                transaction.delete(self.ref(job_id))
 
         undo(transaction)
 
@@ -99,7 +99,7 @@ class JobStore:
         now = utcnow()
         batch = self.client.batch()
         for job_id in job_ids:
-            batch.update(self._ref(job_id), {"published": True, "published_at": now})
+            batch.update(self.ref(job_id), {"published": True, "published_at": now})
         batch.commit(retry=self.retry, timeout=self.timeout)
 
     def unpublished_before(self, cutoff: datetime, limit: int = 500) -> list[dict[str, Any]]:
@@ -141,7 +141,7 @@ class JobStore:
         Terminal jobs are returned unchanged; the caller decides what that means.
         """
         transaction = self.client.transaction()
-        ref = self._ref(job_id)
+        ref = self.ref(job_id)
 
         @firestore.transactional
         def cancel(transaction: firestore.Transaction) -> dict[str, Any]:
@@ -164,13 +164,13 @@ class JobStore:
                 changes = {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now}
             if changes:
                 transaction.update(ref, changes)
-                job = _apply(job, changes)
+                job = apply_changes(job, changes)
             return job
 
         return cancel(transaction)
 
 
-def _apply(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def apply_changes(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """What `update(changes)` did to the document, without reading it back."""
     job = {**job}
     for path, value in changes.items():

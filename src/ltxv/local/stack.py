@@ -188,6 +188,10 @@ def _gcs_command(stack: LocalStack) -> list[str]:
         "filesystem",
         "-filesystem-root",
         str(stack.state_dir / "gcs"),
+        # Path-style downloads (/bucket/object, what signed URLs point at) are served only
+        # for requests addressed to the public host.
+        "-public-host",
+        f"{HOST}:{stack.port('gcs')}",
         # Announce finalized objects on a topic as GCS notifications do; the bridge reads it.
         "-event.pubsub-topic",
         settings.storage_events_topic,
@@ -226,6 +230,24 @@ def _probe_bridge(stack: LocalStack) -> None:
         raise RuntimeError("not pulling yet")
 
 
+def _worker_env(stack: LocalStack) -> dict[str, str]:
+    return {
+        **stack.service_env(),
+        "LTXV_MODEL_DIR": str(stack.state_dir / "models" / stack.settings.default_model),
+    }
+
+
+def _probe_worker(stack: LocalStack) -> None:
+    # Ready once the running child has loaded its model (its first log line that says so
+    # after the supervisor's latest start).
+    child = stack.state_dir / "worker.pid"
+    if not child.exists():
+        raise RuntimeError("not started yet")
+    text = stack.log_file("worker").read_text(errors="replace")
+    if '"message": "model loaded"' not in text.rsplit("starts:", 1)[-1]:
+        raise RuntimeError("loading the model")
+
+
 COMPONENTS: tuple[Component, ...] = (
     Component(
         name="pubsub",
@@ -259,6 +281,20 @@ COMPONENTS: tuple[Component, ...] = (
     _function("api", "http", "LTXV_API_PORT", 8080, probe=_probe_api),
     _function("prompt_file", "cloudevent", "LTXV_PROMPT_FILE_PORT", 8081),
     _function("redispatch", "cloudevent", "LTXV_REDISPATCH_PORT", 8082),
+    Component(
+        name="worker",
+        command=lambda stack: [sys.executable, "-m", "gpu_worker"],
+        probe=_probe_worker,
+        marker="gpu_worker",
+        needs=("pubsub", "firestore", "gcs"),
+        env=_worker_env,
+        cwd=lambda stack: REPO_ROOT,
+        # As systemd runs it on a VM: restarted whenever it exits; pid in .local/worker.pid.
+        restart=True,
+        child_pidfile="worker.pid",
+        # Room for the worker's own shutdown grace (finish or requeue the current job).
+        stop_grace=25.0,
+    ),
     Component(
         name="bridge",
         command=lambda stack: [sys.executable, "-m", "ltxv.local.bridge"],
@@ -505,7 +541,9 @@ class LocalStack:
                 {
                     "name": s.subscription,
                     "topic": topic(s.topic),
-                    "ack_deadline_seconds": 600,
+                    # The worker extends it while it renders; a crashed worker's job comes
+                    # back within a minute instead of ten.
+                    "ack_deadline_seconds": 60,
                     "dead_letter_policy": {
                         "dead_letter_topic": topic(s.dead_letter_topic),
                         "max_delivery_attempts": 5,

@@ -1,0 +1,1 @@
+"""The VM-side worker: claims jobs, renders them with diffusers LTX-Video, encodes, uploads."""

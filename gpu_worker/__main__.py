@@ -1,0 +1,48 @@
+"""`python -m gpu_worker`: one worker process per GPU (systemd runs one per GPU on a VM)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from google.cloud import firestore, pubsub_v1, storage
+
+from ltxv import logs
+from ltxv.lifecycle import JobLifecycle
+from ltxv.profiles import all_profiles
+from ltxv.settings import get_settings
+from ltxv.store import JobStore
+
+from .generation import Renderer
+from .messages import JobMessages
+from .worker import Worker, worker_id
+
+
+def main() -> int:
+    settings = get_settings()
+    logs.setup("gpu_worker", settings.log_level)
+    store = JobStore(
+        firestore.Client(project=settings.project),
+        settings.jobs_collection,
+        settings.rpc_timeout_seconds,
+    )
+    worker = Worker(
+        settings,
+        lifecycle=JobLifecycle(store, settings.worker_id or worker_id(), settings.lease_seconds),
+        storage_client=storage.Client(project=settings.project),
+        messages=JobMessages(
+            pubsub_v1.SubscriberClient(), settings.subscription_path, settings.ack_extension_seconds
+        ),
+        renderer=Renderer(
+            all_profiles()[settings.default_model],
+            model_dir=Path(settings.model_dir) if settings.model_dir else None,
+        ),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Generation: a model profile's diffusers LTX pipeline, loaded once, rendering job requests.
+
+`Renderer(profile).load()` loads the pipeline (the `tiny-random` profile builds its
+miniature model on the fly; a Hugging Face profile reads a synced model directory or the
+hub), and `render(request)` turns one validated job request into uint8 RGB frames,
+reporting each denoising step and stopping between steps when asked.
+
+Same seed and parameters give the same frames: the initial noise comes from a generator
+seeded with the request's seed, and torch's global RNG (which the VAE decoder's noise
+injection draws from) is seeded with it too, inside a forked RNG state so nothing else in
+the process is disturbed.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltxv.profiles import ModelProfile
+
+log = logging.getLogger(__name__)
+
+# Request keys that map onto pipeline arguments of the same name.
+_PIPELINE_KEYS = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "decode_timestep",
+    "decode_noise_scale",
+)
+
+
+class TransientRenderError(RuntimeError):
+    """The render failed for a reason that may pass (CUDA out of memory): retry the job."""
+
+
+class RenderInterrupted(RuntimeError):
+    """`should_stop()` asked to stop; the render stopped between denoising steps."""
+
+    def __init__(self, step: int, total: int) -> None:
+        super().__init__(f"render interrupted after step {step} of {total}")
+        self.step = step
+        self.total = total
+
+
+@dataclass
+class RenderResult:
+    frames: np.ndarray  # uint8 [num_frames, height, width, 3]
+    seconds: float  # denoising + VAE decode
+    steps: int  # denoising steps run
+    # Where the time went (seconds): encode_prompt, denoise, decode.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize()
+
+
+class Renderer:
+    """One model profile's pipeline on one device; `load()` once, then `render()` jobs."""
+
+    def __init__(
+        self,
+        profile: ModelProfile,
+        *,
+        model_dir: Path | str | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.profile = profile
+        self.model_dir = Path(model_dir).expanduser() if model_dir is not None else None
+        self._device_name = device
+        self.pipe: Any = None
+        self.load_seconds: float | None = None
+
+    # -- loading -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        if self._device_name is None:
+            import torch
+
+            cuda = self.profile.accelerator == "cuda" and torch.cuda.is_available()
+            self._device_name = "cuda" if cuda else "cpu"
+        return self._device_name
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.profile.dtype)
+
+    def load(self) -> float:
+        """Load the pipeline onto the device (once); the seconds this call spent loading."""
+        if self.pipe is not None:
+            return 0.0
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        started = time.perf_counter()
+        kind = self.profile.source.get("kind")
+        if kind == "tiny-random":
+            pipe = self._load_tiny_random()
+        elif kind == "huggingface":
+            pipe = self._load_huggingface()
+        else:
+            raise ValueError(f"profile {self.profile.name!r}: unknown source kind {kind!r}")
+        self.use(pipe)
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "model loaded",
+            extra={
+                "model": self.profile.name,
+                "device": self.device,
+                "dtype": self.profile.dtype,
+                "seconds": round(self.load_seconds, 3),
+            },
+        )
+        return self.load_seconds
+
+    def use(self, pipe: Any) -> None:
+        """Render with this pipeline (as `load` does with the one it loads; benchmarks hand
+        in one built elsewhere)."""
+        if type(pipe).__name__ == "LTXConditionPipeline" and pipe.scheduler.config.get(
+            "use_dynamic_shifting"
+        ):
+            # It hands the scheduler explicit timesteps, which dynamic shifting refuses.
+            pipe.scheduler = type(pipe.scheduler).from_config(
+                pipe.scheduler.config, use_dynamic_shifting=False
+            )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+
+    def _pipeline_class(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.profile.pipeline)
+
+    def _load_tiny_random(self) -> Any:
+        from . import tiny_random
+
+        directory = tiny_random.ensure(self.model_dir)
+        return self._pipeline_class().from_pretrained(directory, dtype=self.dtype)
+
+    # Real weights. Not exercised by the tests (no hub here); keep it small.
+    def _load_huggingface(self) -> Any:
+        source = self.profile.source
+        cls = self._pipeline_class()
+        local = self.model_dir if self.model_dir and self.model_dir.is_dir() else None
+        weights_file = source.get("weights_file")
+        if weights_file is None:
+            # A diffusers-format repository (or a directory synced from it).
+            if local is not None and (local / "model_index.json").is_file():
+                return cls.from_pretrained(local, dtype=self.dtype)
+            return cls.from_pretrained(source["repo"], dtype=self.dtype)
+        # A single-file checkpoint (transformer and VAE in one safetensors), with the text
+        # encoder, tokenizer and scheduler from a diffusers-format repository.
+        from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+
+        if local is not None and (local / weights_file).is_file():
+            checkpoint = str(local / weights_file)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            checkpoint = hf_hub_download(source["repo"], weights_file)
+        transformer = LTXVideoTransformer3DModel.from_single_file(checkpoint, dtype=self.dtype)
+        vae = AutoencoderKLLTXVideo.from_single_file(checkpoint, dtype=self.dtype)
+        if local is not None and (local / "model_index.json").is_file():
+            base: Any = local
+        else:
+            base = source.get("text_encoder_repo") or source["repo"]
+        return cls.from_pretrained(base, transformer=transformer, vae=vae, dtype=self.dtype)
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def parameters(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request over the profile's defaults: every value the render will use."""
+        merged = dict(self.profile.defaults)
+        merged.update({k: v for k, v in request.items() if v is not None})
+        height, width, frames = merged["height"], merged["width"], merged["num_frames"]
+        if height % 32 or width % 32:
+            raise ValueError(f"height and width must be multiples of 32, got {height}x{width}")
+        if frames < 1 or (frames - 1) % 8:
+            raise ValueError(f"num_frames must be 8k + 1, got {frames}")
+        return merged
+
+    def render(
+        self,
+        request: dict[str, Any],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RenderResult:
+        """Render one request: `on_step(done, total)` after each denoising step (1..total);
+        `should_stop()` is asked right after it, and True stops the render there
+        (RenderInterrupted, before any VAE decode). CUDA out of memory raises
+        TransientRenderError."""
+        import torch
+
+        params = self.parameters(request)
+        self.load()
+        oom: str | None = None
+        try:
+            return self._render(params, on_step, should_stop)
+        except torch.OutOfMemoryError as exc:
+            oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        # Outside the except block the traceback (and the tensors its frames hold) is gone.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TransientRenderError(f"{self.device} out of memory: {oom}")
+
+    def _render(
+        self,
+        params: dict[str, Any],
+        on_step: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> RenderResult:
+        import torch
+
+        pipe = self.pipe
+        device = pipe._execution_device
+        seed = int(params["seed"])
+        call = {k: params[k] for k in _PIPELINE_KEYS if k in params}
+        call["frame_rate"] = params["fps"]
+        signature = inspect.signature(type(pipe).__call__).parameters
+        max_sequence_length = params.get(
+            "max_sequence_length", signature["max_sequence_length"].default
+        )
+        marks: dict[str, float] = {}
+
+        def step_end(pipeline: Any, index: int, _timestep: Any, tensors: dict) -> dict:
+            total = pipeline.num_timesteps
+            if index + 1 == total:
+                _sync(device)
+                marks["denoised"] = time.perf_counter()
+            if on_step is not None:
+                on_step(index + 1, total)
+            if should_stop is not None and should_stop():
+                pipeline._interrupt = True
+                # Raised here rather than letting the pipeline run on: it would still VAE
+                # decode the half-denoised latents, seconds of GPU time nobody wants.
+                raise RenderInterrupted(index + 1, total)
+            return tensors
+
+        cuda_devices = []
+        if device.type == "cuda":
+            cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
+        with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode():
+            torch.manual_seed(seed)  # the VAE decoder's noise injection reads the global RNG
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            started = time.perf_counter()
+            embeds = pipe.encode_prompt(
+                prompt=params["prompt"],
+                negative_prompt=params.get("negative_prompt") or "",
+                do_classifier_free_guidance=params.get("guidance_scale", 1.0) > 1.0,
+                num_videos_per_prompt=1,
+                max_sequence_length=max_sequence_length,
+                device=device,
+            )
+            _sync(device)
+            encoded = time.perf_counter()
+            output = pipe(
+                prompt_embeds=embeds[0],
+                prompt_attention_mask=embeds[1],
+                negative_prompt_embeds=embeds[2],
+                negative_prompt_attention_mask=embeds[3],
+                generator=generator,
+                output_type="pt",
+                callback_on_step_end=step_end,
+                **call,
+            )
+            video = output.frames[0]  # [F, C, H, W] floats in [0, 1], on the device
+            frames = (video.permute(0, 2, 3, 1) * 255).round_().clamp_(0, 255).to(torch.uint8)
+            frames = frames.cpu().numpy()
+            finished = time.perf_counter()
+        expected = (params["num_frames"], params["height"], params["width"], 3)
+        if frames.shape != expected:
+            raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}")
+        denoised = marks.get("denoised", finished)
+        timings = {
+            "encode_prompt": encoded - started,
+            "denoise": denoised - encoded,
+            "decode": finished - denoised,
+        }
+        return RenderResult(
+            frames=frames,
+            seconds=finished - encoded,
+            steps=pipe.num_timesteps,
+            timings=timings,
+        )

@@ -1,0 +1,136 @@
+"""The worker's side of the jobs subscription: pull one message, keep it, ack or nack it.
+
+Unary Pull with `return_immediately`, one message at a time, rather than the client
+library's StreamingPull: the worker takes a job only when its GPU is free, and nothing is
+left waiting in Pub/Sub for a process that may be killed (the emulator, and Pub/Sub after
+a crash, hand a waiting Pull's messages to a client that is gone, where they sit until
+the ack deadline passes). While a job is held its ack deadline is extended in the
+background, so a render may take as long as it takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", "The return_immediately flag is deprecated")
+
+
+@dataclass(frozen=True)
+class Received:
+    ack_id: str
+    message_id: str
+    job_id: str | None  # None: the message names no job (poison)
+    delivery_attempt: int
+
+
+def parse_job_id(data: bytes, attributes: dict[str, str]) -> str | None:
+    job_id = attributes.get("job_id")
+    if not job_id:
+        try:
+            body = json.loads(data)
+            job_id = body.get("job_id") if isinstance(body, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 64 else None
+
+
+class JobMessages:
+    def __init__(
+        self,
+        subscriber: pubsub_v1.SubscriberClient,
+        subscription_path: str,
+        ack_extension_seconds: int = 60,
+    ) -> None:
+        self.subscriber = subscriber
+        self.path = subscription_path
+        self.extension = ack_extension_seconds
+
+    def pull_one(self) -> Received | None:
+        response = self.subscriber.pull(
+            request={"subscription": self.path, "max_messages": 1, "return_immediately": True},
+            timeout=30,
+        )
+        if not response.received_messages:
+            return None
+        received = response.received_messages[0]
+        message = received.message
+        return Received(
+            ack_id=received.ack_id,
+            message_id=message.message_id,
+            job_id=parse_job_id(message.data, dict(message.attributes)),
+            delivery_attempt=received.delivery_attempt,
+        )
+
+    def extend(self, received: Received, seconds: int | None = None) -> None:
+        self.subscriber.modify_ack_deadline(
+            subscription=self.path,
+            ack_ids=[received.ack_id],
+            ack_deadline_seconds=min(600, seconds or self.extension),
+        )
+
+    def ack(self, received: Received) -> bool:
+        """Acknowledge; False when Pub/Sub refused (the lease had lapsed, exactly-once)."""
+        try:
+            self.subscriber.acknowledge(subscription=self.path, ack_ids=[received.ack_id])
+        except gexc.GoogleAPICallError as exc:
+            log.warning("ack refused", extra={"message_id": received.message_id, "error": str(exc)})
+            return False
+        return True
+
+    def nack(self, received: Received, delay_seconds: int = 0) -> None:
+        """Hand the message back: now (the subscription's retry backoff applies) or later."""
+        try:
+            self.subscriber.modify_ack_deadline(
+                subscription=self.path,
+                ack_ids=[received.ack_id],
+                ack_deadline_seconds=min(600, delay_seconds),
+            )
+        except gexc.GoogleAPICallError as exc:
+            log.warning(
+                "nack refused", extra={"message_id": received.message_id, "error": str(exc)}
+            )
+
+
+class AckKeeper:
+    """Sets one message's ack deadline to the extension now, then every half extension,
+    until stopped; a crashed worker's message comes back within one extension."""
+
+    def __init__(self, messages: JobMessages, received: Received) -> None:
+        self.messages = messages
+        self.received = received
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ack-keeper", daemon=True)
+
+    def __enter__(self) -> AckKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        # The first extension goes out at once: until then the message has the
+        # subscription's own deadline, and a worker killed now would strand it that long.
+        first = True
+        while first or not self._stop.wait(self.messages.extension / 2):
+            first = False
+            try:
+                self.messages.extend(self.received)
+            except gexc.GoogleAPICallError as exc:
+                log.warning(
+                    "ack deadline not extended",
+                    extra={"message_id": self.received.message_id, "error": str(exc)},
+                )

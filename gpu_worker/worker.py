@@ -1,0 +1,354 @@
+"""The worker loop: pull a job id, claim the job, render it, hand the video to the finisher.
+
+    while not stopping:
+        message = pull one
+        claim the job (Firestore transaction)  -> missing / settled / busy: ack or defer
+        render (lease and progress kept in the background, cancel checked between steps)
+        finisher: encode mp4 + poster, upload, mark succeeded, write result.json, ack
+
+Rendering happens on the main thread, one job at a time (one process per GPU). What
+follows a render (encoding, uploads, bookkeeping) runs on one finisher thread, so when
+a backlog exists the GPU is already on the next job while the last one is being saved.
+
+Failures: an error the request caused fails the job (result.json, ack); anything else
+(storage, Firestore, CUDA out of memory, a bug) puts it back to `queued` and nacks, so
+the subscription's backoff applies and its dead-letter policy ends a job that never works.
+On SIGTERM the worker stops pulling, lets the current job finish within the grace period,
+else interrupts it, requeues and nacks it, and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from ltxv.intake import BACKEND_ERRORS
+from ltxv.lifecycle import ClaimOutcome, JobLifecycle, LeaseLost
+from ltxv.results import build_result, output_prefix, result_exists, write_result_once
+from ltxv.settings import Settings
+from ltxv.signing import split_gs_uri
+
+from .encoding import encode_mp4, write_poster
+from .generation import Renderer, RenderInterrupted, TransientRenderError
+from .messages import AckKeeper, JobMessages, Received
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """Unique per process: a restarted worker on the same VM is another lease owner."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class JobControl:
+    """What the background lease keeper and the render loop share for one job."""
+
+    job_id: str
+    total_steps: int
+    step: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class LeaseKeeper:
+    """Renews the job's Firestore lease and writes progress, at a throttled rate.
+
+    It also learns of a cancel request from the renewed document, which is how a cancel
+    reaches the render between steps without an extra read per step.
+    """
+
+    def __init__(self, lifecycle: JobLifecycle, control: JobControl, interval: float) -> None:
+        self.lifecycle = lifecycle
+        self.control = control
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        renew_every = max(self.interval, self.lifecycle.lease_seconds / 3)
+        last_renewal = time.monotonic()
+        written_step = 0
+        while not self._stop.wait(self.interval):
+            step = self.control.step
+            if step == written_step and time.monotonic() - last_renewal < renew_every:
+                continue
+            try:
+                job = self.lifecycle.renew(self.control.job_id, (step, self.control.total_steps))
+            except LeaseLost:
+                self.control.lost.set()
+                return
+            except BACKEND_ERRORS as exc:
+                log.warning(
+                    "lease not renewed", extra={"job_id": self.control.job_id, "error": str(exc)}
+                )
+                continue
+            written_step, last_renewal = step, time.monotonic()
+            if job.get("cancel_requested"):
+                self.control.cancel.set()
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lifecycle: JobLifecycle,
+        storage_client: storage.Client,
+        messages: JobMessages,
+        renderer: Renderer,
+    ) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.storage = storage_client
+        self.messages = messages
+        self.renderer = renderer
+        self.stopping = threading.Event()  # SIGTERM: take no new job
+        self.interrupting = threading.Event()  # grace over: stop the render between steps
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finisher")
+        self._finishing: Future | None = None
+        self._load_seconds = 0.0
+        self._workdir = Path(tempfile.mkdtemp(prefix="ltxv-worker-"))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._load_seconds = self.renderer.load()
+        log.info("model loaded", extra={"seconds": round(self._load_seconds, 3)})
+        idle = 0.2
+        while not self.stopping.is_set():
+            try:
+                received = self.messages.pull_one()
+            except BACKEND_ERRORS as exc:
+                log.warning("pull failed", extra={"error": str(exc)})
+                self.stopping.wait(2.0)
+                continue
+            if received is None:
+                self.stopping.wait(idle)
+                idle = min(idle * 2, 2.0)
+                continue
+            idle = 0.2
+            self.handle(received)
+        self._wait_for_finisher()
+        self._finisher.shutdown(wait=True)
+        log.info("worker stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        """SIGTERM: stop pulling now; interrupt the render if the grace period runs out."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        timer = threading.Timer(self.settings.shutdown_grace_seconds, self.interrupting.set)
+        timer.daemon = True
+        timer.start()
+
+    # --- one message ----------------------------------------------------------------------
+
+    def handle(self, received: Received) -> None:
+        if received.job_id is None:
+            log.error("message names no job; dropped", extra={"message_id": received.message_id})
+            self.messages.ack(received)
+            return
+        job_id = received.job_id
+        keeper = AckKeeper(self.messages, received).__enter__()
+        try:
+            claim = self.lifecycle.claim(job_id)
+        except BACKEND_ERRORS as exc:
+            keeper.stop()
+            log.warning("claim failed; nacked", extra={"job_id": job_id, "error": str(exc)})
+            self.messages.nack(received)
+            return
+        if claim.outcome is ClaimOutcome.MISSING:
+            keeper.stop()
+            log.error("unknown job id; dropped", extra={"job_id": job_id})
+            self.messages.ack(received)
+        elif claim.outcome is ClaimOutcome.SETTLED:
+            self._repair_result(claim.job)
+            keeper.stop()
+            self.messages.ack(received)
+        elif claim.outcome is ClaimOutcome.BUSY:
+            keeper.stop()
+            # Come back when that lease would have run out: if its worker died, take over.
+            self.messages.nack(received, delay_seconds=int(claim.lease_left) + 1)
+            log.info("job leased elsewhere; deferred", extra={"job_id": job_id})
+        else:
+            self._render(claim.job, received, keeper)
+
+    def _render(self, job: dict[str, Any], received: Received, keeper: AckKeeper) -> None:
+        job_id = job["job_id"]
+        request = job["request"]
+        control = JobControl(job_id, request["num_inference_steps"])
+        lease = LeaseKeeper(self.lifecycle, control, self.settings.progress_interval_seconds)
+        lease.start()
+        log.info("rendering", extra={"job_id": job_id, "attempt": job["attempts"]})
+
+        def on_step(step: int, total: int) -> None:
+            control.step = step
+
+        def should_stop() -> bool:
+            return control.cancel.is_set() or control.lost.is_set() or self.interrupting.is_set()
+
+        try:
+            result = self.renderer.render(request, on_step=on_step, should_stop=should_stop)
+        except RenderInterrupted:
+            lease.stop()
+            self._after_interrupt(job_id, received, control)
+            keeper.stop()
+            return
+        except TransientRenderError as exc:
+            lease.stop()
+            self._requeue(job_id, received, "render_transient", str(exc))
+            keeper.stop()
+            return
+        except ValueError as exc:  # the pipeline refused these parameters
+            lease.stop()
+            reason = str(exc)
+            self._settle_with_result(
+                received, lambda: self.lifecycle.fail(job_id, "invalid_request", reason)
+            )
+            keeper.stop()
+            return
+        except Exception as exc:
+            lease.stop()
+            log.exception("render failed", extra={"job_id": job_id})
+            self._requeue(job_id, received, "render_error", f"{type(exc).__name__}: {exc}")
+            keeper.stop()
+            return
+        timings = {
+            "model_load_seconds": round(self._load_seconds, 3),
+            "generate_seconds": round(result.seconds, 3),
+        }
+        self._load_seconds = 0.0  # later jobs found the model warm
+        # One job finishing at a time bounds memory; the next render starts meanwhile.
+        self._wait_for_finisher()
+        self._finishing = self._finisher.submit(
+            self._finish, job, result.frames, timings, received, keeper, lease, control
+        )
+
+    def _wait_for_finisher(self) -> None:
+        if self._finishing is not None:
+            self._finishing.result()
+            self._finishing = None
+
+    # --- after the render -----------------------------------------------------------------
+
+    def _finish(self, job, frames, timings, received, keeper, lease, control) -> None:
+        job_id = job["job_id"]
+        try:
+            started = time.monotonic()
+            folder = self._workdir / job_id
+            folder.mkdir(parents=True, exist_ok=True)
+            video = encode_mp4(frames, job["request"]["fps"], folder / "video.mp4")
+            write_poster(frames[0], folder / "poster.jpg")
+            timings["encode_seconds"] = round(time.monotonic() - started, 3)
+            started = time.monotonic()
+            outputs = self._upload(job, folder)
+            timings["upload_seconds"] = round(time.monotonic() - started, 3)
+            lease.stop()
+            settled = self.lifecycle.succeed(job_id, outputs, timings, control.total_steps)
+            write_result_once(
+                self.storage, self.settings.outputs, build_result(settled, video.as_dict())
+            )
+            self.messages.ack(received)
+            log.info("job succeeded", extra={"job_id": job_id, "timings": timings})
+        except LeaseLost:
+            log.warning("job taken from this worker before it finished", extra={"job_id": job_id})
+            self.messages.ack(received)
+        except Exception as exc:
+            log.exception("finishing failed", extra={"job_id": job_id})
+            lease.stop()
+            self._requeue(job_id, received, "finish_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            keeper.stop()
+            for path in (self._workdir / job_id).glob("*"):
+                path.unlink(missing_ok=True)
+
+    def _upload(self, job: dict[str, Any], folder: Path) -> dict[str, str]:
+        job_id = job["job_id"]
+        bucket = self.settings.outputs
+        prefix = output_prefix(job_id)
+        destination = job["request"].get("gcs_destination")
+        video_bucket, video_name = (
+            split_gs_uri(destination) if destination else (bucket, prefix + "video.mp4")
+        )
+        # Rewriting the same bytes to the same name is harmless, so uploads may be retried
+        # without a precondition; past the deadline the job is requeued instead.
+        retry = DEFAULT_RETRY.with_timeout(self.settings.storage_retry_seconds)
+        self.storage.bucket(video_bucket).blob(video_name).upload_from_filename(
+            folder / "video.mp4", content_type="video/mp4", timeout=300, retry=retry
+        )
+        self.storage.bucket(bucket).blob(prefix + "poster.jpg").upload_from_filename(
+            folder / "poster.jpg", content_type="image/jpeg", timeout=60, retry=retry
+        )
+        return {
+            "video": f"gs://{video_bucket}/{video_name}",
+            "poster": f"gs://{bucket}/{prefix}poster.jpg",
+            "result": f"gs://{bucket}/{prefix}result.json",
+        }
+
+    # --- settling without a video ---------------------------------------------------------
+
+    def _after_interrupt(self, job_id: str, received: Received, control: JobControl) -> None:
+        if control.lost.is_set():
+            log.warning("lease lost mid-render; stopped", extra={"job_id": job_id})
+            self.messages.ack(received)
+        elif control.cancel.is_set():
+            self._settle_with_result(received, lambda: self.lifecycle.cancel(job_id))
+            log.info("job canceled mid-render", extra={"job_id": job_id})
+        else:
+            self._requeue(job_id, received, "worker_shutdown", "the worker stopped mid-render")
+
+    def _settle_with_result(self, received: Received, settle) -> None:
+        try:
+            job = settle()
+            write_result_once(self.storage, self.settings.outputs, build_result(job))
+        except LeaseLost:
+            pass
+        except BACKEND_ERRORS as exc:
+            log.warning("could not settle; nacked", extra={"error": str(exc)})
+            self.messages.nack(received)
+            return
+        self.messages.ack(received)
+
+    def _requeue(self, job_id: str, received: Received, code: str, message: str) -> None:
+        try:
+            self.lifecycle.requeue(job_id, code, message)
+        except LeaseLost:
+            pass
+        except BACKEND_ERRORS as exc:
+            # The lease runs out by itself and the redelivered message takes the job over.
+            log.warning("could not requeue", extra={"job_id": job_id, "error": str(exc)})
+        self.messages.nack(received)
+        log.warning("job requeued", extra={"job_id": job_id, "code": code, "reason": message})
+
+    def _repair_result(self, job: dict[str, Any]) -> None:
+        """A settled job whose result.json is missing (crash before it was written)."""
+        try:
+            if not result_exists(self.storage, self.settings.outputs, job["job_id"]):
+                write_result_once(self.storage, self.settings.outputs, build_result(job))
+                log.warning("result.json repaired", extra={"job_id": job["job_id"]})
+        except BACKEND_ERRORS as exc:
+            log.warning(
+                "result.json not repaired", extra={"job_id": job["job_id"], "error": str(exc)}
+            )

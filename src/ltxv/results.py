@@ -1,0 +1,71 @@
+"""result.json: the self-contained record of a settled job, written once, last.
+
+It is the webhook event's `data`, so it carries everything a client needs without a
+second lookup. Written with `if_generation_match=0`: a second writer (a redelivered
+message, a repair) finds it there and leaves it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from . import schemas
+from .jobs import State, to_json
+
+RESULT_NAME = "result.json"
+
+
+def output_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def result_uri(outputs_bucket: str, job_id: str) -> str:
+    return f"gs://{outputs_bucket}/{output_prefix(job_id)}{RESULT_NAME}"
+
+
+def build_result(job: dict[str, Any], video: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = State(job["state"])
+    if not state.terminal:
+        raise ValueError(f"job {job['job_id']} is {state}, not settled")
+    document = to_json(
+        {
+            "job_id": job["job_id"],
+            "state": state.value,
+            "model": job["model"],
+            "request": job["request"],
+            "source": job["source"],
+            "attempts": job.get("attempts", 0),
+            "created_at": job["created_at"],
+            "finished_at": job["state_times"][state.value],
+            "outputs": job.get("outputs"),
+            "video": video,
+            "timings": job.get("timings") or {},
+            "error": job.get("error"),
+            "metadata": job["request"].get("metadata") or {},
+        }
+    )
+    schemas.validator("result").validate(document)
+    return document
+
+
+def write_result_once(client: storage.Client, outputs_bucket: str, result: dict[str, Any]) -> bool:
+    """Write result.json unless it exists; True if this call wrote it."""
+    blob = client.bucket(outputs_bucket).blob(output_prefix(result["job_id"]) + RESULT_NAME)
+    try:
+        blob.upload_from_string(
+            json.dumps(result, indent=2),
+            content_type="application/json",
+            if_generation_match=0,
+            timeout=30,
+        )
+    except gexc.PreconditionFailed:
+        return False
+    return True
+
+
+def result_exists(client: storage.Client, outputs_bucket: str, job_id: str) -> bool:
+    return client.bucket(outputs_bucket).blob(output_prefix(job_id) + RESULT_NAME).exists()

@@ -1,0 +1,140 @@
+"""Renderer on the tiny-random profile: sizes, determinism, progress, interruption, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_worker import tiny_random
+from gpu_worker.generation import (
+    Renderer,
+    RenderInterrupted,
+    RenderResult,
+    TransientRenderError,
+)
+from ltxv.profiles import all_profiles
+
+PROFILE = all_profiles()["tiny-random"]
+REQUEST = {
+    "prompt": "a red car on a city street at night",
+    "negative_prompt": "",
+    "seed": 7,
+    "height": 64,
+    "width": 96,
+    "num_frames": 9,
+    "num_inference_steps": 3,
+    "fps": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def renderer(tmp_path_factory: pytest.TempPathFactory) -> Renderer:
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    renderer = Renderer(PROFILE, model_dir=model_dir)
+    assert renderer.load() > 0
+    return renderer
+
+
+def test_loads_once_on_the_profile_device(renderer):
+    assert renderer.load() == 0.0
+    assert renderer.device == "cpu"
+    assert renderer.pipe.transformer.dtype == torch.float32
+
+
+def test_render_returns_the_requested_frames(renderer):
+    request = {**REQUEST, "height": 96, "width": 64, "num_frames": 17, "num_inference_steps": 2}
+    result = renderer.render(request)
+    assert isinstance(result, RenderResult)
+    assert result.frames.shape == (17, 96, 64, 3)
+    assert result.frames.dtype == np.uint8
+    assert result.steps == 2
+    assert result.seconds > 0
+    assert set(result.timings) == {"encode_prompt", "denoise", "decode"}
+    assert result.frames.std() > 0  # noise, not a blank video
+
+
+def test_omitted_fields_take_the_profile_defaults(renderer):
+    result = renderer.render({"prompt": "a cat"})
+    defaults = PROFILE.defaults
+    assert result.frames.shape == (defaults["num_frames"], defaults["height"], defaults["width"], 3)
+    assert result.steps == defaults["num_inference_steps"]
+
+
+def test_same_seed_gives_identical_frames(renderer):
+    first = renderer.render(REQUEST).frames
+    torch.manual_seed(12345)  # whatever the global RNG holds must not matter
+    torch.rand(10)
+    second = renderer.render(REQUEST).frames
+    assert np.array_equal(first, second)
+
+
+def test_render_leaves_the_global_rng_alone(renderer):
+    state = torch.get_rng_state()
+    renderer.render(REQUEST)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_different_seed_gives_different_frames(renderer):
+    first = renderer.render(REQUEST).frames
+    other = renderer.render({**REQUEST, "seed": 8}).frames
+    assert not np.array_equal(first, other)
+
+
+def test_on_step_reports_each_step(renderer):
+    seen: list[tuple[int, int]] = []
+    renderer.render({**REQUEST, "num_inference_steps": 4}, on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_should_stop_interrupts_after_that_step(renderer):
+    seen: list[tuple[int, int]] = []
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(len(seen))
+        return len(seen) >= 2
+
+    with pytest.raises(RenderInterrupted) as caught:
+        renderer.render(
+            {**REQUEST, "num_inference_steps": 5},
+            on_step=lambda i, n: seen.append((i, n)),
+            should_stop=should_stop,
+        )
+    assert seen == [(1, 5), (2, 5)]
+    assert asked == [1, 2]
+    assert (caught.value.step, caught.value.total) == (2, 5)
+    # The pipeline renders normally again afterwards.
+    assert renderer.render(REQUEST).frames.shape == (9, 64, 96, 3)
+
+
+def test_out_of_memory_is_transient(renderer, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(renderer, "_render", oom)
+    with pytest.raises(TransientRenderError, match="out of memory"):
+        renderer.render(REQUEST)
+
+
+@pytest.mark.parametrize(
+    "change", [{"height": 65}, {"width": 100}, {"num_frames": 10}, {"num_frames": 0}]
+)
+def test_sizes_the_model_cannot_render_are_refused(renderer, change):
+    with pytest.raises(ValueError):
+        renderer.render({**REQUEST, **change})
+
+
+def test_condition_pipeline_renders_too(tmp_path_factory):
+    """The distilled profiles' pipeline class, on the same tiny weights."""
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    profile = dataclasses.replace(PROFILE, pipeline="LTXConditionPipeline")
+    renderer = Renderer(profile, model_dir=model_dir)
+    seen: list[tuple[int, int]] = []
+    result = renderer.render(REQUEST, on_step=lambda i, n: seen.append((i, n)))
+    assert type(renderer.pipe).__name__ == "LTXConditionPipeline"
+    assert result.frames.shape == (9, 64, 96, 3)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert np.array_equal(result.frames, renderer.render(REQUEST).frames)

@@ -148,7 +148,13 @@ class Worker:
                 idle = min(idle * 2, 2.0)
                 continue
             idle = 0.2
-            self.handle(received)
+            try:
+                self.handle(received)
+            except Exception:
+                # A bug must cost one delivery, not the worker: the message comes back and
+                # the dead-letter policy ends a job that fails every time.
+                log.exception("handling failed; nacked", extra={"job_id": received.job_id})
+                self.messages.nack(received)
         self._wait_for_finisher()
         self._finisher.shutdown(wait=True)
         log.info("worker stopped")

@@ -13,7 +13,6 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from . import schemas
 from .jobs import State, to_json
 
 RESULT_NAME = "result.json"
@@ -48,7 +47,6 @@ def build_result(job: dict[str, Any], video: dict[str, Any] | None = None) -> di
             "metadata": job["request"].get("metadata") or {},
         }
     )
-    schemas.validator("result").validate(document)
     return document
 
 

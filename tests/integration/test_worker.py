@@ -389,3 +389,40 @@ def test_a_transient_storage_error_is_retried(
             assert requeued and requeued[0]["code"] == "finish_error"
     finally:
         flaky.server.shutdown()
+
+
+def test_a_redelivered_message_repairs_a_missing_result_json_and_nothing_more(
+    client, auth, service, settings, start_worker
+):
+    worker = start_worker()
+    job_id = submit(client, auth, SMALL)
+    wait_state(service, job_id, {"succeeded"})
+    files = outputs(settings, job_id)
+    video_generation = files["video.mp4"].generation
+    files["result.json"].delete()  # as if the worker died between the state write and it
+
+    service.dispatcher.publish([job_id])
+    worker.wait_for("result.json repaired", job_id=job_id)
+    files = outputs(settings, job_id)
+    result = json.loads(files["result.json"].download_as_bytes())
+    schemas.validator("result").validate(result)
+    assert result["state"] == "succeeded" and result["attempts"] == 1
+    assert files["video.mp4"].generation == video_generation  # not rendered again
+    assert service.store.get(job_id)["attempts"] == 1
+
+
+def test_a_request_the_pipeline_refuses_fails_with_a_result(service, settings, start_worker):
+    """Intake never lets such a request through; a job written by other means must still
+    end cleanly rather than loop through retries."""
+    from ltxv.jobs import new_job, new_job_id
+
+    request = {**service.intake.validate(SMALL), "height": 100}  # not a multiple of 32
+    job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")
+    service.store.create(job)
+    service.dispatcher.publish([job["job_id"]])
+    start_worker()
+    settled = wait_state(service, job["job_id"], {"failed", "succeeded"})
+    assert settled["state"] == "failed"
+    assert settled["error"]["code"] == "invalid_request" and settled["error"]["retryable"] is False
+    result = json.loads(outputs(settings, job["job_id"])["result.json"].download_as_bytes())
+    assert result["state"] == "failed" and result["error"]["code"] == "invalid_request"

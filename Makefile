@@ -12,7 +12,7 @@ help:
 	@echo "make test    run the whole test suite (lint, unit, emulator integration, fuzzing)"
 	@echo "make dev     start the local stack in the background (.local/stack.env)"
 	@echo "make down    stop what make dev started"
-	@echo "make bench   submit latency and throughput on the local stack"
+	@echo "make bench   submit latency, worker overhead, generation time by stage"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,8 @@ status: venv
 
 bench: venv
 	$(PY) bench/submit.py
+	$(PY) bench/worker.py
+	$(PY) bench/generate.py
 
 	$(PY) -m ltxv.packaging build/functions
 

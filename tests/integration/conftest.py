@@ -33,23 +33,28 @@ OTHER_KEY = generate_api_key()
 KEY_HASHES = json.dumps({"default": hash_api_key(API_KEY), "other": hash_api_key(OTHER_KEY)})
 
 
+@contextlib.contextmanager
+def fresh_topic(project: str, **subscription: object) -> Iterator[tuple[str, str]]:
+    """A new jobs topic and worker subscription (options as in Pub/Sub's API), then gone."""
+    suffix = uuid.uuid4().hex[:8]
+    topic, name = f"jobs-{suffix}", f"jobs-{suffix}-worker"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic_path = publisher.topic_path(project, topic)
+    sub_path = subscriber.subscription_path(project, name)
+    publisher.create_topic(name=topic_path)
+    subscriber.create_subscription(request={"name": sub_path, "topic": topic_path, **subscription})
+    yield topic, name
+    with contextlib.suppress(gexc.NotFound):
+        subscriber.delete_subscription(subscription=sub_path)
+    with contextlib.suppress(gexc.NotFound):
+        publisher.delete_topic(topic=topic_path)
+
+
 @pytest.fixture
 def topic_names(emulators) -> Iterator[tuple[str, str]]:
     """A fresh jobs topic and worker subscription for one test."""
-    suffix = uuid.uuid4().hex[:8]
-    topic, subscription = f"jobs-{suffix}", f"jobs-{suffix}-worker"
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(emulators.project, topic)
-    sub_path = subscriber.subscription_path(emulators.project, subscription)
-    publisher.create_topic(name=topic_path)
-    subscriber.create_subscription(name=sub_path, topic=topic_path, ack_deadline_seconds=60)
-    yield topic, subscription
-    for delete in (
-        lambda: subscriber.delete_subscription(subscription=sub_path),
-        lambda: publisher.delete_topic(topic=topic_path),
-    ):
-        with contextlib.suppress(gexc.NotFound):
-            delete()
+    with fresh_topic(emulators.project, ack_deadline_seconds=60) as names:
+        yield names
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1, storage
 
 from ltxv import schemas
 
-from .conftest import ROOT
+from .conftest import ROOT, fresh_topic
 
 pytestmark = pytest.mark.emulators
 
@@ -52,26 +51,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def topic_names(emulators) -> Iterator[tuple[str, str]]:
     """Jobs topic and worker subscription with short deadlines, so redelivery is quick."""
-    suffix = uuid.uuid4().hex[:8]
-    topic, subscription = f"jobs-{suffix}", f"jobs-{suffix}-worker"
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(emulators.project, topic)
-    sub_path = subscriber.subscription_path(emulators.project, subscription)
-    publisher.create_topic(name=topic_path)
-    subscriber.create_subscription(
-        request={
-            "name": sub_path,
-            "topic": topic_path,
-            "ack_deadline_seconds": 10,
-            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 2}},
-            "enable_exactly_once_delivery": True,
-        }
-    )
-    yield topic, subscription
-    with contextlib.suppress(gexc.NotFound):
-        subscriber.delete_subscription(subscription=sub_path)
-    with contextlib.suppress(gexc.NotFound):
-        publisher.delete_topic(topic=topic_path)
+    with fresh_topic(
+        emulators.project,
+        ack_deadline_seconds=10,
+        retry_policy={"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 2}},
+        enable_exactly_once_delivery=True,
+    ) as names:
+        yield names
 
 
 class WorkerProcess:

@@ -10,15 +10,12 @@ ran out is taken over (attempts + 1), one for a live lease is left to its owner.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.cloud import firestore
-
-from .jobs import State, check_transition, utcnow
-from .store import JobStore, apply_changes
+from .jobs import State, check_transition
+from .store import JobStore
 
 
 class ClaimOutcome(enum.Enum):
@@ -39,35 +36,11 @@ class LeaseLost(RuntimeError):
     """The job is no longer this worker's: canceled, settled, or taken over."""
 
 
-Decide = Callable[[dict[str, Any], datetime], dict[str, Any] | None]
-
-
 class JobLifecycle:
     def __init__(self, store: JobStore, owner: str, lease_seconds: float = 120.0) -> None:
         self.store = store
         self.owner = owner
         self.lease_seconds = lease_seconds
-
-    def _transition(self, job_id: str, decide: Decide) -> dict[str, Any] | None:
-        """Read, decide and update in one transaction; returns the job as it now is."""
-        ref = self.store.ref(job_id)
-        transaction = self.store.client.transaction()
-
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> dict[str, Any] | None:
-            snapshot = ref.get(transaction=transaction)
-            if not snapshot.exists:
-                return None
-            job = snapshot.to_dict()
-            now = utcnow()
-            changes = decide(job, now)
-            if not changes:
-                return job
-            changes.setdefault("updated_at", now)
-            transaction.update(ref, changes)
-            return apply_changes(job, changes)
-
-        return run(transaction)
 
     def _lease(self, now: datetime) -> dict[str, Any]:
         return {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_seconds)}
@@ -104,7 +77,7 @@ class JobLifecycle:
                 "timings": {"queue_seconds": round((now - queued_at).total_seconds(), 3)},
             }
 
-        job = self._transition(job_id, decide)
+        job = self.store.transact(job_id, decide)
         if job is None:
             return Claim(ClaimOutcome.MISSING)
         return Claim(seen["outcome"], job, seen.get("lease_left", 0.0))
@@ -120,7 +93,7 @@ class JobLifecycle:
                 changes["progress"] = {"step": progress[0], "total": progress[1]}
             return changes
 
-        job = self._transition(job_id, decide)
+        job = self.store.transact(job_id, decide)
         if job is None:
             raise LeaseLost(job_id)
         return job
@@ -137,7 +110,7 @@ class JobLifecycle:
                 **fields,
             }
 
-        job = self._transition(job_id, decide)
+        job = self.store.transact(job_id, decide)
         if job is None:
             raise LeaseLost(job_id)
         return job

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,42 +136,60 @@ class JobStore:
         docs = docs[:page_size]
         return Page(docs, _encode_cursor(docs[-1]) if more and docs else None)
 
+    def transact(
+        self,
+        job_id: str,
+        decide: Callable[[dict[str, Any], datetime], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Read the job, let `decide(job, now)` name the changes, apply them, all in one
+        transaction (retried by Firestore on conflict); returns the job as it now is, or
+        None if there is no such job. `decide` may raise to abort without a write."""
+        ref = self.ref(job_id)
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> dict[str, Any] | None:
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            job = snapshot.to_dict()
+            now = utcnow()
+            changes = decide(job, now)
+            if not changes:
+                return job
+            changes.setdefault("updated_at", now)
+            transaction.update(ref, changes)
+            return _apply_changes(job, changes)
+
+        return run(self.client.transaction())
+
     def request_cancel(self, job_id: str, api_key_id: str) -> dict[str, Any]:
         """queued -> canceled at once; running -> cancel requested (the worker stops it).
 
         Terminal jobs are returned unchanged; the caller decides what that means.
         """
-        transaction = self.client.transaction()
-        ref = self.ref(job_id)
 
-        @firestore.transactional
-        def cancel(transaction: firestore.Transaction) -> dict[str, Any]:
-            snapshot = ref.get(transaction=transaction)
-            job = snapshot.to_dict() if snapshot.exists else None
-            if job is None or job["api_key_id"] != api_key_id:
+        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+            if job["api_key_id"] != api_key_id:
                 raise JobNotFound(job_id)
-            now = utcnow()
-            changes: dict[str, Any] = {}
             if job["state"] == State.QUEUED:
                 check_transition(job["state"], State.CANCELED)
-                changes = {
+                return {
                     "state": State.CANCELED.value,
                     f"state_times.{State.CANCELED.value}": now,
                     "cancel_requested": True,
                     "cancel_requested_at": now,
-                    "updated_at": now,
                 }
-            elif job["state"] == State.RUNNING and not job["cancel_requested"]:
-                changes = {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now}
-            if changes:
-                transaction.update(ref, changes)
-                job = apply_changes(job, changes)
-            return job
+            if job["state"] == State.RUNNING and not job["cancel_requested"]:
+                return {"cancel_requested": True, "cancel_requested_at": now}
+            return None
 
-        return cancel(transaction)
+        job = self.transact(job_id, decide)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
 
 
-def apply_changes(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def _apply_changes(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """What `update(changes)` did to the document, without reading it back."""
     job = {**job}
     for path, value in changes.items():

@@ -217,29 +217,12 @@ class Worker:
 
         try:
             result = self.renderer.render(request, on_step=on_step, should_stop=should_stop)
-        except RenderInterrupted:
-            lease.stop()
-            self._after_interrupt(job_id, received, control)
-            keeper.stop()
-            return
-        except TransientRenderError as exc:
-            lease.stop()
-            self._requeue(job_id, received, "render_transient", str(exc))
-            keeper.stop()
-            return
-        except ValueError as exc:  # the pipeline refused these parameters
-            lease.stop()
-            reason = str(exc)
-            self._settle_with_result(
-                received, lambda: self.lifecycle.fail(job_id, "invalid_request", reason)
-            )
-            keeper.stop()
-            return
         except Exception as exc:
             lease.stop()
-            log.exception("render failed", extra={"job_id": job_id})
-            self._requeue(job_id, received, "render_error", f"{type(exc).__name__}: {exc}")
-            keeper.stop()
+            try:
+                self._settle_unrendered(job_id, received, control, exc)
+            finally:
+                keeper.stop()
             return
         timings = {
             "model_load_seconds": round(self._load_seconds, 3),
@@ -314,6 +297,23 @@ class Worker:
         }
 
     # --- settling without a video ---------------------------------------------------------
+
+    def _settle_unrendered(
+        self, job_id: str, received: Received, control: JobControl, exc: Exception
+    ) -> None:
+        """A render that ended without frames: interrupted, refused, or broken."""
+        if isinstance(exc, RenderInterrupted):
+            self._after_interrupt(job_id, received, control)
+        elif isinstance(exc, TransientRenderError):
+            self._requeue(job_id, received, "render_transient", str(exc))
+        elif isinstance(exc, ValueError):  # the pipeline refused these parameters
+            reason = str(exc)
+            self._settle_with_result(
+                received, lambda: self.lifecycle.fail(job_id, "invalid_request", reason)
+            )
+        else:
+            log.exception("render failed", extra={"job_id": job_id}, exc_info=exc)
+            self._requeue(job_id, received, "render_error", f"{type(exc).__name__}: {exc}")
 
     def _after_interrupt(self, job_id: str, received: Received, control: JobControl) -> None:
         if control.lost.is_set():

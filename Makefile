@@ -52,8 +52,6 @@ bench: venv
 	$(PY) bench/worker.py
 	$(PY) bench/generate.py
 
-	$(PY) -m ltxv.packaging build/functions
-
 clean: down
 	rm -rf .local build
 

@@ -10,7 +10,6 @@ background, so a render may take as long as it takes.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
+
+from ltxv.dispatch import parse_job_id
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "The return_immediately flag is deprecated")
@@ -29,17 +30,6 @@ class Received:
     message_id: str
     job_id: str | None  # None: the message names no job (poison)
     delivery_attempt: int
-
-
-def parse_job_id(data: bytes, attributes: dict[str, str]) -> str | None:
-    job_id = attributes.get("job_id")
-    if not job_id:
-        try:
-            body = json.loads(data)
-            job_id = body.get("job_id") if isinstance(body, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            return None
-    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 64 else None
 
 
 class JobMessages:

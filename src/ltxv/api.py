@@ -20,6 +20,7 @@ from werkzeug.routing import Map, Rule
 from . import openapi
 from .intake import BACKEND_ERRORS, IdempotencyConflict, Unavailable
 from .jobs import State, to_json
+from .results import build_result, write_result_once
 from .service import Service
 from .signing import split_gs_uri
 from .store import BadPageToken, JobNotFound
@@ -367,9 +368,26 @@ class JobsApi:
             raise ApiError(404, "not_found", f"job {job_id} not found") from exc
         if job["state"] in (State.SUCCEEDED, State.FAILED):
             raise ApiError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
+        if job["state"] == State.CANCELED:
+            self._write_canceled_result(job)
         # A running job stops between denoising steps: accepted, not yet done.
         status = 202 if job["state"] == State.RUNNING else 200
         return json_response(self._present(job), status)
+
+    def _write_canceled_result(self, job: dict[str, Any]) -> None:
+        """result.json (and so the job.canceled webhook) for a job canceled in the queue.
+
+        A job canceled while running gets it from its worker. If this write fails, the
+        cancel still stands: the job's message, when a worker pulls it, finds the job
+        settled without a result.json and writes it.
+        """
+        try:
+            write_result_once(self.service.storage, self.settings.outputs, build_result(job))
+        except BACKEND_ERRORS as exc:
+            log.warning(
+                "result.json for a canceled job not written yet",
+                extra={"job_id": job["job_id"], "error": str(exc)},
+            )
 
     def predict(self, request: Request) -> Response:
         """The old synchronous API: same body, waits for the video, same response shape."""

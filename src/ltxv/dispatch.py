@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
@@ -38,3 +38,15 @@ class Dispatcher:
             for job_id in job_ids
         ]
         return [future.result(timeout=self.timeout * 2) for future in futures]
+
+
+def parse_job_id(data: bytes, attributes: Mapping[str, str]) -> str | None:
+    """The job a message names (attribute, else data), or None for a message naming none."""
+    job_id = attributes.get("job_id")
+    if not job_id:
+        try:
+            body = json.loads(data)
+            job_id = body.get("job_id") if isinstance(body, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 64 else None

@@ -24,9 +24,10 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
 
-# running -> queued is a worker losing its job (preemption, crash, lease expiry).
+# running -> queued is a worker losing its job (preemption, crash, lease expiry);
+# queued -> failed is the dead-letter topic ending a job whose message kept coming back.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.RUNNING, State.CANCELED}),
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELED, State.FAILED}),
     State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED, State.QUEUED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),

@@ -65,6 +65,14 @@ class JobLifecycle:
                 seen["outcome"] = ClaimOutcome.BUSY
                 seen["lease_left"] = (lease["expires_at"] - now).total_seconds()
                 return None
+            if job.get("cancel_requested"):
+                # Canceled while its worker was gone: settle it rather than render it.
+                seen["outcome"] = ClaimOutcome.SETTLED
+                return {
+                    "state": State.CANCELED.value,
+                    f"state_times.{State.CANCELED.value}": now,
+                    "lease": None,
+                }
             seen["outcome"] = ClaimOutcome.CLAIMED
             queued_at = (job.get("state_times") or {}).get(State.QUEUED.value, job["created_at"])
             return {

@@ -28,6 +28,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from exc
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = _env(name)
     if raw is None:
@@ -79,6 +89,14 @@ class Settings:
     log_level: str = "INFO"
     signing_credentials_file: str | None = None
     webhook_secret: str | None = None
+    # Webhook delivery (functions/notify). Each retry waits base * 2^(n-1) with jitter,
+    # at most retry_max, or longer if the receiver's Retry-After says so; after
+    # retry_window since the first attempt the delivery is recorded as failed. The window
+    # stays under Eventarc's 24 h of redelivery so that the record always ends settled.
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 30.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 23 * 3600.0
     # The GPU worker.
     model_dir: str | None = None
     worker_id: str | None = None
@@ -117,26 +135,34 @@ class Settings:
             prompt_file_max_bytes=_env_int("PROMPT_FILE_MAX_BYTES", cls.prompt_file_max_bytes),
             prompt_file_max_lines=_env_int("PROMPT_FILE_MAX_LINES", cls.prompt_file_max_lines),
             signed_url_minutes=_env_int("SIGNED_URL_MINUTES", cls.signed_url_minutes),
-            rpc_timeout_seconds=float(_env("RPC_TIMEOUT_SECONDS", str(cls.rpc_timeout_seconds))),
+            rpc_timeout_seconds=_env_float("RPC_TIMEOUT_SECONDS", cls.rpc_timeout_seconds),
             redispatch_after_seconds=_env_int(
                 "REDISPATCH_AFTER_SECONDS", cls.redispatch_after_seconds
             ),
             log_level=_env("LOG_LEVEL", cls.log_level),
             signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
             webhook_secret=_env("WEBHOOK_SECRET"),
+            webhook_timeout_seconds=_env_float(
+                "WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            webhook_retry_base_seconds=_env_float(
+                "WEBHOOK_RETRY_BASE_SECONDS", cls.webhook_retry_base_seconds
+            ),
+            webhook_retry_max_seconds=_env_float(
+                "WEBHOOK_RETRY_MAX_SECONDS", cls.webhook_retry_max_seconds
+            ),
+            webhook_retry_window_seconds=_env_float(
+                "WEBHOOK_RETRY_WINDOW_SECONDS", cls.webhook_retry_window_seconds
+            ),
             model_dir=_env("MODEL_DIR"),
             worker_id=_env("WORKER_ID"),
             lease_seconds=_env_int("LEASE_SECONDS", cls.lease_seconds),
             ack_extension_seconds=_env_int("ACK_EXTENSION_SECONDS", cls.ack_extension_seconds),
-            progress_interval_seconds=float(
-                _env("PROGRESS_INTERVAL_SECONDS", str(cls.progress_interval_seconds))
+            progress_interval_seconds=_env_float(
+                "PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds
             ),
-            shutdown_grace_seconds=float(
-                _env("SHUTDOWN_GRACE_SECONDS", str(cls.shutdown_grace_seconds))
-            ),
-            storage_retry_seconds=float(
-                _env("STORAGE_RETRY_SECONDS", str(cls.storage_retry_seconds))
-            ),
+            shutdown_grace_seconds=_env_float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
+            storage_retry_seconds=_env_float("STORAGE_RETRY_SECONDS", cls.storage_retry_seconds),
         )
 
     @property

@@ -212,13 +212,14 @@ def prompt_file(event):
 
 
 def test_functions_start_with_the_service_environment(emulators, tmp_path):
-    source = tmp_path / "main.py"
+    source = tmp_path / "submit" / "main.py"
+    source.parent.mkdir()
     source.write_text(FUNCTIONS_SOURCE)
     stack = LocalStack.with_free_ports(
         emulators.state_dir,
         ports=emulators.stack.ports,  # the running emulators'; free ports for the rest
         settings=emulators.settings,
-        functions_source=source,
+        functions_dir=tmp_path,
         echo=None,
     )
     try:

@@ -36,6 +36,7 @@ def test_allowed_transitions_follow_the_contract():
     check_transition("queued", "running")
     check_transition("queued", "canceled")
     check_transition("running", "queued")  # lost worker
+    check_transition("queued", "failed")  # dead-lettered before a worker finished it
     for terminal in TERMINAL:
         check_transition("running", terminal)
         for target in State:

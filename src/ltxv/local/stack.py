@@ -103,9 +103,11 @@ class Component:
     stop_grace: float = STOP_GRACE
 
 
-def _functions_framework(target: str, signature: str) -> Callable[[LocalStack], list[str]]:
+def _functions_framework(
+    package: str, target: str, signature: str
+) -> Callable[[LocalStack], list[str]]:
     def command(stack: LocalStack) -> list[str]:
-        source = stack.functions_source
+        source = stack.function_source(package)
         if not source.is_file():
             raise StackError(f"{target}: function source {source} does not exist")
         return [
@@ -125,17 +127,20 @@ def _functions_framework(target: str, signature: str) -> Callable[[LocalStack], 
     return command
 
 
-def _function(name: str, signature: str, port_env: str, port: int, probe=None) -> Component:
+def _function(
+    package: str, name: str, signature: str, port_env: str, port: int, probe=None
+) -> Component:
+    """Entry point `name` of functions/<package>/main.py, as Cloud Functions would run it."""
     return Component(
         name=name,
-        command=_functions_framework(name, signature),
+        command=_functions_framework(package, name, signature),
         probe=probe or (lambda stack: _tcp(stack.port(name))),
         marker=f"--target {name}",
         port_env=port_env,
         default_port=port,
         needs=("pubsub", "firestore", "gcs"),
         env=lambda stack: stack.service_env(),
-        cwd=lambda stack: stack.functions_source.parent,
+        cwd=lambda stack: stack.function_source(package).parent,
     )
 
 
@@ -209,12 +214,24 @@ def _probe_gcs(stack: LocalStack) -> None:
 
 
 def _bridge_env(stack: LocalStack) -> dict[str, str]:
-    routes = [
-        {"bucket": stack.settings.prompts, "prefix": "incoming/", "url": stack.url("prompt_file")}
-    ]
+    settings = stack.settings
+    # The triggers terraform creates, each for the component it feeds; routes to functions
+    # this stack does not run are left out (their events would only be retried forever).
+    storage_routes = {
+        "prompt_file": {"bucket": settings.prompts, "prefix": "incoming/"},
+        # Eventarc filters storage events by bucket only: result_ready sees every object.
+        "result_ready": {"bucket": settings.outputs},
+    }
+    pubsub_routes = {"dead_letter": {"subscription": settings.dead_letter_subscription}}
+
+    def routes(table: dict[str, dict[str, str]]) -> str:
+        running = [n for n in table if n in stack.requested or stack.pid(n) is not None]
+        return json.dumps([{**table[name], "url": stack.url(name)} for name in running])
+
     return {
         **stack.service_env(),
-        "LTXV_BRIDGE_ROUTES": json.dumps(routes),
+        "LTXV_BRIDGE_ROUTES": routes(storage_routes),
+        "LTXV_BRIDGE_PUBSUB_ROUTES": routes(pubsub_routes),
         "LTXV_BRIDGE_SWEEP_URL": stack.url("redispatch"),
         "LTXV_BRIDGE_READY_FILE": str(stack.bridge_ready_file),
     }
@@ -278,9 +295,11 @@ COMPONENTS: tuple[Component, ...] = (
         env=lambda stack: {"PUBSUB_EMULATOR_HOST": stack.pubsub_host},
         on_ready=lambda stack: stack.create_buckets(),
     ),
-    _function("api", "http", "LTXV_API_PORT", 8080, probe=_probe_api),
-    _function("prompt_file", "cloudevent", "LTXV_PROMPT_FILE_PORT", 8081),
-    _function("redispatch", "cloudevent", "LTXV_REDISPATCH_PORT", 8082),
+    _function("submit", "api", "http", "LTXV_API_PORT", 8080, probe=_probe_api),
+    _function("submit", "prompt_file", "cloudevent", "LTXV_PROMPT_FILE_PORT", 8081),
+    _function("submit", "redispatch", "cloudevent", "LTXV_REDISPATCH_PORT", 8082),
+    _function("notify", "result_ready", "cloudevent", "LTXV_RESULT_READY_PORT", 8083),
+    _function("notify", "dead_letter", "cloudevent", "LTXV_DEAD_LETTER_PORT", 8084),
     Component(
         name="worker",
         command=lambda stack: [sys.executable, "-m", "gpu_worker"],
@@ -326,7 +345,7 @@ class LocalStack:
         ports: Mapping[str, int] | None = None,
         components: Iterable[str] | None = None,
         settings: Settings | None = None,
-        functions_source: Path | str | None = None,
+        functions_dir: Path | str | None = None,
         specs: Sequence[Component] = COMPONENTS,
         timeout: float = DEFAULT_TIMEOUT,
         echo: Callable[[str], None] | None = print,
@@ -334,15 +353,15 @@ class LocalStack:
         self.specs = {spec.name: spec for spec in specs}
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.settings = settings or Settings.from_env()
-        self.functions_source = Path(
-            functions_source or REPO_ROOT / "functions" / "submit" / "main.py"
-        ).resolve()
+        self.functions_dir = Path(functions_dir or REPO_ROOT / "functions").resolve()
         self.components = self._closure(components or self.specs)
         self.ports = _resolve_ports(self.specs.values(), ports or {})
         self.timeout = timeout
         self._echo = echo or (lambda _line: None)
         # Popen objects of what this object started: polling them reaps exited children.
         self._procs: dict[str, subprocess.Popen] = {}
+        # What the latest `up` was asked to run (the bridge routes events only to those).
+        self.requested: set[str] = set()
 
     @classmethod
     def with_free_ports(cls, state_dir: Path | str, **kwargs) -> LocalStack:
@@ -364,6 +383,9 @@ class LocalStack:
 
     def url(self, name: str) -> str:
         return f"http://{HOST}:{self.port(name)}"
+
+    def function_source(self, package: str) -> Path:
+        return self.functions_dir / package / "main.py"
 
     @property
     def pubsub_host(self) -> str:
@@ -433,6 +455,9 @@ class LocalStack:
             "LTXV_API_KEY_HASHES": json.dumps({"default": hash_api_key(self.api_key)}),
             "LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS": "true",
             "LTXV_WEBHOOK_SECRET": self.webhook_secret,
+            "LTXV_WEBHOOK_RETRY_BASE_SECONDS": str(s.webhook_retry_base_seconds),
+            "LTXV_WEBHOOK_RETRY_MAX_SECONDS": str(s.webhook_retry_max_seconds),
+            "LTXV_WEBHOOK_TIMEOUT_SECONDS": str(s.webhook_timeout_seconds),
             "LTXV_SIGNING_CREDENTIALS_FILE": str(self.signing_credentials_file),
         }
 
@@ -466,6 +491,7 @@ class LocalStack:
         If anything fails, what this call started is stopped again before the error.
         """
         names = self._closure(components or self.components)
+        self.requested = set(names)
         self._make_dirs()
         self._ensure_secrets()
         self._check_ports(names)

@@ -1,0 +1,84 @@
+"""Cloud Function entry points for outcomes.
+
+- `result_ready` (CloudEvent, storage object finalized in the outputs bucket): a job's
+  result.json → its signed webhook, the attempt recorded on the job. Eventarc filters
+  storage triggers by bucket only, so every video and poster arrives here too and is
+  ignored by name before anything else happens.
+- `dead_letter` (CloudEvent, Pub/Sub message on the dead-letter topic): the job fails with
+  `attempts_exhausted` and gets its result.json, which comes back here as `result_ready`.
+
+Both triggers retry: a handler that must run again later raises `RetryLater`, answered
+with 503 and one log line, and Eventarc redelivers the event with backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from functools import cache
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from flask import jsonify
+
+from ltxv import logs
+from ltxv.dispatch import parse_job_id
+from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
+from ltxv.service import Service
+from ltxv.settings import get_settings
+
+log = logging.getLogger("ltxv.notify")
+# Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
+DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+@cache
+def _service() -> Service:
+    settings = get_settings()
+    logs.setup("notify", settings.log_level)
+    return Service(settings)
+
+
+@cache
+def _notifier() -> WebhookNotifier:
+    service = _service()
+    return WebhookNotifier(service.store, service.storage, service.settings)
+
+
+@cache
+def _dead_letters() -> DeadLetters:
+    service = _service()
+    return DeadLetters(service.store, service.storage, service.settings.outputs)
+
+
+@functions_framework.errorhandler(RetryLater)
+def _retry_later(exc: RetryLater):
+    log.info("retry requested", extra={"job_id": exc.job_id, "reason": exc.reason, "at": exc.at})
+    return jsonify({"retry_at": exc.at.isoformat(), "reason": exc.reason}), 503
+
+
+@functions_framework.cloud_event
+def result_ready(event: CloudEvent) -> None:
+    data = event.get_data() or {}
+    _notifier().on_object(
+        bucket=data.get("bucket", ""),
+        name=data.get("name", ""),
+        generation=str(data["generation"]) if data.get("generation") else None,
+    )
+
+
+@functions_framework.cloud_event
+def dead_letter(event: CloudEvent) -> None:
+    message = (event.get_data() or {}).get("message") or {}
+    attributes = message.get("attributes") or {}
+    try:
+        payload = base64.b64decode(message.get("data") or "")
+    except ValueError:
+        payload = b""
+    job_id = parse_job_id(payload, attributes)
+    if job_id is None:
+        # Nothing names a job: retrying cannot help, so take it off the topic.
+        log.error("dead letter names no job; dropped", extra={"message_id": event["id"]})
+        return
+    count = attributes.get(DELIVERY_COUNT)
+    _dead_letters().handle(job_id, int(count) if count and count.isdigit() else None)

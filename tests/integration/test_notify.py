@@ -1,0 +1,455 @@
+"""Webhook delivery and dead letters against the emulators and a real local receiver.
+
+The notifier runs in-process here so each retry can be stepped through; the same code runs
+behind functions-framework and the bridge in tests/e2e. Name resolution is the one seam
+replaced (there is no DNS here): a fake resolver stands in for the system's.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from functions_framework import create_app
+from standardwebhooks.webhooks import Webhook
+
+from ltxv import schemas
+from ltxv.jobs import new_job, new_job_id, to_json, utcnow
+from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
+from ltxv.results import build_result, output_prefix, write_result_once
+from ltxv.validation import request_hash
+from ltxv.webhook_receiver import WebhookReceiver
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.emulators
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+NOTIFY_SOURCE = str(ROOT / "functions" / "notify" / "main.py")
+
+
+@pytest.fixture
+def notify_settings(settings):
+    return dataclasses.replace(
+        settings,
+        webhook_secret=SECRET,
+        webhook_retry_base_seconds=0.2,
+        webhook_retry_max_seconds=1.0,
+        webhook_retry_window_seconds=120.0,
+        webhook_timeout_seconds=2.0,
+    )
+
+
+@pytest.fixture
+def notifier(service, notify_settings) -> WebhookNotifier:
+    return WebhookNotifier(service.store, service.storage, notify_settings)
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as running:
+        yield running
+
+
+def submit(service, webhook_url: str | None) -> str:
+    body = {"prompt": "a lighthouse at dawn"}
+    if webhook_url:
+        body["webhook_url"] = webhook_url
+    return service.intake.submit_http(body, api_key_id="default").job["job_id"]
+
+
+def finish(service, job_id: str, state: str = "succeeded") -> dict:
+    """Settle the job as a worker would and write its result.json; the result."""
+
+    def decide(job, now):
+        changes = {"state": state, f"state_times.{state}": now}
+        if state == "succeeded":
+            prefix = f"gs://{service.settings.outputs}/{output_prefix(job_id)}"
+            changes["outputs"] = {
+                "video": prefix + "video.mp4",
+                "poster": prefix + "poster.jpg",
+                "result": prefix + "result.json",
+            }
+        return changes
+
+    job = service.store.transact(job_id, decide)
+    result = build_result(job)
+    assert write_result_once(service.storage, service.settings.outputs, result)
+    return result
+
+
+def result_object(service, job_id: str) -> tuple[str, str, str]:
+    blob = service.storage.bucket(service.settings.outputs).get_blob(
+        output_prefix(job_id) + "result.json"
+    )
+    return blob.bucket.name, blob.name, str(blob.generation)
+
+
+def deliver_until_settled(notifier, service, job_id, limit: int = 10) -> tuple[str, int]:
+    """Call the handler as the trigger would redeliver: again after each RetryLater."""
+    for calls in range(1, limit + 1):
+        try:
+            return notifier.on_object(*result_object(service, job_id)), calls
+        except RetryLater as later:
+            time.sleep(max(0.0, (later.at - utcnow()).total_seconds()) + 0.05)
+    raise AssertionError(f"not settled after {limit} calls")
+
+
+def webhook_record(service, job_id: str) -> dict:
+    return service.store.get(job_id)["webhook"]
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def test_a_succeeded_job_is_delivered_once_signed_and_recorded(service, notifier, receiver):
+    job_id = submit(service, receiver.url)
+    result = finish(service, job_id)
+
+    assert notifier.on_object(*result_object(service, job_id)) == "delivered"
+    assert notifier.on_object(*result_object(service, job_id)) == "delivered"  # repeated trigger
+
+    (delivery,) = receiver.deliveries
+    assert Webhook(SECRET).verify(delivery.body, delivery.headers) == delivery.event
+    schemas.validator("webhook-event").validate(delivery.event)
+    assert delivery.event["type"] == "job.succeeded"
+    stored = service.storage.bucket(service.settings.outputs).blob(
+        output_prefix(job_id) + "result.json"
+    )
+    assert delivery.event["data"] == json.loads(stored.download_as_bytes()) == result
+    assert delivery.webhook_id == f"evt_{job_id}"
+
+    record = webhook_record(service, job_id)
+    assert record["state"] == "delivered" and record["event_id"] == f"evt_{job_id}"
+    assert [a["status_code"] for a in record["attempts"]] == [200]
+    assert record["attempts"][0]["duration_seconds"] >= 0
+    assert record["next_attempt_at"] is None and record["sending_until"] is None
+    schemas.validator("job").validate(to_json(service.store.get(job_id)))
+
+
+def test_failing_twice_then_200_is_delivered_on_the_third_attempt(service, notifier, receiver):
+    receiver.respond = lambda n, _d: 500 if n <= 2 else 200
+    job_id = submit(service, receiver.url)
+    finish(service, job_id)
+
+    with pytest.raises(RetryLater) as first:
+        notifier.on_object(*result_object(service, job_id))
+    record = webhook_record(service, job_id)
+    assert record["state"] == "retrying" and record["next_attempt_at"] == first.value.at
+    # Redelivered before it is due: nothing is sent.
+    if utcnow() < first.value.at:
+        with pytest.raises(RetryLater, match="not due"):
+            notifier.on_object(*result_object(service, job_id))
+
+    state, _ = deliver_until_settled(notifier, service, job_id)
+    assert state == "delivered"
+    assert [d.status for d in receiver.deliveries] == [500, 500, 200]
+    assert {d.webhook_id for d in receiver.deliveries} == {f"evt_{job_id}"}
+    assert len({d.body for d in receiver.deliveries}) == 1  # the same event each time
+    record = webhook_record(service, job_id)
+    assert [a["status_code"] for a in record["attempts"]] == [500, 500, 200]
+    first_at, second_at = record["attempts"][0]["at"], record["attempts"][1]["at"]
+    assert (second_at - first_at).total_seconds() >= 0.1  # backoff: 0.1-0.2 s with jitter
+
+
+def test_410_is_not_retried(service, notifier, receiver):
+    receiver.respond = lambda n, _d: 410
+    job_id = submit(service, receiver.url)
+    finish(service, job_id, "canceled")
+
+    assert notifier.on_object(*result_object(service, job_id)) == "failed"
+    assert notifier.on_object(*result_object(service, job_id)) == "failed"
+    assert len(receiver.deliveries) == 1
+    assert receiver.deliveries[0].event["type"] == "job.canceled"
+    record = webhook_record(service, job_id)
+    assert record["state"] == "failed" and "410" in record["reason"]
+    assert [a["status_code"] for a in record["attempts"]] == [410]
+
+
+def test_retry_after_sets_the_next_attempt(service, notifier, receiver):
+    receiver.respond = lambda n, _d: (429, {"Retry-After": "60"})
+    job_id = submit(service, receiver.url)
+    finish(service, job_id)
+    before = utcnow()
+    with pytest.raises(RetryLater) as later:
+        notifier.on_object(*result_object(service, job_id))
+    assert later.value.at >= before + timedelta(seconds=59)
+    assert webhook_record(service, job_id)["next_attempt_at"] == later.value.at
+
+
+def test_a_receiver_down_for_a_while_gets_the_event_when_it_is_back(service, notifier):
+    down = WebhookReceiver(SECRET).start()
+    port, url = down.port, down.url
+    down.stop()  # nothing listens on the port now
+    job_id = submit(service, url)
+    finish(service, job_id)
+
+    for _ in range(3):
+        with pytest.raises(RetryLater) as later:
+            notifier.on_object(*result_object(service, job_id))
+        time.sleep(max(0.0, (later.value.at - utcnow()).total_seconds()) + 0.05)
+    with WebhookReceiver(SECRET, port=port) as back:
+        state, _ = deliver_until_settled(notifier, service, job_id)
+        assert state == "delivered" and len(back.deliveries) == 1
+    attempts = webhook_record(service, job_id)["attempts"]
+    assert [a["status_code"] for a in attempts] == [None, None, None, 200]
+    assert all("connection" in a["error"] for a in attempts[:3])
+
+
+def test_delivery_gives_up_after_the_retry_window(service, settings, receiver):
+    receiver.respond = lambda n, _d: 503
+    short = dataclasses.replace(
+        settings,
+        webhook_secret=SECRET,
+        webhook_retry_base_seconds=0.2,
+        webhook_retry_window_seconds=0.5,
+    )
+    notifier = WebhookNotifier(service.store, service.storage, short)
+    job_id = submit(service, receiver.url)
+    finish(service, job_id, "failed")
+    state, _ = deliver_until_settled(notifier, service, job_id)
+    record = webhook_record(service, job_id)
+    assert state == "failed" and "gave up after" in record["reason"]
+    assert len(record["attempts"]) == len(receiver.deliveries) >= 2
+    assert receiver.deliveries[0].event["type"] == "job.failed"
+
+
+def test_two_triggers_at_once_send_one_event(service, notifier, receiver):
+    receiver.respond = lambda n, _d: time.sleep(1.0) or 200
+    job_id = submit(service, receiver.url)
+    finish(service, job_id)
+    outcomes: list[str] = []
+
+    def trigger():
+        try:
+            outcomes.append(notifier.on_object(*result_object(service, job_id)))
+        except RetryLater as later:
+            outcomes.append(later.reason)
+
+    threads = [threading.Thread(target=trigger) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["another attempt is in flight", "delivered"]
+    assert len(receiver.deliveries) == 1
+
+
+def test_objects_other_than_result_json_are_ignored(service, notifier, receiver):
+    job_id = submit(service, receiver.url)
+    outputs = service.settings.outputs
+    assert notifier.on_object(outputs, f"jobs/{job_id}/video.mp4", "1") == "ignored"
+    assert notifier.on_object(outputs, f"jobs/{job_id}/poster.jpg", "1") == "ignored"
+    assert notifier.on_object(service.settings.prompts, f"jobs/{job_id}/result.json", "1") == (
+        "ignored"
+    )
+    assert receiver.deliveries == []
+
+
+def test_a_job_without_a_webhook_sends_nothing(service, notifier):
+    job_id = submit(service, None)
+    finish(service, job_id)
+    assert notifier.on_object(*result_object(service, job_id)) == "no_webhook"
+
+
+# --- SSRF at delivery time --------------------------------------------------------------------
+
+
+def _job_with_webhook(service, url: str) -> str:
+    """A job recorded with `url`, as if it had passed the check at submit time."""
+    request = {**service.intake.validate({"prompt": "x"}), "webhook_url": url}
+    job = new_job(
+        job_id=new_job_id(),
+        request=request,
+        request_hash=request_hash(request),
+        api_key_id="default",
+    )
+    service.store.create(job)
+    return job["job_id"]
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses", "why"),
+    [
+        ("https://hooks.example.com/x", ["10.1.2.3"], "private address"),
+        ("https://hooks.example.com/x", ["93.184.216.34", "192.168.0.7"], "private address"),
+        ("https://hooks.example.com/x", ["127.0.0.1"], "loopback"),
+        ("https://hooks.example.com/x", ["169.254.169.254"], "metadata server"),
+        ("https://hooks.example.com/x", ["100.64.0.9"], "CGNAT"),
+        ("https://hooks.example.com/x", ["::ffff:10.0.0.1"], "IPv4-mapped"),
+        ("https://hooks.example.com/x", ["fd00::1"], "unique local"),
+        ("https://hooks.example.com/x", ["224.0.0.1"], "multicast"),
+        ("https://hooks.example.com/x", ["0.0.0.0"], "unspecified"),  # noqa: S104
+        ("https://metadata.google.internal/x", ["93.184.216.34"], "metadata server"),
+        ("https://0x7f.1/x", [], "not a canonical IP address"),
+        ("http://hooks.example.com/x", ["93.184.216.34"], "must use https"),
+    ],
+)
+def test_unsafe_targets_are_refused_at_delivery(service, notify_settings, url, addresses, why):
+    # Resolved once to a public address at submit time, now to something internal: the
+    # check runs again before every attempt (DNS rebinding), here with loopback not allowed.
+    cloud = dataclasses.replace(notify_settings, allow_http_loopback_webhooks=False)
+    sent = []
+    notifier = WebhookNotifier(
+        service.store,
+        service.storage,
+        cloud,
+        resolver=lambda host, port: addresses,
+        send=lambda *args, **kwargs: sent.append(args),
+    )
+    job_id = _job_with_webhook(service, url)
+    finish(service, job_id)
+    assert notifier.on_object(*result_object(service, job_id)) == "failed"
+    assert sent == []
+    record = webhook_record(service, job_id)
+    assert record["state"] == "failed" and why in record["reason"]
+    assert record["attempts"][0]["status_code"] is None and why in record["attempts"][0]["error"]
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+def read_result(service, job_id):
+    blob = service.storage.bucket(service.settings.outputs).blob(
+        output_prefix(job_id) + "result.json"
+    )
+    return json.loads(blob.download_as_bytes())
+
+
+def test_a_dead_lettered_queued_job_fails_with_a_result(service):
+    dead = DeadLetters(service.store, service.storage, service.settings.outputs)
+    job_id = submit(service, None)
+    service.store.transact(
+        job_id,
+        lambda job, now: {
+            "error": {"code": "render_error", "message": "CUDA OOM", "retryable": True}
+        },
+    )
+
+    assert dead.handle(job_id, delivery_attempts=5) == "failed"
+    job = service.store.get(job_id)
+    assert job["state"] == "failed" and job["lease"] is None
+    assert job["error"]["code"] == "attempts_exhausted" and not job["error"]["retryable"]
+    assert "5 deliveries" in job["error"]["message"] and "CUDA OOM" in job["error"]["message"]
+    result = read_result(service, job_id)
+    schemas.validator("result").validate(result)
+    assert result["state"] == "failed" and result["error"]["code"] == "attempts_exhausted"
+
+    # Dead-lettered twice (best effort): nothing changes.
+    assert dead.handle(job_id, delivery_attempts=5) == "already_failed"
+    assert read_result(service, job_id) == result
+
+
+def test_a_dead_letter_waits_for_a_live_lease_and_fails_an_expired_one(service):
+    dead = DeadLetters(service.store, service.storage, service.settings.outputs)
+    job_id = submit(service, None)
+
+    def running(expires_in: float):
+        def decide(job, now):
+            lease = {"owner": "w1", "expires_at": now + timedelta(seconds=expires_in)}
+            return {"state": "running", "state_times.running": now, "lease": lease}
+
+        return decide
+
+    service.store.transact(job_id, running(60))
+    with pytest.raises(RetryLater, match="live lease"):
+        dead.handle(job_id)
+    assert service.store.get(job_id)["state"] == "running"
+    service.store.transact(job_id, running(-1))
+    assert dead.handle(job_id) == "failed"
+    assert read_result(service, job_id)["state"] == "failed"
+
+
+def test_a_dead_letter_for_a_settled_job_only_repairs_its_result(service):
+    dead = DeadLetters(service.store, service.storage, service.settings.outputs)
+    job_id = submit(service, None)
+    service.store.transact(
+        job_id, lambda job, now: {"state": "succeeded", "state_times.succeeded": now}
+    )
+    assert dead.handle(job_id) == "already_succeeded"
+    assert read_result(service, job_id)["state"] == "succeeded"
+    assert dead.handle("nosuchjob") == "missing"
+
+
+# --- the entry points, through functions-framework ------------------------------------------
+
+
+@pytest.fixture
+def notify_env(monkeypatch, env):
+    monkeypatch.setenv("LTXV_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("LTXV_WEBHOOK_RETRY_BASE_SECONDS", "30")
+
+
+def _cloud_event(client, data: dict, ce_type: str, source: str):
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": secrets.token_hex(8),
+        "ce-source": source,
+        "ce-type": ce_type,
+        "Content-Type": "application/json",
+    }
+    return client.post("/", data=json.dumps(data), headers=headers)
+
+
+def test_result_ready_answers_503_while_a_retry_is_pending(service, notify_env, receiver):
+    receiver.respond = lambda n, _d: 500
+    job_id = submit(service, receiver.url)
+    finish(service, job_id)
+    bucket, name, generation = result_object(service, job_id)
+    client = create_app(
+        target="result_ready", source=NOTIFY_SOURCE, signature_type="cloudevent"
+    ).test_client()
+    data = {"bucket": bucket, "name": name, "generation": generation}
+    source = f"//storage.googleapis.com/projects/_/buckets/{bucket}"
+    kind = "google.cloud.storage.object.v1.finalized"
+
+    first = _cloud_event(client, data, kind, source)
+    assert first.status_code == 503 and "retry_at" in first.get_json()
+    again = _cloud_event(client, data, kind, source)  # not due for ~15-30 s: not sent
+    assert (
+        again.status_code == 503 and again.get_json()["reason"] == "the next attempt is not due yet"
+    )
+    assert len(receiver.deliveries) == 1
+    video = _cloud_event(client, {**data, "name": f"jobs/{job_id}/video.mp4"}, kind, source)
+    assert video.status_code == 200
+
+
+def test_dead_letter_entry_point_reads_the_pubsub_message(service, notify_env):
+    job_id = submit(service, None)
+    client = create_app(
+        target="dead_letter", source=NOTIFY_SOURCE, signature_type="cloudevent"
+    ).test_client()
+    kind = "google.cloud.pubsub.topic.v1.messagePublished"
+    source = "//pubsub.googleapis.com/projects/p/topics/ltxv-jobs-dead-letter"
+    message = {
+        "data": base64.b64encode(json.dumps({"job_id": job_id}).encode()).decode(),
+        "attributes": {"job_id": job_id, "CloudPubSubDeadLetterSourceDeliveryCount": "7"},
+        "messageId": "1",
+    }
+    assert _cloud_event(client, {"message": message}, kind, source).status_code == 200
+    job = service.store.get(job_id)
+    assert job["state"] == "failed" and "7 deliveries" in job["error"]["message"]
+
+    garbage = {"message": {"data": base64.b64encode(b"not json").decode(), "messageId": "2"}}
+    assert _cloud_event(client, garbage, kind, source).status_code == 200  # dropped, logged
+
+
+# --- cancellation -----------------------------------------------------------------------------
+
+
+def test_a_job_canceled_in_the_queue_gets_its_result_json(service, client, auth):
+    job_id = submit(service, None)
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    assert response.status_code == 200 and response.get_json()["state"] == "canceled"
+    result = read_result(service, job_id)
+    assert result["state"] == "canceled" and result["outputs"] is None
+    # Canceling again is idempotent and leaves the result alone.
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+    assert read_result(service, job_id) == result

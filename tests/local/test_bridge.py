@@ -138,7 +138,12 @@ def bridge(emulators) -> Iterator[tuple[LocalStack, Receiver]]:
     # functions' ports point at the receiver.
     stack = LocalStack(
         emulators.state_dir,
-        ports={**emulators.stack.ports, "prompt_file": receiver.port, "redispatch": receiver.port},
+        ports={
+            **emulators.stack.ports,
+            **dict.fromkeys(
+                ["prompt_file", "redispatch", "result_ready", "dead_letter"], receiver.port
+            ),
+        },
         settings=emulators.settings,
         echo=None,
     )
@@ -187,7 +192,7 @@ def test_objects_outside_the_route_are_not_delivered(emulators, bridge):
     stack, receiver = bridge
     elsewhere = [
         (emulators.settings.prompts, f"processed/{uuid.uuid4().hex}.json"),
-        (emulators.settings.outputs, f"incoming/{uuid.uuid4().hex}.json"),
+        (emulators.settings.model_cache, f"incoming/{uuid.uuid4().hex}.json"),
     ]
     for bucket, name in elsewhere:
         _upload(emulators, bucket, name)
@@ -199,6 +204,19 @@ def test_objects_outside_the_route_are_not_delivered(emulators, bridge):
         assert time.monotonic() < deadline, "the bridge never saw the objects"
         time.sleep(0.1)
     assert not any(receiver.for_object(name) for name in names)
+
+
+@pytest.mark.emulators
+def test_every_object_in_the_outputs_bucket_reaches_result_ready(emulators, bridge):
+    # As an Eventarc storage trigger (bucket filter only): the function picks result.json.
+    _, receiver = bridge
+    names = [f"jobs/{uuid.uuid4().hex}/video.mp4", f"jobs/{uuid.uuid4().hex}/result.json"]
+    for name in names:
+        _upload(emulators, emulators.settings.outputs, name)
+    for name in names:
+        [(headers, body)] = receiver.wait_for(lambda h, b, name=name: b.get("name") == name)
+        assert headers["ce-subject"] == f"objects/{name}"
+        assert body["bucket"] == emulators.settings.outputs
 
 
 @pytest.mark.emulators

@@ -215,8 +215,8 @@ def _probe_gcs(stack: LocalStack) -> None:
 
 def _bridge_env(stack: LocalStack) -> dict[str, str]:
     settings = stack.settings
-    # The triggers terraform creates, each for the component it feeds; routes to functions
-    # this stack does not run are left out (their events would only be retried forever).
+    # The triggers terraform creates, each for the function it feeds. Events for a function
+    # that is not running are redelivered until it is, as Eventarc retries a failing one.
     storage_routes = {
         "prompt_file": {"bucket": settings.prompts, "prefix": "incoming/"},
         # Eventarc filters storage events by bucket only: result_ready sees every object.
@@ -225,8 +225,7 @@ def _bridge_env(stack: LocalStack) -> dict[str, str]:
     pubsub_routes = {"dead_letter": {"subscription": settings.dead_letter_subscription}}
 
     def routes(table: dict[str, dict[str, str]]) -> str:
-        running = [n for n in table if n in stack.requested or stack.pid(n) is not None]
-        return json.dumps([{**table[name], "url": stack.url(name)} for name in running])
+        return json.dumps([{**route, "url": stack.url(name)} for name, route in table.items()])
 
     return {
         **stack.service_env(),
@@ -360,8 +359,6 @@ class LocalStack:
         self._echo = echo or (lambda _line: None)
         # Popen objects of what this object started: polling them reaps exited children.
         self._procs: dict[str, subprocess.Popen] = {}
-        # What the latest `up` was asked to run (the bridge routes events only to those).
-        self.requested: set[str] = set()
 
     @classmethod
     def with_free_ports(cls, state_dir: Path | str, **kwargs) -> LocalStack:
@@ -491,7 +488,6 @@ class LocalStack:
         If anything fails, what this call started is stopped again before the error.
         """
         names = self._closure(components or self.components)
-        self.requested = set(names)
         self._make_dirs()
         self._ensure_secrets()
         self._check_ports(names)

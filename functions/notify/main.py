@@ -21,11 +21,9 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import jsonify
 
-from ltxv import logs
 from ltxv.dispatch import parse_job_id
 from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
 from ltxv.service import Service
-from ltxv.settings import get_settings
 
 log = logging.getLogger("ltxv.notify")
 # Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
@@ -34,9 +32,7 @@ DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 @cache
 def _service() -> Service:
-    settings = get_settings()
-    logs.setup("notify", settings.log_level)
-    return Service(settings)
+    return Service.for_function("notify")
 
 
 @cache

@@ -17,18 +17,14 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
-from ltxv import logs
 from ltxv.api import JobsApi, framework_error
 from ltxv.prompt_files import PromptFiles
 from ltxv.service import Service
-from ltxv.settings import get_settings
 
 
 @cache
 def _service() -> Service:
-    settings = get_settings()
-    logs.setup("submit", settings.log_level)
-    return Service(settings)
+    return Service.for_function("submit")
 
 
 @cache

@@ -135,10 +135,12 @@ def cmd_webhook_listen(args: argparse.Namespace) -> int:
             line = f"{delivery.webhook_id or '-'} REJECTED: {delivery.error}"
         print(line, flush=True)
         if save and delivery.webhook_id:
-            stem = save / "".join(c for c in delivery.webhook_id if c.isalnum() or c in "_-")
-            stem.with_suffix(".json").write_bytes(delivery.body)
+            name = "".join(c for c in delivery.webhook_id if c.isalnum() or c in "_-")
+            if not delivery.event:  # kept apart, so a forgery never overwrites the real one
+                name += ".rejected"
+            (save / f"{name}.json").write_bytes(delivery.body)
             lines = [f"{k}: {v}" for k, v in delivery.headers.items() if k.startswith("webhook-")]
-            stem.with_suffix(".headers").write_text("\n".join(lines) + "\n")
+            (save / f"{name}.headers").write_text("\n".join(lines) + "\n")
 
     receiver = WebhookReceiver(
         _secret(args), host=args.host, port=args.port, path=args.path, on_delivery=show

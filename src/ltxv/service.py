@@ -7,11 +7,12 @@ from functools import cached_property
 
 from google.cloud import firestore, storage
 
+from . import logs
 from .auth import KeyRing, read_secret
 from .dispatch import Dispatcher, make_publisher
 from .intake import Intake
 from .profiles import ModelProfile, enabled_profiles
-from .settings import Settings
+from .settings import Settings, get_settings
 from .signing import UrlSigner
 from .store import JobStore
 from .validation import IntakePolicy
@@ -20,6 +21,13 @@ from .validation import IntakePolicy
 @dataclass
 class Service:
     settings: Settings
+
+    @classmethod
+    def for_function(cls, component: str) -> Service:
+        """As a function instance builds it once: settings from the environment, JSON logs."""
+        settings = get_settings()
+        logs.setup(component, settings.log_level)
+        return cls(settings)
 
     @cached_property
     def profiles(self) -> dict[str, ModelProfile]:

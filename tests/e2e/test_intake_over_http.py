@@ -16,6 +16,8 @@ from google.cloud import pubsub_v1, storage
 from ltxv import schemas
 from ltxv.local.stack import LocalStack
 
+from .conftest import running_stack
+
 pytestmark = pytest.mark.emulators
 
 OLD_EXAMPLE = schemas.old_predict_example()
@@ -25,14 +27,8 @@ FUNCTIONS = ["api", "prompt_file", "redispatch", "bridge"]
 @pytest.fixture(scope="module")
 def stack(emulators) -> Iterator[LocalStack]:
     """The session's emulators plus the submit functions and the bridge, as `make dev` runs."""
-    full = LocalStack(
-        emulators.state_dir, ports=emulators.stack.ports, settings=emulators.settings, echo=None
-    )
-    full.up(FUNCTIONS)
-    try:
-        yield full
-    finally:
-        full.down(FUNCTIONS)
+    with running_stack(emulators, FUNCTIONS) as running:
+        yield running
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from ltxv.local.stack import LocalStack
 from ltxv.service import Service
 from ltxv.webhook_receiver import WebhookReceiver
 
+from .conftest import running_stack
+
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
 
 COMPONENTS = ["api", "result_ready", "dead_letter", "worker", "bridge"]
@@ -33,14 +35,8 @@ def stack(emulators) -> Iterator[LocalStack]:
     settings = dataclasses.replace(
         emulators.settings, webhook_retry_base_seconds=0.5, webhook_retry_max_seconds=2.0
     )
-    full = LocalStack(
-        emulators.state_dir, ports=emulators.stack.ports, settings=settings, echo=None
-    )
-    full.up(COMPONENTS)
-    try:
-        yield full
-    finally:
-        full.down(COMPONENTS)
+    with running_stack(emulators, COMPONENTS, settings) as running:
+        yield running
 
 
 @pytest.fixture

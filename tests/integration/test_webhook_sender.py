@@ -65,6 +65,18 @@ def recorder() -> Iterator[type[Recorder]]:
     yield handler
 
 
+def post_to(recorder: type[Recorder], timeout: float = 5):
+    """One POST to a fresh server running `recorder`; the result and seconds it took."""
+    server = serve(recorder)
+    try:
+        started = time.monotonic()
+        url = checked("http", "hooks.invalid", server.server_address[1])
+        sent = post_pinned(url, BODY, {}, timeout=timeout)
+        return sent, time.monotonic() - started
+    finally:
+        server.shutdown()
+
+
 def checked(scheme: str, host: str, port: int, addresses=("127.0.0.1",), path="/hook?x=1"):
     return CheckedURL(
         url=f"{scheme}://{host}:{port}{path}",
@@ -115,28 +127,14 @@ def test_an_address_that_refuses_is_skipped_for_the_next_checked_one(recorder):
 def test_redirects_are_not_followed(recorder):
     recorder.status = 302
     recorder.extra_headers = {"Location": "http://169.254.169.254/computeMetadata/v1/"}
-    server = serve(recorder)
-    try:
-        sent = post_pinned(
-            checked("http", "hooks.invalid", server.server_address[1]), BODY, {}, timeout=5
-        )
-    finally:
-        server.shutdown()
+    sent, _ = post_to(recorder)
     assert sent.status_code == 302 and not sent.delivered and not sent.retryable
     assert len(recorder.seen) == 1
 
 
 def test_a_slow_receiver_is_cut_off_at_the_timeout(recorder):
     recorder.delay = 3.0
-    server = serve(recorder)
-    try:
-        started = time.monotonic()
-        sent = post_pinned(
-            checked("http", "hooks.invalid", server.server_address[1]), BODY, {}, timeout=0.5
-        )
-        took = time.monotonic() - started
-    finally:
-        server.shutdown()
+    sent, took = post_to(recorder, timeout=0.5)
     assert took < 2.0
     assert sent.status_code is None and sent.retryable and "timed out" in sent.error
 
@@ -144,13 +142,7 @@ def test_a_slow_receiver_is_cut_off_at_the_timeout(recorder):
 def test_retry_after_is_reported(recorder):
     recorder.status = 429
     recorder.extra_headers = {"Retry-After": "90"}
-    server = serve(recorder)
-    try:
-        sent = post_pinned(
-            checked("http", "hooks.invalid", server.server_address[1]), BODY, {}, timeout=5
-        )
-    finally:
-        server.shutdown()
+    sent, _ = post_to(recorder)
     assert sent.status_code == 429 and sent.retryable and sent.retry_after_seconds == 90
 
 

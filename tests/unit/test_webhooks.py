@@ -29,6 +29,7 @@ from .test_jobs import REQUEST
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+OUTPUT_NAMES = {"video": "video.mp4", "poster": "poster.jpg", "result": "result.json"}
 
 
 def settled_result(state: str = "succeeded") -> dict:
@@ -41,6 +42,9 @@ def settled_result(state: str = "succeeded") -> dict:
     )
     job["state"] = state
     job["state_times"][state] = NOW + timedelta(seconds=30)
+    if state == "succeeded":
+        prefix = f"gs://ltxv-outputs/jobs/{job['job_id']}/"
+        job["outputs"] = {k: prefix + v for k, v in OUTPUT_NAMES.items()}
     if state == "failed":
         job["error"] = {"code": "attempts_exhausted", "message": "gave up", "retryable": False}
     return build_result(job)

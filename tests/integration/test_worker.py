@@ -161,6 +161,13 @@ def outputs(settings, job_id: str) -> dict[str, storage.Blob]:
     }
 
 
+def wait_outputs(settings, job_id: str, count: int, timeout: float = 30) -> dict[str, storage.Blob]:
+    deadline = time.monotonic() + timeout
+    while len(found := outputs(settings, job_id)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
 def decoded_digest(path: Path) -> tuple[str, int, int, int, float]:
     import av
 
@@ -189,7 +196,7 @@ def test_a_submitted_job_ends_succeeded_with_video_poster_and_result(
         "encode_seconds",
         "upload_seconds",
     }
-    files = outputs(settings, job_id)
+    files = wait_outputs(settings, job_id, 3)
     assert set(files) == {"video.mp4", "poster.jpg", "result.json"}
     assert files["video.mp4"].content_type == "video/mp4"
     video = tmp_path / "video.mp4"
@@ -244,7 +251,7 @@ def test_sigkill_mid_render_is_redelivered_and_completes_once(
     second = start_worker()
     job = wait_state(service, job_id, {"succeeded"}, timeout=120)
     assert job["attempts"] == 2
-    assert set(outputs(settings, job_id)) == {"video.mp4", "poster.jpg", "result.json"}
+    assert set(wait_outputs(settings, job_id, 3)) == {"video.mp4", "poster.jpg", "result.json"}
     result = json.loads(outputs(settings, job_id)["result.json"].download_as_bytes())
     assert result["attempts"] == 2
     assert second.wait_for("job succeeded", job_id=job_id)
@@ -368,7 +375,8 @@ def test_a_transient_storage_error_is_retried(
         job = wait_state(service, job_id, {"succeeded"}, timeout=120)
         assert flaky.failures == 0
         assert job["error"] is None
-        assert set(outputs(settings, job_id)) == {"video.mp4", "poster.jpg", "result.json"}
+        # result.json comes just after the state write (and after a retried upload)
+        assert set(wait_outputs(settings, job_id, 3)) == {"video.mp4", "poster.jpg", "result.json"}
         requeued = [e for e in worker.lines() if e.get("message") == "job requeued"]
         assert job["attempts"] == 1 + len(requeued)
         if failures > 1:
@@ -383,7 +391,7 @@ def test_a_redelivered_message_repairs_a_missing_result_json_and_nothing_more(
     worker = start_worker()
     job_id = submit(client, auth, SMALL)
     wait_state(service, job_id, {"succeeded"})
-    files = outputs(settings, job_id)
+    files = wait_outputs(settings, job_id, 3)
     video_generation = files["video.mp4"].generation
     files["result.json"].delete()  # as if the worker died between the state write and it
 
@@ -410,5 +418,5 @@ def test_a_request_the_pipeline_refuses_fails_with_a_result(service, settings, s
     settled = wait_state(service, job["job_id"], {"failed", "succeeded"})
     assert settled["state"] == "failed"
     assert settled["error"]["code"] == "invalid_request" and settled["error"]["retryable"] is False
-    result = json.loads(outputs(settings, job["job_id"])["result.json"].download_as_bytes())
+    result = json.loads(wait_outputs(settings, job["job_id"], 1)["result.json"].download_as_bytes())
     assert result["state"] == "failed" and result["error"]["code"] == "invalid_request"

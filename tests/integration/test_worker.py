@@ -279,7 +279,7 @@ def test_cancel_during_render_ends_canceled_without_video(
     assert response.status_code == 202
     job = wait_state(service, job_id, {"canceled", "succeeded"}, timeout=60)
     assert job["state"] == "canceled"
-    files = outputs(settings, job_id)
+    files = wait_outputs(settings, job_id, 1)
     assert "video.mp4" not in files
     assert json.loads(files["result.json"].download_as_bytes())["state"] == "canceled"
 

@@ -1,0 +1,60 @@
+resource "google_firestore_database" "this" {
+  name                              = "(default)"
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  concurrency_mode                  = "OPTIMISTIC"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+  deletion_policy                   = "ABANDON"
+  depends_on                        = [google_project_service.apis]
+}
+
+# The queries of src/ltxv/store.py: a key's jobs newest first (GET /v1/jobs), optionally
+# of one state, and the redispatch sweep's unpublished jobs older than a minute.
+locals {
+  firestore_indexes = {
+    list_by_key = [
+      { field = "api_key_id", order = "ASCENDING" },
+      { field = "created_at", order = "DESCENDING" },
+      { field = "job_id", order = "DESCENDING" },
+    ]
+    list_by_key_and_state = [
+      { field = "api_key_id", order = "ASCENDING" },
+      { field = "state", order = "ASCENDING" },
+      { field = "created_at", order = "DESCENDING" },
+      { field = "job_id", order = "DESCENDING" },
+    ]
+    unpublished = [
+      { field = "published", order = "ASCENDING" },
+      { field = "created_at", order = "ASCENDING" },
+    ]
+  }
+}
+
+resource "google_firestore_index" "jobs" {
+  for_each = local.firestore_indexes
+
+  database    = google_firestore_database.this.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  dynamic "fields" {
+    for_each = each.value
+    content {
+      field_path = fields.value.field
+      order      = fields.value.order
+    }
+  }
+}
+
+# Jobs delete themselves at expires_at (LTXV_JOB_TTL_DAYS after creation).
+resource "google_firestore_field" "jobs_ttl" {
+  database   = google_firestore_database.this.name
+  collection = "jobs"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  # A TTL field needs no single-field index.
+  index_config {}
+}

@@ -1,0 +1,215 @@
+# Cloud Functions (2nd gen). Sources: the archives tools/package.py builds (storage.tf).
+#
+#   api           HTTP      the jobs API and the old /predict; waits up to predict_wait_seconds
+#   prompt-file   storage   prompt files in the prompts bucket -> jobs and a receipt
+#   redispatch    Pub/Sub   Cloud Scheduler's tick -> publishes jobs a crash left unpublished
+#   result-ready  storage   result.json in the outputs bucket -> the signed webhook
+#   dead-letter   Pub/Sub   a dead-lettered job message -> the job fails, with a result.json
+#
+# Event functions retry (Eventarc redelivers for 24 h with backoff): each handler is
+# idempotent, and result-ready relies on it to pace webhook retries.
+
+locals {
+  runtime = "python312"
+
+  # Functions triggered by objects finalized in a bucket.
+  storage_function = {
+    prompt-file = {
+      source      = "submit"
+      entry_point = "prompt_file"
+      description = "Prompt files dropped into gs://${local.bucket_prompts}/incoming/ become jobs and a receipt."
+      # A prompt file holds up to 5000 lines and 8 MiB: room to parse and validate it.
+      memory        = "1Gi"
+      cpu           = "1"
+      timeout       = 540
+      max_instances = 10
+      bucket        = local.bucket_prompts
+      env           = {}
+    }
+    result-ready = {
+      source        = "notify"
+      entry_point   = "result_ready"
+      description   = "result.json -> the job's signed webhook, each attempt recorded on the job."
+      memory        = "256Mi"
+      cpu           = "0.167"
+      timeout       = 60 # one attempt: a 10 s POST and two Firestore transactions
+      max_instances = 50
+      bucket        = local.bucket_outputs
+      env = {
+        LTXV_WEBHOOK_SECRET_NAME = "projects/${var.project_id}/secrets/${var.prefix}-webhook-secret"
+      }
+    }
+  }
+
+  # Functions triggered by messages on a topic.
+  pubsub_function = {
+    redispatch = {
+      source        = "submit"
+      entry_point   = "redispatch"
+      description   = "Publishes jobs recorded but never published (a crash between the two)."
+      memory        = "256Mi"
+      cpu           = "0.167"
+      timeout       = 300
+      max_instances = 1
+      topic         = "projects/${var.project_id}/topics/${local.topic_sweep}"
+      env           = {}
+    }
+    dead-letter = {
+      source        = "notify"
+      entry_point   = "dead_letter"
+      description   = "A job message Pub/Sub gave up on -> the job fails with a result.json."
+      memory        = "256Mi"
+      cpu           = "0.167"
+      timeout       = 60
+      max_instances = 5
+      topic         = "projects/${var.project_id}/topics/${local.topic_dead_letter}"
+      env           = {}
+    }
+  }
+
+  # Shared by both kinds: only Eventarc calls them, one event at a time.
+  event_function = merge(local.storage_function, local.pubsub_function)
+}
+
+resource "google_cloudfunctions2_function" "api" {
+  name        = "${var.prefix}-api"
+  location    = var.region
+  description = "The jobs API (POST/GET /v1/jobs, cancel), the old POST /predict, health and OpenAPI."
+  labels      = local.labels
+
+  build_config {
+    runtime         = local.runtime
+    entry_point     = "api"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.this[local.bucket_source].name
+        object = google_storage_bucket_object.package["submit"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.function["api"].email
+    available_memory      = "512Mi"
+    available_cpu         = "1"
+    # Requests mostly wait on Firestore and Pub/Sub (and /predict on the render): one
+    # instance serves many at once.
+    max_instance_request_concurrency = 80
+    min_instance_count               = 0
+    max_instance_count               = var.api_max_instances
+    timeout_seconds                  = var.predict_wait_seconds + 60
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+    environment_variables = merge(local.function_env, {
+      LTXV_API_KEYS_SECRET = "projects/${var.project_id}/secrets/${var.prefix}-api-keys"
+    })
+  }
+
+  depends_on = [
+    google_project_iam_member.this,
+    google_storage_bucket_iam_member.this,
+    google_secret_manager_secret_version.api_keys,
+  ]
+}
+
+# The two event kinds differ only in their trigger; the map above holds the rest.
+resource "google_cloudfunctions2_function" "on_storage" {
+  for_each = local.storage_function
+
+  name        = "${var.prefix}-${each.key}"
+  location    = var.region
+  description = each.value.description
+  labels      = local.labels
+
+  event_trigger {
+    trigger_region        = var.region # a storage trigger must be in its bucket's location
+    event_type            = "google.cloud.storage.object.v1.finalized"
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.function[each.key].email
+    event_filters {
+      attribute = "bucket"
+      value     = each.value.bucket
+    }
+  }
+
+  build_config {
+    runtime         = local.runtime
+    entry_point     = each.value.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.this[local.bucket_source].name
+        object = google_storage_bucket_object.package[each.value.source].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.function[each.key].email
+    available_memory                 = each.value.memory
+    available_cpu                    = each.value.cpu
+    max_instance_request_concurrency = 1
+    min_instance_count               = 0
+    max_instance_count               = each.value.max_instances
+    timeout_seconds                  = each.value.timeout
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    environment_variables            = merge(local.function_env, each.value.env)
+  }
+
+  depends_on = [
+    google_project_iam_member.this,
+    google_storage_bucket_iam_member.this,
+    google_secret_manager_secret_version.webhook_secret,
+    google_secret_manager_secret_iam_member.webhook_secret,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "on_pubsub" {
+  for_each = local.pubsub_function
+
+  name        = "${var.prefix}-${each.key}"
+  location    = var.region
+  description = each.value.description
+  labels      = local.labels
+
+  event_trigger {
+    trigger_region        = var.region
+    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+    pubsub_topic          = each.value.topic
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.function[each.key].email
+  }
+
+  build_config {
+    runtime         = local.runtime
+    entry_point     = each.value.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.this[local.bucket_source].name
+        object = google_storage_bucket_object.package[each.value.source].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.function[each.key].email
+    available_memory                 = each.value.memory
+    available_cpu                    = each.value.cpu
+    max_instance_request_concurrency = 1
+    min_instance_count               = 0
+    max_instance_count               = each.value.max_instances
+    timeout_seconds                  = each.value.timeout
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    environment_variables            = merge(local.function_env, each.value.env)
+  }
+
+  depends_on = [
+    google_project_iam_member.this,
+    google_pubsub_topic.sweep,
+    google_pubsub_topic.dead_letter,
+  ]
+}

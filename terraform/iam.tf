@@ -1,0 +1,144 @@
+# One service account per function and one for the workers, each with only what its code
+# calls; bucket-, topic-, subscription- and secret-level bindings wherever the resource takes
+# them. Project-level: Firestore (datastore.user: no finer IAM exists), logging and
+# monitoring writers, Eventarc's receiver role, and the build role Cloud Build requires.
+
+locals {
+  # function key => service account id suffix
+  function_accounts = {
+    api          = "api"
+    prompt-file  = "prompts"
+    redispatch   = "sweep"
+    result-ready = "results"
+    dead-letter  = "deadletter"
+  }
+  event_functions = toset(keys(local.event_function))
+}
+
+resource "google_service_account" "function" {
+  for_each     = local.function_accounts
+  account_id   = "${var.prefix}-${each.value}"
+  display_name = "ltx-video-pipeline function ${each.key}"
+  depends_on   = [google_project_service.apis]
+}
+
+resource "google_service_account" "worker" {
+  account_id   = "${var.prefix}-worker"
+  display_name = "ltx-video-pipeline GPU worker"
+  depends_on   = [google_project_service.apis]
+}
+
+# Builds the functions' containers instead of the default compute service account.
+resource "google_service_account" "build" {
+  account_id   = "${var.prefix}-build"
+  display_name = "ltx-video-pipeline function builds"
+  depends_on   = [google_project_service.apis]
+}
+
+locals {
+  sa        = { for key, account in google_service_account.function : key => "serviceAccount:${account.email}" }
+  worker_sa = "serviceAccount:${google_service_account.worker.email}"
+
+  project_roles = merge(
+    { for key in keys(local.function_accounts) : "${key}/datastore" => { member = local.sa[key], role = "roles/datastore.user" } },
+    { for key in local.event_functions : "${key}/eventarc" => { member = local.sa[key], role = "roles/eventarc.eventReceiver" } },
+    {
+      "worker/datastore"  = { member = local.worker_sa, role = "roles/datastore.user" }
+      "worker/logging"    = { member = local.worker_sa, role = "roles/logging.logWriter" }
+      "worker/monitoring" = { member = local.worker_sa, role = "roles/monitoring.metricWriter" }
+      "build/builder"     = { member = "serviceAccount:${google_service_account.build.email}", role = "roles/cloudbuild.builds.builder" }
+      # Eventarc storage triggers: Cloud Storage publishes object events through Pub/Sub.
+      "gcs-agent/publisher" = { member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}", role = "roles/pubsub.publisher" }
+    },
+  )
+
+  bucket_roles = merge(
+    {
+      "api/outputs"          = { bucket = local.bucket_outputs, member = local.sa["api"], role = "roles/storage.objectViewer" }
+      "prompt-file/prompts"  = { bucket = local.bucket_prompts, member = local.sa["prompt-file"], role = "roles/storage.objectUser" }
+      "result-ready/outputs" = { bucket = local.bucket_outputs, member = local.sa["result-ready"], role = "roles/storage.objectViewer" }
+      "dead-letter/outputs"  = { bucket = local.bucket_outputs, member = local.sa["dead-letter"], role = "roles/storage.objectUser" }
+      "worker/outputs"       = { bucket = local.bucket_outputs, member = local.worker_sa, role = "roles/storage.objectUser" }
+      "worker/model-cache"   = { bucket = local.bucket_model_cache, member = local.worker_sa, role = "roles/storage.objectUser" }
+      "worker/package"       = { bucket = local.bucket_source, member = local.worker_sa, role = "roles/storage.objectViewer" }
+      "build/source"         = { bucket = local.bucket_source, member = "serviceAccount:${google_service_account.build.email}", role = "roles/storage.objectViewer" }
+    },
+    # gcs_destination buckets: workers write there, the API signs URLs for them.
+    { for b in var.allowed_destination_buckets : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
+    { for b in var.allowed_destination_buckets : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
+  )
+}
+
+data "google_storage_project_service_account" "gcs" {
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "this" {
+  for_each = local.project_roles
+  project  = var.project_id
+  role     = each.value.role
+  member   = each.value.member
+}
+
+resource "google_storage_bucket_iam_member" "this" {
+  for_each   = local.bucket_roles
+  bucket     = each.value.bucket
+  role       = each.value.role
+  member     = each.value.member
+  depends_on = [google_storage_bucket.this]
+}
+
+# Intake publishes job ids; only the functions that create jobs may.
+resource "google_pubsub_topic_iam_member" "jobs_publisher" {
+  for_each = toset(["api", "prompt-file", "redispatch"])
+  topic    = google_pubsub_topic.jobs.id
+  role     = "roles/pubsub.publisher"
+  member   = local.sa[each.key]
+}
+
+resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
+  subscription = google_pubsub_subscription.worker.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.worker_sa
+}
+
+resource "google_secret_manager_secret_iam_member" "api_keys" {
+  secret_id = google_secret_manager_secret.api_keys.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.sa["api"]
+}
+
+resource "google_secret_manager_secret_iam_member" "webhook_secret" {
+  secret_id = google_secret_manager_secret.webhook_secret.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.sa["result-ready"]
+}
+
+# Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob
+# as itself.
+resource "google_service_account_iam_member" "api_signs_as_itself" {
+  service_account_id = google_service_account.function["api"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.sa["api"]
+}
+
+# Eventarc delivers to each event function as that function's own service account.
+resource "google_cloud_run_v2_service_iam_member" "event_invoker" {
+  for_each = local.event_functions
+  name     = "${var.prefix}-${each.key}" # the function's Cloud Run service
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = local.sa[each.key]
+
+  depends_on = [google_cloudfunctions2_function.on_storage, google_cloudfunctions2_function.on_pubsub]
+}
+
+# The HTTP API authenticates requests itself (API keys, as the old /predict did), so its
+# service is reachable without Google identity.
+resource "google_cloud_run_v2_service_iam_member" "api_public" {
+  # checkov:skip=CKV_GCP_102:The jobs API is a public HTTPS API; every route but /healthz and /openapi.json requires an API key checked in the function.
+  name     = google_cloudfunctions2_function.api.name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

@@ -1,0 +1,58 @@
+# Names follow src/ltxv/settings.py, so the code finds every resource from LTXV_PREFIX alone.
+locals {
+  labels = merge({ app = "ltx-video-pipeline", deployment = var.prefix }, var.labels)
+
+  topic_jobs        = "${var.prefix}-jobs"
+  subscription_jobs = "${var.prefix}-jobs-worker"
+  topic_dead_letter = "${var.prefix}-jobs-dead-letter"
+  topic_sweep       = "${var.prefix}-sweep"
+
+  bucket_prompts     = "${var.prefix}-prompts"
+  bucket_outputs     = "${var.prefix}-outputs"
+  bucket_model_cache = "${var.prefix}-model-cache"
+  bucket_source      = "${var.prefix}-function-source"
+
+  default_model = var.models[0]
+
+  # What every function reads (src/ltxv/settings.py); secrets are added per function.
+  function_env = {
+    LTXV_PROJECT                     = var.project_id
+    LTXV_PREFIX                      = var.prefix
+    LTXV_MODELS                      = join(",", var.models)
+    LTXV_DEFAULT_MODEL               = local.default_model
+    LTXV_ALLOWED_DESTINATION_BUCKETS = join(",", var.allowed_destination_buckets)
+    LTXV_PROMPT_FILE_OWNER           = var.prompt_file_owner
+    LTXV_JOB_TTL_DAYS                = tostring(var.job_ttl_days)
+    LTXV_PREDICT_WAIT_SECONDS        = tostring(var.predict_wait_seconds)
+    LTXV_LOG_LEVEL                   = var.log_level
+  }
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+resource "google_project_service" "apis" {
+  for_each = toset([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "compute.googleapis.com",
+    "eventarc.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ])
+  project = var.project_id
+  service = each.value
+
+  # Other things in the project may use these too: destroying the pipeline leaves them on.
+  disable_on_destroy = false
+}

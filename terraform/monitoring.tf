@@ -1,0 +1,51 @@
+resource "google_monitoring_alert_policy" "dead_letters" {
+  display_name          = "${var.prefix}: jobs dead-lettered"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+  user_labels           = local.labels
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Job messages reached ${local.topic_dead_letter} after ${var.max_delivery_attempts} deliveries: those jobs failed with attempts_exhausted. Inspect them with `gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter_audit.name} --limit 10` and the workers' logs (jsonPayload.job_id); ack them once handled."
+  }
+
+  conditions {
+    display_name = "dead letters waiting for an operator"
+    condition_threshold {
+      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${google_pubsub_subscription.dead_letter_audit.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "300s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+}
+
+resource "google_monitoring_alert_policy" "oldest_job" {
+  display_name          = "${var.prefix}: oldest job waiting too long"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+  user_labels           = local.labels
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "The oldest unacknowledged job in ${google_pubsub_subscription.worker.name} is older than ${var.oldest_job_alert_seconds} s: workers are not starting (GPU quota or stockout in ${var.region}, boot script failing) or not keeping up (raise worker_max_replicas)."
+  }
+
+  conditions {
+    display_name = "oldest unacknowledged job message"
+    condition_threshold {
+      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.oldest_job_alert_seconds
+      duration        = "300s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+}

@@ -1,0 +1,93 @@
+resource "google_pubsub_topic" "jobs" {
+  name                       = local.topic_jobs
+  labels                     = local.labels
+  message_retention_duration = "604800s"
+  depends_on                 = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  name                       = local.topic_dead_letter
+  labels                     = local.labels
+  message_retention_duration = "604800s"
+  depends_on                 = [google_project_service.apis]
+}
+
+# Cloud Scheduler's tick for the redispatch sweep (functions/submit `redispatch`).
+resource "google_pubsub_topic" "sweep" {
+  name       = local.topic_sweep
+  labels     = local.labels
+  depends_on = [google_project_service.apis]
+}
+
+# What the GPU workers pull. A render takes minutes: workers set the deadline as soon as
+# they pull and keep extending it, so the subscription's own deadline only decides how fast
+# a killed worker's job comes back.
+resource "google_pubsub_subscription" "worker" {
+  name                         = local.subscription_jobs
+  topic                        = google_pubsub_topic.jobs.id
+  labels                       = local.labels
+  ack_deadline_seconds         = var.worker_ack_deadline_seconds
+  enable_exactly_once_delivery = true
+  message_retention_duration   = "604800s"
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  # Never delete the subscription for inactivity (a deployment may idle for months).
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# Dead letters kept for operators to inspect (and the alert's backlog); the notify function
+# gets its own copy through its Eventarc trigger.
+resource "google_pubsub_subscription" "dead_letter_audit" {
+  name                       = "${local.topic_dead_letter}-audit"
+  topic                      = google_pubsub_topic.dead_letter.id
+  labels                     = local.labels
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# Dead-lettering needs the Pub/Sub service agent to publish to the dead-letter topic and to
+# subscribe to the source subscription (without it, delivery attempts are not even counted).
+locals {
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  topic  = google_pubsub_topic.dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber" {
+  subscription = google_pubsub_subscription.worker.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+resource "google_cloud_scheduler_job" "sweep" {
+  name        = "${var.prefix}-redispatch-sweep"
+  region      = var.region
+  description = "Publishes jobs a crash left recorded but unpublished (functions/submit redispatch)."
+  schedule    = "*/5 * * * *"
+
+  pubsub_target {
+    topic_name = google_pubsub_topic.sweep.id
+    data       = base64encode("sweep")
+  }
+
+  depends_on = [google_project_service.apis]
+}

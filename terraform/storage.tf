@@ -1,0 +1,66 @@
+locals {
+  buckets = {
+    (local.bucket_prompts)     = { purpose = "prompts" }
+    (local.bucket_outputs)     = { purpose = "outputs" }
+    (local.bucket_model_cache) = { purpose = "model-cache" }
+    (local.bucket_source)      = { purpose = "function-source" }
+  }
+  # What each bucket forgets, and when (by purpose).
+  bucket_expiry = {
+    prompts = [{ prefixes = ["incoming/", "receipts/"], days = var.prompt_retention_days }]
+    outputs = [{ prefixes = ["jobs/"], days = var.output_retention_days }]
+  }
+}
+
+resource "google_storage_bucket" "this" {
+  # checkov:skip=CKV_GCP_62:Access logs would record every video download; Cloud Audit Logs (data access) are the place to turn that on.
+  # checkov:skip=CKV_GCP_78:Objects are written once (result.json with if_generation_match=0); versioning would only keep deleted videos past their retention.
+  for_each = local.buckets
+
+  name                        = each.key
+  location                    = var.region
+  labels                      = merge(local.labels, { purpose = each.value.purpose })
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  # Deleted objects stay recoverable for a week.
+  soft_delete_policy {
+    retention_duration_seconds = 604800
+  }
+
+  dynamic "lifecycle_rule" {
+    for_each = lookup(local.bucket_expiry, each.value.purpose, [])
+    content {
+      condition {
+        age            = lifecycle_rule.value.days
+        matches_prefix = lifecycle_rule.value.prefixes
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# Archives built by tools/package.py (the same step as `make package`): the two function
+# sources and the worker's source distribution. The MD5 in each name makes a changed archive
+# a new object, which redeploys what uses it; an unchanged tree uploads nothing.
+data "external" "package" {
+  for_each = toset(["submit", "notify", "worker"])
+  program  = ["python3", "${path.module}/../tools/package.py", "--terraform"]
+  query = {
+    target  = each.key
+    out_dir = "${path.module}/../build/package"
+  }
+}
+
+resource "google_storage_bucket_object" "package" {
+  for_each = data.external.package
+
+  bucket = google_storage_bucket.this[local.bucket_source].name
+  name   = "${each.key}/${each.key}-${each.value.result.md5}.zip"
+  source = each.value.result.path
+}

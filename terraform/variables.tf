@@ -1,0 +1,274 @@
+variable "project_id" {
+  description = "The GCP project to deploy into."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a GCP project id: 6-30 lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions, buckets, Eventarc triggers and the worker instance group. It must offer NVIDIA L4 GPUs (g2 machines) in the zones below."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a GCP region name such as us-central1."
+  }
+}
+
+variable "worker_zones" {
+  description = "Zones of the region the worker group may place VMs in (each must have L4 GPUs). Empty: let the group choose among the region's zones."
+  type        = list(string)
+  default     = ["us-central1-a", "us-central1-b", "us-central1-c"]
+
+  validation {
+    condition     = alltrue([for zone in var.worker_zones : can(regex("^[a-z]+-[a-z]+[0-9]-[a-z]$", zone))])
+    error_message = "worker_zones must be zone names such as us-central1-a."
+  }
+}
+
+variable "prefix" {
+  description = "Prefix of every resource name (topics, buckets, functions, service accounts). Bucket names are global: pick one unique to you."
+  type        = string
+  default     = "ltxv"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,14}[a-z0-9]$", var.prefix))
+    error_message = "prefix must be 4-16 lower-case letters, digits and hyphens, starting with a letter (it ends up in service account ids, which are short)."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes labels."
+  type        = map(string)
+  default     = {}
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database (a multi-region such as nam5, or a region). Fixed once created."
+  type        = string
+  default     = "nam5"
+}
+
+# --- the API and intake ---------------------------------------------------------------------
+
+variable "api_key_ids" {
+  description = "Ids of the API keys terraform generates (one per client). Each key's plaintext is in the sensitive output api_keys; only its SHA-256 hash is stored, in Secret Manager."
+  type        = set(string)
+  default     = ["default"]
+
+  validation {
+    condition     = length(var.api_key_ids) > 0 && alltrue([for id in var.api_key_ids : can(regex("^[a-z0-9][a-z0-9_-]{0,31}$", id))])
+    error_message = "api_key_ids must be 1-32 lower-case letters, digits, '_' or '-' each, and at least one."
+  }
+}
+
+variable "prompt_file_owner" {
+  description = "The API key id that owns jobs from prompt files dropped into the prompts bucket (it lists and reads them)."
+  type        = string
+  default     = "default"
+}
+
+variable "models" {
+  description = "Model profiles (schemas/model-profiles.json) the deployment accepts; the workers run the first."
+  type        = list(string)
+  default     = ["ltx-video-2b-distilled"]
+
+  validation {
+    condition     = length(var.models) > 0 && alltrue([for m in var.models : contains(["ltx-video-2b-distilled", "ltx-video-2b", "tiny-random"], m)])
+    error_message = "models must name profiles from schemas/model-profiles.json: ltx-video-2b-distilled, ltx-video-2b or tiny-random."
+  }
+}
+
+variable "allowed_destination_buckets" {
+  description = "Buckets besides the outputs bucket that a request's gcs_destination may write videos into (the workers get object create on them)."
+  type        = list(string)
+  default     = []
+}
+
+variable "api_max_instances" {
+  description = "Most instances of the HTTP API function."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.api_max_instances >= 1 && var.api_max_instances <= 1000
+    error_message = "api_max_instances must be between 1 and 1000."
+  }
+}
+
+variable "predict_wait_seconds" {
+  description = "How long POST /predict waits for its video before answering 504 (the job goes on). The API function's timeout is this plus a minute."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.predict_wait_seconds >= 10 && var.predict_wait_seconds <= 3000
+    error_message = "predict_wait_seconds must be between 10 and 3000 (an HTTP function runs at most 60 minutes)."
+  }
+}
+
+variable "log_level" {
+  description = "Log level of the functions and workers."
+  type        = string
+  default     = "INFO"
+
+  validation {
+    condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR"], var.log_level)
+    error_message = "log_level must be DEBUG, INFO, WARNING or ERROR."
+  }
+}
+
+# --- jobs and retention ---------------------------------------------------------------------
+
+variable "job_ttl_days" {
+  description = "Days a job document is kept (Firestore TTL on expires_at)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.job_ttl_days >= 1 && var.job_ttl_days <= 3650
+    error_message = "job_ttl_days must be between 1 and 3650."
+  }
+}
+
+variable "output_retention_days" {
+  description = "Days videos, posters and result.json files are kept in the outputs bucket."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.output_retention_days >= 1 && var.output_retention_days <= 3650
+    error_message = "output_retention_days must be between 1 and 3650."
+  }
+}
+
+variable "prompt_retention_days" {
+  description = "Days prompt files (incoming/) and their receipts (receipts/) are kept in the prompts bucket."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.prompt_retention_days >= 1 && var.prompt_retention_days <= 3650
+    error_message = "prompt_retention_days must be between 1 and 3650."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of a job's message before it goes to the dead-letter topic and the job fails."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}
+
+variable "worker_ack_deadline_seconds" {
+  description = "The worker subscription's ack deadline. Workers extend it while they render; a killed worker's job is redelivered after it."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.worker_ack_deadline_seconds >= 10 && var.worker_ack_deadline_seconds <= 600
+    error_message = "worker_ack_deadline_seconds must be between 10 and 600."
+  }
+}
+
+# --- GPU workers ----------------------------------------------------------------------------
+
+variable "worker_machine_type" {
+  description = "Machine type of the worker VMs: a g2 shape (one NVIDIA L4 each for g2-standard-4/8/12/16/32)."
+  type        = string
+  default     = "g2-standard-8"
+
+  validation {
+    condition     = can(regex("^g2-standard-(4|8|12|16|32)$", var.worker_machine_type))
+    error_message = "worker_machine_type must be a one-GPU g2 shape: g2-standard-4, -8, -12, -16 or -32."
+  }
+}
+
+variable "worker_spot" {
+  description = "Run workers as Spot VMs (much cheaper, may be preempted; a preempted job is requeued and rendered again)."
+  type        = bool
+  default     = true
+}
+
+variable "worker_min_replicas" {
+  description = "Fewest worker VMs; 0 lets the group scale to zero when the queue is empty."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.worker_min_replicas >= 0
+    error_message = "worker_min_replicas must be 0 or more."
+  }
+}
+
+variable "worker_max_replicas" {
+  description = "Most worker VMs (mind the project's L4 GPU quota in the region)."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.worker_max_replicas >= 1 && var.worker_max_replicas <= 1000
+    error_message = "worker_max_replicas must be between 1 and 1000."
+  }
+}
+
+variable "jobs_per_worker" {
+  description = "Backlog per worker VM the autoscaler aims for (single_instance_assignment): 1 starts a VM per waiting job; larger values start fewer VMs and drain slower."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.jobs_per_worker >= 1
+    error_message = "jobs_per_worker must be 1 or more."
+  }
+}
+
+variable "worker_image" {
+  description = "Boot image of the worker VMs: one with the NVIDIA driver installed (the boot script checks nvidia-smi and installs the rest)."
+  type        = string
+  default     = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+}
+
+variable "worker_disk_gb" {
+  description = "Boot disk size of the worker VMs, in GB (weights, the Python environment, scratch)."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.worker_disk_gb >= 100 && var.worker_disk_gb <= 2000
+    error_message = "worker_disk_gb must be between 100 and 2000."
+  }
+}
+
+variable "worker_secure_boot" {
+  description = "Secure Boot on the worker VMs. Only with an image whose NVIDIA driver is signed for it; vTPM and integrity monitoring are always on."
+  type        = bool
+  default     = false
+}
+
+# --- monitoring -----------------------------------------------------------------------------
+
+variable "alert_notification_channels" {
+  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to."
+  type        = list(string)
+  default     = []
+}
+
+variable "oldest_job_alert_seconds" {
+  description = "Alert when the oldest unacknowledged job message in the worker subscription is older than this."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.oldest_job_alert_seconds >= 300
+    error_message = "oldest_job_alert_seconds must be at least 300."
+  }
+}

@@ -38,7 +38,9 @@ def _service() -> Service:
 @cache
 def _notifier() -> WebhookNotifier:
     service = _service()
-    return WebhookNotifier(service.store, service.storage, service.settings)
+    return WebhookNotifier(
+        service.store, service.storage, service.settings, secret=service.webhook_secret
+    )
 
 
 @cache

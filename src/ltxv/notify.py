@@ -91,12 +91,16 @@ class WebhookNotifier:
         storage_client: storage.Client,
         settings: Settings,
         *,
+        secret: str | None = None,
         resolver: Resolver = system_resolver,
         send: Send = post_pinned,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        if not settings.webhook_secret:
-            raise RuntimeError("set LTXV_WEBHOOK_SECRET (a whsec_ secret) to sign webhooks")
+        self.secret = secret or settings.webhook_secret
+        if not self.secret:
+            raise RuntimeError(
+                "set LTXV_WEBHOOK_SECRET (whsec_...) or LTXV_WEBHOOK_SECRET_NAME to sign webhooks"
+            )
         self.store = store
         self.storage = storage_client
         self.settings = settings
@@ -144,7 +148,7 @@ class WebhookNotifier:
         sent = self.send(
             checked,
             body,
-            sign_headers(self.settings.webhook_secret, msg_id, body, at),
+            sign_headers(self.secret, msg_id, body, at),
             timeout=self.settings.webhook_timeout_seconds,
         )
         state = self._record(job_id, at, sent)

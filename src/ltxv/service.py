@@ -78,5 +78,13 @@ class Service:
         raise RuntimeError("set LTXV_API_KEY_HASHES or LTXV_API_KEYS_SECRET")
 
     @cached_property
+    def webhook_secret(self) -> str | None:
+        """The whsec_ secret: inline locally, from Secret Manager when deployed."""
+        settings = self.settings
+        if settings.webhook_secret:
+            return settings.webhook_secret
+        return read_secret(settings.webhook_secret_name) if settings.webhook_secret_name else None
+
+    @cached_property
     def signer(self) -> UrlSigner:
         return UrlSigner(self.storage, self.settings.signing_credentials_file)

@@ -88,6 +88,8 @@ class Settings:
     log_level: str = "INFO"
     signing_credentials_file: str | None = None
     webhook_secret: str | None = None
+    # Deployed: the Secret Manager secret holding it (projects/P/secrets/S), read at start.
+    webhook_secret_name: str | None = None
     # Webhook delivery (functions/notify). Each retry waits base * 2^(n-1) with jitter,
     # at most retry_max, or longer if the receiver's Retry-After says so; after
     # retry_window since the first attempt the delivery is recorded as failed. The window
@@ -141,6 +143,7 @@ class Settings:
             log_level=_env("LOG_LEVEL", cls.log_level),
             signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
             webhook_secret=_env("WEBHOOK_SECRET"),
+            webhook_secret_name=_env("WEBHOOK_SECRET_NAME"),
             webhook_timeout_seconds=_env_float(
                 "WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
             ),

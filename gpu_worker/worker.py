@@ -36,7 +36,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ltxv.intake import BACKEND_ERRORS
 from ltxv.lifecycle import ClaimOutcome, JobLifecycle, LeaseLost
-from ltxv.results import build_result, output_prefix, result_exists, write_result_once
+from ltxv.results import build_result, output_prefix, write_result_once
 from ltxv.settings import Settings
 from ltxv.signing import split_gs_uri
 
@@ -177,7 +177,7 @@ class Worker:
             self.messages.ack(received)
             return
         job_id = received.job_id
-        keeper = AckKeeper(self.messages, received).__enter__()
+        keeper = AckKeeper(self.messages, received).start()
         try:
             claim = self.lifecycle.claim(job_id)
         except BACKEND_ERRORS as exc:
@@ -349,10 +349,10 @@ class Worker:
         log.warning("job requeued", extra={"job_id": job_id, "code": code, "reason": message})
 
     def _repair_result(self, job: dict[str, Any]) -> None:
-        """A settled job whose result.json is missing (crash before it was written)."""
+        """A settled job whose result.json may be missing (a crash before it was written)."""
         try:
-            if not result_exists(self.storage, self.settings.outputs, job["job_id"]):
-                write_result_once(self.storage, self.settings.outputs, build_result(job))
+            # Written only if absent (if_generation_match=0): one request either way.
+            if write_result_once(self.storage, self.settings.outputs, build_result(job)):
                 log.warning("result.json repaired", extra={"job_id": job["job_id"]})
         except BACKEND_ERRORS as exc:
             log.warning(

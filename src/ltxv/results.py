@@ -63,7 +63,3 @@ def write_result_once(client: storage.Client, outputs_bucket: str, result: dict[
     except gexc.PreconditionFailed:
         return False
     return True
-
-
-def result_exists(client: storage.Client, outputs_bucket: str, job_id: str) -> bool:
-    return client.bucket(outputs_bucket).blob(output_prefix(job_id) + RESULT_NAME).exists()

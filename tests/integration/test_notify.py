@@ -26,12 +26,13 @@ from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
 from ltxv.results import build_result, output_prefix, write_result_once
 from ltxv.validation import request_hash
 from ltxv.webhook_receiver import WebhookReceiver
+from ltxv.webhooks import new_secret
 
 from .conftest import ROOT
 
 pytestmark = pytest.mark.emulators
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+SECRET = new_secret()
 NOTIFY_SOURCE = str(ROOT / "functions" / "notify" / "main.py")
 
 

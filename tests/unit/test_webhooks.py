@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,13 +20,14 @@ from ltxv.webhooks import (
     build_event,
     encode_event,
     event_id,
+    new_secret,
     sign_headers,
     verify_webhook,
 )
 
 from .test_jobs import REQUEST
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+SECRET = new_secret()
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 OUTPUT_NAMES = {"video": "video.mp4", "poster": "poster.jpg", "result": "result.json"}
 
@@ -108,7 +108,7 @@ def test_anything_changed_fails_verification(tamper):
 def test_another_secret_fails_and_a_bad_secret_is_a_clear_error():
     body = b"{}"
     headers = sign_headers(SECRET, "evt_x", body)
-    other = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    other = new_secret()
     with pytest.raises(WebhookVerificationError, match="No matching signature"):
         verify_webhook(other, headers, body)
     with pytest.raises(WebhookVerificationError, match="not a valid whsec_ secret"):

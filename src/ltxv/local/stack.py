@@ -23,12 +23,10 @@ an isolated copy in a temporary directory on free ports.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
 import platform
-import secrets
 import shlex
 import shutil
 import signal
@@ -55,6 +53,7 @@ from ltxv.auth import generate_api_key, hash_api_key
 from ltxv.local.bridge import storage_events_subscription
 from ltxv.local.credentials import fake_service_account_key
 from ltxv.settings import Settings
+from ltxv.webhooks import new_secret
 
 HOST = "127.0.0.1"
 SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
@@ -426,7 +425,7 @@ class LocalStack:
 
     @property
     def webhook_secret(self) -> str:
-        return _read_or_create(self.secrets_dir / "webhook_secret", _generate_webhook_secret)
+        return _read_or_create(self.secrets_dir / "webhook_secret", new_secret)
 
     @property
     def signing_credentials_file(self) -> Path:
@@ -916,10 +915,6 @@ def _read_or_create(path: Path, make: Callable[[], str]) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
     return value
-
-
-def _generate_webhook_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
 
 
 def _generate_service_account_key(project: str) -> str:

@@ -13,7 +13,6 @@ with 503 and one log line, and Eventarc redelivers the event with backoff.
 
 from __future__ import annotations
 
-import base64
 import logging
 from functools import cache
 
@@ -21,13 +20,10 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import jsonify
 
-from ltxv.dispatch import parse_job_id
 from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
 from ltxv.service import Service
 
 log = logging.getLogger("ltxv.notify")
-# Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
-DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
 @cache
@@ -67,16 +63,4 @@ def result_ready(event: CloudEvent) -> None:
 
 @functions_framework.cloud_event
 def dead_letter(event: CloudEvent) -> None:
-    message = (event.get_data() or {}).get("message") or {}
-    attributes = message.get("attributes") or {}
-    try:
-        payload = base64.b64decode(message.get("data") or "")
-    except ValueError:
-        payload = b""
-    job_id = parse_job_id(payload, attributes)
-    if job_id is None:
-        # Nothing names a job: retrying cannot help, so take it off the topic.
-        log.error("dead letter names no job; dropped", extra={"message_id": event["id"]})
-        return
-    count = attributes.get(DELIVERY_COUNT)
-    _dead_letters().handle(job_id, int(count) if count and count.isdigit() else None)
+    _dead_letters().on_message((event.get_data() or {}).get("message") or {})

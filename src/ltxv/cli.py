@@ -162,16 +162,16 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     """Publish a job's message to the dead-letter topic, as Pub/Sub does after N attempts."""
     from google.cloud import pubsub_v1
 
+    from .notify import DELIVERY_COUNT_ATTRIBUTE
     from .settings import Settings
 
     host = setting("PUBSUB_EMULATOR_HOST")
     if not host:
         raise UserError("no local stack: run `make dev` first (this command never touches GCP)")
     os.environ["PUBSUB_EMULATOR_HOST"] = host
-    stack = read_stack_env()
     settings = Settings(
         project=setting("LTXV_PROJECT") or Settings.project,
-        prefix=os.environ.get("LTXV_PREFIX") or stack.get("LTXV_PREFIX") or Settings.prefix,
+        prefix=setting("LTXV_PREFIX") or Settings.prefix,
     )
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(settings.project, settings.dead_letter_topic)
@@ -179,8 +179,8 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
         topic,
         json.dumps({"job_id": args.job_id}).encode(),
         job_id=args.job_id,
-        CloudPubSubDeadLetterSourceDeliveryCount=str(args.attempts),
         CloudPubSubDeadLetterSourceSubscription=settings.subscription,
+        **{DELIVERY_COUNT_ATTRIBUTE: str(args.attempts)},
     )
     print(f"published job {args.job_id} to {settings.dead_letter_topic} ({future.result(30)})")
     return 0

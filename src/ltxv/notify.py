@@ -21,6 +21,7 @@ Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -33,6 +34,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
+from .dispatch import parse_job_id
 from .jobs import State, check_transition, utcnow
 from .results import RESULT_NAME, build_result, write_result_once
 from .settings import Settings
@@ -44,6 +46,8 @@ from .webhooks import build_event, encode_event, event_id, sign_headers
 log = logging.getLogger(__name__)
 
 RESULT_OBJECT = re.compile(rf"^jobs/([a-z0-9]{{1,64}})/{re.escape(RESULT_NAME)}$")
+# Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
+DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 # How long past a send's own timeout its `sending_until` mark still holds off others.
 SENDING_MARGIN_SECONDS = 30.0
 
@@ -264,6 +268,23 @@ class DeadLetters:
         self.store = store
         self.storage = storage_client
         self.outputs_bucket = outputs_bucket
+
+    def on_message(self, message: dict[str, Any]) -> str:
+        """A dead-lettered job message as a `messagePublished` event carries it."""
+        attributes = message.get("attributes") or {}
+        try:
+            payload = base64.b64decode(message.get("data") or "")
+        except ValueError:
+            payload = b""
+        job_id = parse_job_id(payload, attributes)
+        if job_id is None:
+            # Nothing names a job: retrying cannot help, so take it off the topic.
+            log.error(
+                "dead letter names no job; dropped", extra={"message_id": message.get("messageId")}
+            )
+            return "no_job"
+        count = attributes.get(DELIVERY_COUNT_ATTRIBUTE, "")
+        return self.handle(job_id, int(count) if count.isdigit() else None)
 
     def handle(self, job_id: str, delivery_attempts: int | None = None) -> str:
         seen: dict[str, str] = {}

@@ -55,21 +55,24 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}{self.path}"
 
-    def start(self) -> WebhookReceiver:
+    def _bind(self) -> ThreadingHTTPServer:
         self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
         self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.port = self._server.server_address[1]  # the one picked, when port was 0
+        return self._server
+
+    def start(self) -> WebhookReceiver:
+        """Serve on a background thread (tests, the demo)."""
+        threading.Thread(target=self._bind().serve_forever, daemon=True).start()
         return self
 
     def serve_forever(self) -> None:
         """Run in the calling thread until interrupted (the CLI's `listen`)."""
-        self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
-        self.port = self._server.server_address[1]
+        server = self._bind()
         try:
-            self._server.serve_forever()
+            server.serve_forever()
         finally:
-            self._server.server_close()
+            server.server_close()
 
     def stop(self) -> None:
         if self._server is not None:

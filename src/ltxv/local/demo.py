@@ -21,6 +21,7 @@ from google.api_core import exceptions as gexc
 from gpu_worker.encoding import probe
 
 from .. import schemas
+from ..jobs import State
 from .stack import REPO_ROOT, LocalStack, StackError
 
 OLD_EXAMPLE = schemas.old_predict_example()
@@ -147,7 +148,7 @@ def wait_until_settled(api: requests.Session, base: str, job_ids: set[str]) -> l
         if line != last:
             say(line)
             last = line
-        if all(j["state"] in ("succeeded", "failed", "canceled") for j in jobs):
+        if all(State(j["state"]).terminal for j in jobs):
             return jobs
         time.sleep(1)
     raise DemoFailed("jobs did not settle within 10 minutes")
@@ -157,7 +158,7 @@ def main() -> int:
     state_dir = REPO_ROOT / ".local" / "demo"
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh stack each time
     stack = LocalStack.with_free_ports(Path(state_dir))
-    say("Starting the local stack (emulators, submit functions, event bridge) ...")
+    say("Starting the local stack (emulators, functions, event bridge, worker) ...")
     try:
         stack.up()
         run(stack)

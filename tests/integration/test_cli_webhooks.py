@@ -15,7 +15,8 @@ import pytest
 import requests
 from google.cloud import pubsub_v1
 
-from ltxv.cli import main, read_stack_env
+from ltxv.cli import main
+from ltxv.client import read_stack_env
 from ltxv.webhooks import build_event, encode_event, sign_headers
 
 from ..unit.test_webhooks import SECRET, settled_result

@@ -1,0 +1,364 @@
+"""A Python client for the jobs API, the same one the `ltxv` command uses.
+
+    from ltxv.client import Client
+
+    client = Client.configured()  # LTXV_API_URL / LTXV_API_KEY, else .local/stack.env
+    job = client.submit("A red fox trotting through fresh snow", num_frames=41)
+    job = client.wait(job["job_id"], on_progress=lambda j: print(j["state"], j["progress"]))
+    client.download(job, "fox.mp4")
+
+Jobs are the API's JSON objects as dicts (`schemas/job.schema.json`). Every error the API
+answers becomes an `ApiError` carrying its code, message and per-field details; a service
+that cannot be reached is a `ServiceUnavailable`. Submits carry an Idempotency-Key (one is
+made up when none is given), so the client's own retries never create a second job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .jobs import State
+from .prompt_files import INCOMING, SUFFIXES, receipt_name
+
+DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
+RETRY = Retry(
+    total=4,
+    connect=4,
+    read=2,
+    status=4,
+    backoff_factor=0.5,
+    status_forcelist=(429, 502, 503, 504),
+    allowed_methods=None,  # POSTs too: submits carry an Idempotency-Key, cancel is idempotent
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+
+
+class ClientError(Exception):
+    """Base of everything this module raises."""
+
+
+class ConfigurationError(ClientError):
+    """No API URL or key was given and none could be found."""
+
+
+class ServiceUnavailable(ClientError):
+    """The service could not be reached, or kept answering 5xx."""
+
+
+class WaitTimedOut(ClientError):
+    def __init__(self, job: dict[str, Any], seconds: float) -> None:
+        super().__init__(
+            f"job {job['job_id']} is still {job['state']} after {seconds:.0f}s; it goes on "
+            "running, ask again later"
+        )
+        self.job = job
+
+
+class ApiError(ClientError):
+    """An error answer of the API: `{"error": {"code", "message", "details"}}`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+    @classmethod
+    def from_response(cls, response: requests.Response) -> ApiError:
+        try:
+            error = response.json()["error"]
+            return cls(response.status_code, error["code"], error["message"], error.get("details"))
+        except (ValueError, KeyError, TypeError):
+            text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+            return cls(response.status_code, "http_error", text or response.reason or "no body")
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[dict[str, Any]]
+    next_page_token: str | None
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def stack_env_file() -> Path:
+    state = os.environ.get("LTXV_STATE_DIR")
+    return Path(state) / "stack.env" if state else Path.cwd() / ".local" / "stack.env"
+
+
+def read_stack_env(path: Path | None = None) -> dict[str, str]:
+    """`KEY=value` lines (values shell-quoted) as `make dev` writes them; {} if absent."""
+    path = path or stack_env_file()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, sep, raw = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            parts = shlex.split(raw)
+            values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+def setting(name: str, given: str | None = None) -> str | None:
+    """A value given explicitly, else the environment's, else `.local/stack.env`'s."""
+    return given or os.environ.get(name) or read_stack_env().get(name) or None
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        adapter = HTTPAdapter(max_retries=RETRY)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["X-API-Key"] = api_key
+        self.session.headers["User-Agent"] = "ltxv-client"
+
+    @classmethod
+    def configured(cls, url: str | None = None, api_key: str | None = None, **kwargs) -> Client:
+        """From the arguments, else LTXV_API_URL and LTXV_API_KEY, else `.local/stack.env`."""
+        url, api_key = setting("LTXV_API_URL", url), setting("LTXV_API_KEY", api_key)
+        if not url:
+            raise ConfigurationError(
+                "no API URL: pass --url, set LTXV_API_URL, or start the local stack with "
+                "`make dev` (it writes .local/stack.env)"
+            )
+        if not api_key:
+            raise ConfigurationError("no API key: pass --api-key or set LTXV_API_KEY")
+        return cls(url, api_key, **kwargs)
+
+    # --- jobs ---
+
+    def submit(
+        self,
+        prompt: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/jobs with the old /predict fields (`height`, `num_frames`, ...)."""
+        body = {"prompt": prompt, **fields} if prompt is not None else fields
+        headers = {"Idempotency-Key": idempotency_key or f"ltxv-client-{uuid.uuid4()}"}
+        return self._call("POST", "/v1/jobs", json=body, headers=headers)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}; a succeeded job carries a signed `video_url`."""
+        return self._call("GET", f"/v1/jobs/{_segment(job_id)}")
+
+    def list(
+        self, state: str | None = None, page_size: int = 20, page_token: str | None = None
+    ) -> Page:
+        """One page of this key's jobs, newest first."""
+        params = {"page_size": page_size, "state": state, "page_token": page_token}
+        body = self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
+        return Page(body["jobs"], body.get("next_page_token"))
+
+    def iter_jobs(self, state: str | None = None, page_size: int = 50) -> Iterator[dict[str, Any]]:
+        """Every job of this key, newest first, page by page."""
+        token = None
+        while True:
+            page = self.list(state=state, page_size=page_size, page_token=token)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job at once, a running one between denoising steps."""
+        return self._call("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job is succeeded, failed or canceled, and return it.
+
+        `on_progress(job)` is called with the first answer and whenever its state or
+        denoising step changes. Raises `WaitTimedOut` after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            job = self.get(job_id)
+            mark = (job["state"], (job.get("progress") or {}).get("step"))
+            if on_progress and mark != seen:
+                on_progress(job)
+            seen = mark
+            if State(job["state"]).terminal:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimedOut(job, timeout or 0)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            time.sleep(poll_interval if remaining is None else min(poll_interval, remaining))
+
+    def download(self, job: str | dict[str, Any], path: str | Path, *, what: str = "video") -> Path:
+        """Write a succeeded job's video (or `what="poster"`) to `path`; returns the path.
+
+        The file appears whole or not at all (written beside it, then renamed).
+        """
+        if isinstance(job, str) or not job.get(f"{what}_url"):
+            job = self.get(job if isinstance(job, str) else job["job_id"])
+        url = job.get(f"{what}_url")
+        if not url:
+            raise ClientError(
+                f"job {job['job_id']} is {job['state']}; only a succeeded job has a {what}"
+            )
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            # The signed URL carries its own authorisation; the API key must not travel there.
+            with requests.get(url, stream=True, timeout=self.timeout) as response:
+                if response.status_code != 200:
+                    raise ClientError(
+                        f"downloading {what} of job {job['job_id']}: HTTP {response.status_code}"
+                    )
+                with partial.open("wb") as out:
+                    for chunk in response.iter_content(1 << 20):
+                        out.write(chunk)
+            partial.replace(path)
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"downloading {what} of job {job['job_id']}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    # --- service ---
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/healthz")
+
+    def openapi(self) -> dict[str, Any]:
+        return self._call("GET", "/openapi.json")
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise ServiceUnavailable(f"cannot reach the API at {self.url}") from exc
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"{method} {self.url}{path}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServiceUnavailable(str(ApiError.from_response(response)))
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServiceUnavailable(
+                f"{method} {path}: the answer is not JSON; is {self.url} this API?"
+            ) from exc
+
+
+def _segment(job_id: str) -> str:
+    """A job id as one path segment: a `/` in it must not reach another route."""
+    return requests.utils.quote(job_id, safe="")
+
+
+# --- prompt files ---------------------------------------------------------------------------
+
+
+class PromptDrops:
+    """Upload `.json`/`.jsonl` prompt files under `incoming/` and read their receipts.
+
+    This talks to Cloud Storage, not the API: it needs write access to the prompts bucket
+    (locally, STORAGE_EMULATOR_HOST points it at fake-gcs-server).
+    """
+
+    def __init__(self, bucket: str, storage_client: storage.Client | None = None) -> None:
+        if storage_client is None:
+            emulator = setting("STORAGE_EMULATOR_HOST")
+            if emulator:
+                storage_client = storage.Client(
+                    project=setting("LTXV_PROJECT") or "local",
+                    credentials=AnonymousCredentials(),
+                    client_options={"api_endpoint": emulator},
+                )
+            else:
+                storage_client = storage.Client()
+        self.bucket = storage_client.bucket(bucket)
+
+    @classmethod
+    def configured(cls, bucket: str | None = None) -> PromptDrops:
+        bucket = setting("LTXV_PROMPTS_BUCKET", bucket)
+        if not bucket:
+            raise ConfigurationError(
+                "no prompts bucket: pass --bucket, set LTXV_PROMPTS_BUCKET, or run `make dev`"
+            )
+        return cls(bucket)
+
+    def drop(self, source: str | Path, name: str | None = None) -> tuple[str, str]:
+        """Upload a local prompt file; returns (object name, generation)."""
+        source = Path(source)
+        name = name or source.name
+        if not name.endswith(SUFFIXES):
+            raise ClientError(f"{name}: a prompt file ends in .json or .jsonl")
+        blob = self.bucket.blob(INCOMING + name.removeprefix(INCOMING))
+        try:
+            blob.upload_from_filename(str(source), content_type="application/json")
+        except OSError as exc:
+            raise ClientError(f"cannot read {source}: {exc.strerror}") from exc
+        except Exception as exc:  # google.api_core errors, requests' connection errors
+            raise ServiceUnavailable(f"uploading to gs://{self.bucket.name}: {exc}") from exc
+        return blob.name, str(blob.generation)
+
+    def receipt(
+        self, object_name: str, generation: str, *, timeout: float = 120, poll_interval: float = 0.5
+    ) -> dict[str, Any]:
+        """Wait for the receipt of this upload (a re-upload's receipt replaces the last)."""
+        blob = self.bucket.blob(receipt_name(object_name))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                receipt = json.loads(blob.download_as_bytes())
+                if receipt.get("generation") == generation:
+                    return receipt
+            except gexc.NotFound:
+                pass
+            except Exception as exc:
+                raise ServiceUnavailable(
+                    f"reading gs://{self.bucket.name}/{blob.name}: {exc}"
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise ClientError(
+                    f"no receipt gs://{self.bucket.name}/{blob.name} for generation "
+                    f"{generation} after {timeout:.0f}s; is the prompt-file function running?"
+                )
+            time.sleep(poll_interval)

@@ -52,13 +52,13 @@ test-fast: venv
 	$(VENV)/bin/pytest tests/unit -q
 
 dev: venv
-	$(PY) -m ltxv.local.stack up
+	$(VENV)/bin/ltxv dev up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m ltxv.local.stack down; fi
+	@if [ -x $(VENV)/bin/ltxv ]; then $(VENV)/bin/ltxv dev down; fi
 
 status: venv
-	$(PY) -m ltxv.local.stack status
+	$(VENV)/bin/ltxv dev status
 
 bench: venv
 	$(PY) bench/submit.py

@@ -102,8 +102,16 @@ class Page:
 
 
 def stack_env_file() -> Path:
+    """LTXV_STATE_DIR's stack.env, else `.local/stack.env` here or in a parent directory
+    (so `ltxv` finds `make dev`'s stack from anywhere inside the checkout)."""
     state = os.environ.get("LTXV_STATE_DIR")
-    return Path(state) / "stack.env" if state else Path.cwd() / ".local" / "stack.env"
+    if state:
+        return Path(state) / "stack.env"
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        if (directory / ".local" / "stack.env").is_file():
+            return directory / ".local" / "stack.env"
+    return here / ".local" / "stack.env"
 
 
 def read_stack_env(path: Path | None = None) -> dict[str, str]:
@@ -343,9 +351,11 @@ class PromptDrops:
         self, object_name: str, generation: str, *, timeout: float = 120, poll_interval: float = 0.5
     ) -> dict[str, Any]:
         """Wait for the receipt of this upload (a re-upload's receipt replaces the last)."""
-        blob = self.bucket.blob(receipt_name(object_name))
+        name = receipt_name(object_name)
         deadline = time.monotonic() + timeout
         while True:
+            # A fresh Blob each time: one that has been read pins the generation it saw.
+            blob = self.bucket.blob(name)
             try:
                 receipt = json.loads(blob.download_as_bytes())
                 if receipt.get("generation") == generation:

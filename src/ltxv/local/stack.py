@@ -353,7 +353,9 @@ class LocalStack:
         self.settings = settings or Settings.from_env()
         self.functions_dir = Path(functions_dir or REPO_ROOT / "functions").resolve()
         self.components = self._closure(components or self.specs)
-        self.ports = _resolve_ports(self.specs.values(), ports or {})
+        # A stack started with other ports (tests, LTXV_*_PORT) keeps them for later calls.
+        remembered = _read_ports(self.ports_file) if self.ports_file.is_file() else {}
+        self.ports = _resolve_ports(self.specs.values(), ports or {}, remembered)
         self.timeout = timeout
         self._echo = echo or (lambda _line: None)
         # Popen objects of what this object started: polling them reaps exited children.
@@ -402,6 +404,10 @@ class LocalStack:
     @property
     def stack_env_file(self) -> Path:
         return self.state_dir / "stack.env"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.state_dir / "pids" / "ports.json"
 
     @property
     def bridge_ready_file(self) -> Path:
@@ -502,6 +508,7 @@ class LocalStack:
             for name in names:
                 self._await(name, started, ready)
             self._write_stack_env()
+            _write_atomic(self.ports_file, json.dumps(self.ports, sort_keys=True) + "\n")
         except BaseException:
             self._stop(list(reversed(started)), quiet=True)
             raise
@@ -787,18 +794,33 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("LTXV_STATE_DIR") or REPO_ROOT / ".local")
 
 
-def _resolve_ports(specs: Iterable[Component], explicit: Mapping[str, int]) -> dict[str, int]:
-    """Explicit ports win, then the component's environment variable, then its default."""
+def _resolve_ports(
+    specs: Iterable[Component], explicit: Mapping[str, int], remembered: Mapping[str, int]
+) -> dict[str, int]:
+    """Explicit ports win, then the component's environment variable, then the ports the
+    stack in this state directory last started with, then the component's default."""
     ports: dict[str, int] = {}
     for spec in specs:
         if spec.default_port is None:
             continue
-        raw = explicit.get(spec.name) or (os.environ.get(spec.port_env) if spec.port_env else None)
+        raw = (
+            explicit.get(spec.name)
+            or (os.environ.get(spec.port_env) if spec.port_env else None)
+            or remembered.get(spec.name)
+        )
         try:
             ports[spec.name] = int(raw) if raw else spec.default_port
         except ValueError as exc:
             raise StackError(f"{spec.port_env} must be a port number, got {raw!r}") from exc
     return ports
+
+
+def _read_ports(path: Path) -> dict[str, int]:
+    try:
+        ports = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in ports.items() if isinstance(v, int)} if isinstance(ports, dict) else {}
 
 
 def free_ports(count: int) -> list[int]:
@@ -1057,7 +1079,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 address = f"{HOST}:{stack.ports[name]}" if name in stack.ports else "-"
                 state = f"running  {address:<16} pid {pid}" if pid else "stopped"
                 print(f"{name:<12} {state}")
-            return 0 if all(pids.values()) else 3
+            shown = [pid for name, pid in pids.items() if not selected or name in selected]
+            return 0 if all(shown) else 3
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,48 @@
+"""`make demo` as a newcomer runs it: its own stack, every job rendered and its webhook
+verified, the videos in ./out/, and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpu_worker.encoding import probe
+from ltxv.local.demo import NOISE_NOTICE
+from ltxv.local.stack import REPO_ROOT
+
+pytestmark = [pytest.mark.emulators, pytest.mark.timeout(600)]
+
+
+def test_the_demo_runs_end_to_end_and_stops_what_it_started(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
+    env = {k: v for k, v in env.items() if not k.endswith("_EMULATOR_HOST")}
+    run = subprocess.run(
+        [sys.executable, "-m", "ltxv.local.demo"],
+        cwd=tmp_path,  # ./out/ lands here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Demo finished: every job succeeded and its webhook was verified" in run.stdout
+    assert run.stdout.count("signature valid") == 4
+    assert NOISE_NOTICE in run.stdout
+    videos = sorted((tmp_path / "out").glob("*.mp4"))
+    assert len(videos) == 4
+    assert {probe(v).num_frames for v in videos} == {121, 9, 17}
+    assert "webhook-id" not in run.stderr and "Traceback" not in run.stderr
+
+    pids = REPO_ROOT / ".local" / "demo" / "pids"
+    for pidfile in pids.glob("*.pid"):
+        pytest.fail(f"{pidfile.name} left behind")
+    assert not [
+        line
+        for line in subprocess.run(
+            ["ps", "-eo", "args"], capture_output=True, text=True
+        ).stdout.splitlines()
+        if str(REPO_ROOT / ".local" / "demo") in line
+    ]

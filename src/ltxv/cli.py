@@ -413,6 +413,7 @@ def cmd_webhook_listen(args: argparse.Namespace) -> int:
     from .webhook_receiver import Delivery, WebhookReceiver
 
     save = Path(args.save) if args.save else None
+    verified: list = []
     if save:
         save.mkdir(parents=True, exist_ok=True)
 
@@ -433,6 +434,10 @@ def cmd_webhook_listen(args: argparse.Namespace) -> int:
             (save / f"{name}.json").write_bytes(delivery.body)
             lines = [f"{k}: {v}" for k, v in delivery.headers.items() if k.startswith("webhook-")]
             (save / f"{name}.headers").write_text("\n".join(lines) + "\n")
+        if delivery.event:
+            verified.append(delivery)
+            if args.count and len(verified) >= args.count:
+                receiver.stop()  # from this handler's thread: serve_forever returns
 
     receiver = WebhookReceiver(
         _secret(args), host=args.host, port=args.port, path=args.path, on_delivery=show
@@ -636,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--path", default="/webhook")
     listen.add_argument("--secret", help="the whsec_ secret (default: LTXV_WEBHOOK_SECRET)")
     listen.add_argument("--save", metavar="DIR", help="keep each body and its headers here")
+    listen.add_argument(
+        "--count", type=int, metavar="N", help="exit after N verified deliveries (scripts)"
+    )
     listen.set_defaults(run=cmd_webhook_listen)
 
     dev = commands.add_parser("dev", help="the local stack: up, down, status, logs")

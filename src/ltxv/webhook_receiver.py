@@ -129,9 +129,10 @@ class WebhookReceiver:
                 if not error and receiver.respond is not None:
                     answer = receiver.respond(number, delivery)
                     delivery.status, extra = answer if isinstance(answer, tuple) else (answer, {})
-                receiver._record(delivery)
                 message = f"signature invalid: {error}\n" if error else "ok\n"
                 self._answer(delivery.status, message.encode(), extra)
+                # Recorded once answered: whoever waits on it may stop the server next.
+                receiver._record(delivery)
 
             def _answer(self, status: int, body: bytes, extra: dict[str, str] | None = None):
                 self.send_response(status)

@@ -271,9 +271,13 @@ class JobsApi:
         outputs = job.get("outputs") or {}
         if job["state"] == State.SUCCEEDED and outputs.get("video"):
             minutes = self.settings.signed_url_minutes
-            body["video_url"] = self.service.signer.sign(outputs["video"], minutes)
+            signer = self.service.signer
+            body["video_url"] = signer.sign(outputs["video"], minutes)
+            body["download_url"] = signer.sign(
+                outputs["video"], minutes, attachment=f"{job['job_id']}.mp4"
+            )
             if outputs.get("poster"):
-                body["poster_url"] = self.service.signer.sign(outputs["poster"], minutes)
+                body["poster_url"] = signer.sign(outputs["poster"], minutes)
         return body
 
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:

@@ -94,6 +94,13 @@ def test_the_page_uses_no_inline_script_or_style_and_nothing_from_elsewhere():
     assert not re.search(r"https?://", everything.replace("http://www.w3.org/2000/svg", ""))
 
 
+def test_before_the_script_runs_no_form_can_put_the_key_in_a_url():
+    html = (WEB / "index.html").read_text()
+    forms = re.findall(r"<form\b[^>]*>", html)
+    assert forms and all('method="post"' in form for form in forms)
+    assert all(" disabled" in b for b in re.findall(r'<button[^>]*type="submit"[^>]*>', html))
+
+
 def test_assets_revalidate_by_etag(client):
     first = client.get("/assets/app.js")
     assert first.headers["Cache-Control"] == "no-cache" and first.headers["ETag"]

@@ -160,6 +160,7 @@ function setUpForm() {
   select.addEventListener("change", () => applyModel(select.value));
   $("f-prompt").maxLength = rules.schema.prompt.maxLength;
   $("job-form").addEventListener("submit", onSubmit);
+  $("submit").disabled = false;
 }
 
 async function onSubmit(event) {
@@ -291,6 +292,7 @@ $("forget-key").addEventListener("click", () => {
   announce("API key forgotten");
 });
 $("refresh").addEventListener("click", refreshJobs);
+$("use-key").disabled = false;
 
 async function main() {
   try {

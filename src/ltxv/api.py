@@ -25,6 +25,7 @@ from .service import Service
 from .signing import split_gs_uri
 from .store import BadPageToken, JobNotFound
 from .validation import RequestInvalid
+from .web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ MAX_PAGE_SIZE = 100
 
 ROUTES = Map(
     [
+        Rule("/", endpoint="page", methods=["GET"]),
+        Rule("/assets/<path:name>", endpoint="asset", methods=["GET"]),
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/health", endpoint="health", methods=["GET"]),
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
@@ -46,6 +49,9 @@ ROUTES = Map(
         Rule("/predict", endpoint="predict", methods=["POST"]),
     ],
     strict_slashes=False,
+    # Merging would answer `//x` with a redirect (RequestRedirect); an API has no use for
+    # one, so such a path simply matches no route.
+    merge_slashes=False,
 )
 
 
@@ -126,6 +132,7 @@ class JobsApi:
         self.settings = service.settings
         self.sleep = sleep
         self.clock = clock
+        self.web = WebPage(self.settings.storage_origin)
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -271,9 +278,13 @@ class JobsApi:
         outputs = job.get("outputs") or {}
         if job["state"] == State.SUCCEEDED and outputs.get("video"):
             minutes = self.settings.signed_url_minutes
-            body["video_url"] = self.service.signer.sign(outputs["video"], minutes)
+            signer = self.service.signer
+            body["video_url"] = signer.sign(outputs["video"], minutes)
+            body["download_url"] = signer.sign(
+                outputs["video"], minutes, attachment=f"{job['job_id']}.mp4"
+            )
             if outputs.get("poster"):
-                body["poster_url"] = self.service.signer.sign(outputs["poster"], minutes)
+                body["poster_url"] = signer.sign(outputs["poster"], minutes)
         return body
 
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
@@ -303,11 +314,24 @@ class JobsApi:
 
     # --- endpoints ------------------------------------------------------------------------
 
+    def page(self, request: Request) -> Response:
+        return self.asset(request, PAGE)
+
+    def asset(self, request: Request, name: str) -> Response:
+        """The web page's files; no key needed (they hold no data, the API calls do)."""
+        response = self.web.response(name, request)
+        if response is None:
+            raise ApiError(404, "not_found", f"no such asset: {name}")
+        return response
+
     def health(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
     def openapi(self, request: Request) -> Response:
-        return json_response(openapi.document(self.service.profiles, self.settings.max_body_bytes))
+        settings = self.settings
+        return json_response(
+            openapi.document(self.service.profiles, settings.max_body_bytes, settings.default_model)
+        )
 
     def create_job(self, request: Request) -> Response:
         job, created = self._submit(request)

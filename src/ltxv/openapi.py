@@ -11,6 +11,7 @@ from typing import Any
 
 from . import schemas
 from .profiles import ModelProfile
+from .validation import request_rules
 
 COMPONENTS = {
     "job-request": "JobRequest",
@@ -67,7 +68,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json("#/components/schemas/Error", meaning[s]) for s in statuses}
 
 
-def document(profiles: Mapping[str, ModelProfile], max_body_bytes: int = 65536) -> dict[str, Any]:
+RULES_EXTENSION = "x-ltxv-request-rules"
+
+
+def document(
+    profiles: Mapping[str, ModelProfile],
+    max_body_bytes: int = 65536,
+    default_model: str | None = None,
+) -> dict[str, Any]:
     components = {
         component: _rewrite(schemas.load(short), component)
         for short, component in COMPONENTS.items()
@@ -130,6 +138,9 @@ def document(profiles: Mapping[str, ModelProfile], max_body_bytes: int = 65536) 
             "Authenticate with X-API-Key or Authorization: Bearer.",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        # Per-model defaults and limits and the 8k + 1 frame rule, which JSON Schema cannot
+        # say: the web page validates its form from here rather than from copied constants.
+        RULES_EXTENSION: request_rules(profiles, default_model or min(profiles)),
         "security": [{"ApiKey": []}, {"Bearer": []}],
         "paths": {
             "/v1/jobs": {

@@ -87,4 +87,5 @@ class Service:
 
     @cached_property
     def signer(self) -> UrlSigner:
-        return UrlSigner(self.storage, self.settings.signing_credentials_file)
+        settings = self.settings
+        return UrlSigner(self.storage, settings.signing_credentials_file, settings.storage_endpoint)

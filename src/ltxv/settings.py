@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "LTXV_"
 
@@ -87,6 +88,8 @@ class Settings:
     redispatch_after_seconds: int = 60
     log_level: str = "INFO"
     signing_credentials_file: str | None = None
+    # fake-gcs-server locally (the client libraries' own variable); unset in the cloud.
+    storage_emulator_host: str | None = None
     webhook_secret: str | None = None
     # Deployed: the Secret Manager secret holding it (projects/P/secrets/S), read at start.
     webhook_secret_name: str | None = None
@@ -142,6 +145,7 @@ class Settings:
             ),
             log_level=_env("LOG_LEVEL", cls.log_level),
             signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
+            storage_emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None,
             webhook_secret=_env("WEBHOOK_SECRET"),
             webhook_secret_name=_env("WEBHOOK_SECRET_NAME"),
             webhook_timeout_seconds=_env_float(
@@ -199,6 +203,19 @@ class Settings:
     def storage_events_topic(self) -> str:
         """Where Cloud Storage announces finalized objects (fake-gcs-server locally)."""
         return f"{self.prefix}-storage-events"
+
+    @property
+    def storage_endpoint(self) -> str:
+        """Where signed URLs point: Cloud Storage, or the emulator the clients use."""
+        if self.storage_emulator_host:
+            return self.storage_emulator_host.rstrip("/")
+        return "https://storage.googleapis.com"
+
+    @property
+    def storage_origin(self) -> str:
+        """The origin (scheme://host[:port]) of signed URLs, for the page's CSP."""
+        parts = urlsplit(self.storage_endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def topic_path(self) -> str:

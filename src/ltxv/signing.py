@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import google.auth
@@ -26,17 +25,23 @@ class UrlSigner:
     roles/iam.serviceAccountTokenCreator on that account (terraform grants it).
     """
 
-    def __init__(self, client: storage.Client, credentials_file: str | None = None) -> None:
+    def __init__(
+        self,
+        client: storage.Client,
+        credentials_file: str | None = None,
+        endpoint: str = "https://storage.googleapis.com",
+    ) -> None:
         self.client = client
         self._key_credentials = (
             service_account.Credentials.from_service_account_file(credentials_file)
             if credentials_file
             else None
         )
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        self.endpoint = emulator.rstrip("/") if emulator else "https://storage.googleapis.com"
+        self.endpoint = endpoint
 
-    def sign(self, gs_uri: str, minutes: int = 60) -> str:
+    def sign(self, gs_uri: str, minutes: int = 60, *, attachment: str | None = None) -> str:
+        """A V4 GET URL; with `attachment`, Cloud Storage serves the object as a download of
+        that file name (`response-content-disposition`, part of what is signed)."""
         bucket, name = split_gs_uri(gs_uri)
         blob = self.client.bucket(bucket).blob(name)
         options = {
@@ -45,6 +50,9 @@ class UrlSigner:
             "expiration": timedelta(minutes=minutes),
             "api_access_endpoint": self.endpoint,
         }
+        if attachment:
+            options["response_disposition"] = f'attachment; filename="{attachment}"'
+
         if self._key_credentials is not None:
             return blob.generate_signed_url(credentials=self._key_credentials, **options)
         credentials, _ = google.auth.default()

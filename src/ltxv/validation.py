@@ -277,6 +277,28 @@ def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
     return request
 
 
+def request_rules(profiles: Mapping[str, ModelProfile], default_model: str) -> dict[str, Any]:
+    """The profile rules `validate_request` applies beyond the schema, as data, so that a
+    client (the web page) can check a request before sending it. The server stays the
+    authority; this only saves a round trip."""
+    return {
+        "default_model": default_model,
+        "num_frames_step": LTX_FRAME_STEP,
+        "models": {
+            name: {
+                "description": profile.description,
+                "defaults": {field: profile.defaults[field] for field in PROFILE_DEFAULTED},
+                "limits": {
+                    field: {"min": bounds.min, "max": bounds.max}
+                    for field, bounds in profile.limits.items()
+                },
+                "max_video_pixels": profile.max_video_pixels,
+            }
+            for name, profile in sorted(profiles.items())
+        },
+    }
+
+
 def request_hash(request: Mapping[str, Any]) -> str:
     """Identify a validated request, so that an Idempotency-Key replay can be compared."""
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

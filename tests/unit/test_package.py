@@ -36,6 +36,28 @@ def test_a_function_archive_holds_its_entry_points_the_package_and_schemas(built
     assert not [n for n in names if n.startswith("ltxv/local/") or "__pycache__" in n]
 
 
+def test_the_submit_archive_carries_the_web_page(built):
+    names = set(zipfile.ZipFile(built[0] / "submit.zip").namelist())
+    web = ROOT / "src" / "ltxv" / "web"
+    files = {f"ltxv/web/{p.relative_to(web)}" for p in web.rglob("*") if p.is_file()}
+    files = {n for n in files if "__pycache__" not in n}
+    assert {"ltxv/web/index.html", "ltxv/web/assets/app.js", "ltxv/web/assets/style.css"} <= files
+    assert files <= names
+
+
+def test_the_unpacked_submit_archive_serves_its_own_page_files(built, tmp_path):
+    zipfile.ZipFile(built[0] / "submit.zip").extractall(tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, '.'); from ltxv import web; "
+        "assert web.__file__.startswith(sys.argv[1]), web.__file__; "
+        "assert {'index.html', 'app.js', 'style.css'} <= set(web.assets())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
 ENTRY_POINTS = [
     ("submit", ["api", "prompt_file", "redispatch"]),
     ("notify", ["result_ready", "dead_letter"]),

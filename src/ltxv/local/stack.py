@@ -1067,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             stack.up(selected)
             print(f"\nAPI      {stack.api_url}")
+            print(f"Web page {stack.api_url}/  (open it and enter the API key below)")
             print(f"API key  {stack.api_key}")
             print(f"env      {stack.stack_env_file}")
         elif args.command == "down":

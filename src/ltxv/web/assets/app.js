@@ -1,0 +1,310 @@
+// The page: key, form, job list and player wired together.
+
+import { ApiError, api, apiKey } from "./api.js";
+import { JobList, PAGE_SIZE } from "./jobs.js";
+import { NUMBER_FIELDS, hint, loadRules, validate } from "./rules.js";
+
+const $ = (id) => document.getElementById(id);
+const FORM_FIELDS = ["prompt", "negative_prompt", "model", ...NUMBER_FIELDS];
+
+let rules = null;
+const submittedHere = new Set();
+
+function announce(text) {
+  // Cleared first so that the same message twice is announced twice.
+  $("status").textContent = "";
+  requestAnimationFrame(() => ($("status").textContent = text));
+}
+
+function label(job) {
+  const prompt = job.request?.prompt || job.job_id;
+  return prompt.length > 40 ? `“${prompt.slice(0, 37)}…”` : `“${prompt}”`;
+}
+
+// --- the key ------------------------------------------------------------------------------
+
+function showKeyForm(message) {
+  jobs.reset();
+  $("app").hidden = true;
+  $("key-state").hidden = true;
+  $("key-section").hidden = false;
+  const error = $("api-key-error");
+  error.hidden = !message;
+  error.textContent = message || "";
+  $("api-key").setAttribute("aria-invalid", message ? "true" : "false");
+  $("api-key").focus();
+}
+
+async function startWithKey(key) {
+  try {
+    await api.listJobs(PAGE_SIZE, null, key);
+  } catch (error) {
+    if (error.status === 401) {
+      apiKey.clear();
+      showKeyForm(`The API rejected this key (${error.message}). Check it and enter it again.`);
+      announce("API key rejected");
+      return;
+    }
+    showKeyForm(`The key could not be checked: ${error.message}`);
+    return;
+  }
+  apiKey.set(key);
+  $("api-key").value = "";
+  $("key-section").hidden = true;
+  $("key-state").hidden = false;
+  $("app").hidden = false;
+  announce("API key accepted");
+  await refreshJobs();
+  $("f-prompt").focus();
+}
+
+function onUnauthorized(error) {
+  apiKey.clear();
+  showKeyForm(`The API rejected the key (${error.message}). Enter a valid key.`);
+}
+
+// --- the form -----------------------------------------------------------------------------
+
+function fieldError(field, message) {
+  const input = $(`f-${field}`);
+  const error = $(`f-${field}-error`);
+  if (!input || !error) return false;
+  error.hidden = !message;
+  error.textContent = message || "";
+  input.setAttribute("aria-invalid", message ? "true" : "false");
+  return true;
+}
+
+function formError(message) {
+  $("form-error").hidden = !message;
+  $("form-error").textContent = message || "";
+}
+
+function clearErrors() {
+  FORM_FIELDS.forEach((field) => fieldError(field, ""));
+  formError("");
+}
+
+// Shows API-style errors ({path: "$.height", message}) next to their fields.
+function showErrors(errors, summary) {
+  clearErrors();
+  const general = [];
+  let first = null;
+  for (const { path, message } of errors) {
+    const field = path.startsWith("$.") ? path.slice(2).split(/[.[]/)[0] : "";
+    if (field && fieldError(field, `${labelOf(field)} ${message}`)) {
+      first = first || $(`f-${field}`);
+    } else {
+      general.push(message);
+    }
+  }
+  if (general.length || summary) formError([summary, ...general].filter(Boolean).join(" "));
+  (first || $("form-error")).focus();
+  announce(summary || general.join(" "));
+}
+
+function labelOf(field) {
+  return $(`f-${field}`).labels[0].firstChild.textContent.trim();
+}
+
+function applyModel(model) {
+  const defaults = rules.models[model].defaults;
+  for (const field of NUMBER_FIELDS) {
+    $(`f-${field}`).value = field === "seed" ? "" : defaults[field];
+    $(`f-${field}`).placeholder = String(defaults[field]);
+  }
+  for (const field of ["prompt", "negative_prompt", ...NUMBER_FIELDS]) {
+    $(`f-${field}-hint`).textContent = hint(field, rules, model);
+  }
+  $("f-model-hint").textContent = rules.models[model].description;
+}
+
+// The numeric fields share one template; each gets ids that tie label, hint and error
+// to its input.
+const NUMBER_LABELS = {
+  width: "Width (pixels)",
+  height: "Height (pixels)",
+  num_frames: "Frames",
+  num_inference_steps: "Inference steps",
+  seed: "Seed",
+};
+
+function addNumberFields() {
+  const template = $("number-field");
+  for (const field of NUMBER_FIELDS) {
+    const node = template.content.firstElementChild.cloneNode(true);
+    const id = `f-${field}`;
+    node.dataset.field = field;
+    node.querySelector(".name").textContent = NUMBER_LABELS[field];
+    node.querySelector(".optional").hidden = field !== "seed";
+    node.querySelector("label").htmlFor = id;
+    const input = node.querySelector("input");
+    Object.assign(input, { id, name: field });
+    input.setAttribute("aria-describedby", `${id}-hint ${id}-error`);
+    node.querySelector(".hint").id = `${id}-hint`;
+    node.querySelector(".field-error").id = `${id}-error`;
+    $("number-fields").append(node);
+  }
+}
+
+function setUpForm() {
+  addNumberFields();
+  const select = $("f-model");
+  select.replaceChildren();
+  for (const name of Object.keys(rules.models)) {
+    const option = new Option(name, name, name === rules.defaultModel, name === rules.defaultModel);
+    select.append(option);
+  }
+  select.disabled = select.options.length < 2;
+  applyModel(rules.defaultModel);
+  select.addEventListener("change", () => applyModel(select.value));
+  $("f-prompt").maxLength = rules.schema.prompt.maxLength;
+  $("job-form").addEventListener("submit", onSubmit);
+  $("submit").disabled = false;
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const form = new FormData($("job-form"));
+  const values = Object.fromEntries(FORM_FIELDS.map((f) => [f, String(form.get(f) ?? "")]));
+  values.model = $("f-model").value;
+  const { body, errors } = validate(values, rules);
+  if (errors.length) {
+    showErrors(errors, `Fix ${errors.length} field(s) before generating.`);
+    return;
+  }
+  clearErrors();
+  $("submit").disabled = true;
+  try {
+    const job = await api.createJob(body);
+    submittedHere.add(job.job_id);
+    jobs.update(job);
+    jobs.render();
+    jobs.schedule();
+    announce(`Submitted ${label(job)}: ${job.state}`);
+  } catch (error) {
+    if (error.status === 401) onUnauthorized(error);
+    else if (error.status === 422) showErrors(error.details, "The API refused the request.");
+    else showErrors([], `Not submitted: ${error.message}`);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+// --- jobs and player ----------------------------------------------------------------------
+
+const jobs = new JobList({
+  list: $("jobs"),
+  empty: $("jobs-empty"),
+  older: $("older"),
+  onPlay: (job) => play(job, { start: true }),
+  onCancel: cancel,
+  onChange: (job) => {
+    announce(`${label(job)} is ${job.state}`);
+    if (job.state === "succeeded" && submittedHere.has(job.job_id)) play(job, { start: false });
+  },
+  onError: handleError,
+});
+
+function handleError(error) {
+  if (error instanceof ApiError && error.status === 401) onUnauthorized(error);
+  else announce(`Could not update the list: ${error.message}`);
+}
+
+async function refreshJobs() {
+  try {
+    await jobs.refresh();
+    jobs.schedule();
+  } catch (error) {
+    handleError(error);
+  }
+}
+
+async function play(job, { start }) {
+  const video = $("player");
+  $("player-error").hidden = true;
+  let fresh;
+  try {
+    // The list holds no URLs: each play gets new short-lived signed ones.
+    fresh = await api.getJob(job.job_id);
+  } catch (error) {
+    handleError(error);
+    return;
+  }
+  if (!fresh.video_url) return;
+  video.poster = fresh.poster_url || "";
+  video.src = fresh.video_url;
+  $("player-caption").textContent = fresh.request.prompt;
+  $("player-figure").hidden = false;
+  $("player-empty").hidden = true;
+  const download = $("download");
+  download.href = fresh.download_url || fresh.video_url;
+  download.setAttribute("download", `${fresh.job_id}.mp4`);
+  $("player-actions").hidden = false;
+  if (start) {
+    $("player-heading").focus();
+    announce(`Playing ${label(fresh)}`);
+    video.play().catch(() => {}); // a refused autoplay leaves the controls to the person
+  } else {
+    announce(`${label(fresh)} is ready to play`);
+  }
+}
+
+$("player").addEventListener("error", () => {
+  const error = $("player").error;
+  $("player-error").hidden = false;
+  $("player-error").textContent =
+    `The video could not be played (${error ? error.message || `code ${error.code}` : "unknown"}). ` +
+    "Its link may have expired: choose Play again.";
+});
+
+async function cancel(job) {
+  try {
+    const updated = await api.cancelJob(job.job_id);
+    jobs.update(updated);
+    jobs.render();
+    announce(
+      updated.state === "canceled"
+        ? `${label(updated)} canceled`
+        : `Cancel requested for ${label(updated)}; it stops after the current step`,
+    );
+    jobs.schedule();
+  } catch (error) {
+    if (error.status === 401) onUnauthorized(error);
+    else announce(`Could not cancel: ${error.message}`);
+  }
+}
+
+// --- start --------------------------------------------------------------------------------
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) {
+    showKeyForm("Enter an API key.");
+    return;
+  }
+  startWithKey(key);
+});
+$("forget-key").addEventListener("click", () => {
+  apiKey.clear();
+  showKeyForm("");
+  announce("API key forgotten");
+});
+$("refresh").addEventListener("click", refreshJobs);
+$("use-key").disabled = false;
+
+async function main() {
+  try {
+    rules = await loadRules();
+  } catch (error) {
+    showKeyForm(`The page cannot start: ${error.message}`);
+    return;
+  }
+  setUpForm();
+  const key = apiKey.get();
+  if (key) await startWithKey(key);
+  else showKeyForm("");
+}
+
+main();

@@ -694,6 +694,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err("\nltxv: interrupted; a submitted job goes on (ltxv list shows it)")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `ltxv list | head`: the reader has gone; say nothing more on that pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

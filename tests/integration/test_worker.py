@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from google.cloud import pubsub_v1, storage
@@ -181,6 +182,14 @@ def decoded_digest(path: Path) -> tuple[str, int, int, int, float]:
         return digest.hexdigest(), frames, stream.width, stream.height, float(stream.average_rate)
 
 
+def decoded_frames(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return np.stack(frames).astype(np.float32)
+
+
 def test_a_submitted_job_ends_succeeded_with_video_poster_and_result(
     client, auth, service, settings, start_worker, tmp_path
 ):
@@ -221,13 +230,19 @@ def test_the_same_seed_gives_the_same_frames(
     ids = [submit(client, auth, {**SMALL, "seed": 5}) for _ in range(2)] + [
         submit(client, auth, {**SMALL, "seed": 6})
     ]
-    digests = []
+    videos = []
     for job_id in ids:
         wait_state(service, job_id, {"succeeded"})
         path = tmp_path / f"{job_id}.mp4"
         outputs(settings, job_id)["video.mp4"].download_to_filename(path)
-        digests.append(decoded_digest(path)[0])
-    assert digests[0] == digests[1] != digests[2]
+        videos.append(decoded_frames(path))
+    # Not bit for bit: on a busy CPU, BLAS may split a reduction over fewer threads, and
+    # float sums in another order differ in the last bits (GPUs do the same). Such noise
+    # moves a pixel by a level or two; another seed moves it by tens.
+    same = np.abs(videos[0] - videos[1]).mean()
+    other = np.abs(videos[0] - videos[2]).mean()
+    assert videos[0].shape == videos[1].shape == videos[2].shape
+    assert same < 1.0 and other > 10.0, (same, other)
 
 
 def test_gcs_destination_receives_the_video(client, auth, service, settings, start_worker):

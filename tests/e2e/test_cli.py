@@ -339,3 +339,22 @@ def _closed_port() -> int:
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         return probe_socket.getsockname()[1]
+
+
+def test_dev_logs_follow_prints_new_lines_as_they_come(stack):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
+    env.update(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1")
+    follower = subprocess.Popen(
+        [*LTXV, "dev", "logs", "api", "-f", "-n", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # let it take the log's current end as its start
+        Client(stack.api_url, stack.api_key).health()
+        line = follower.stdout.readline()  # blocks until the request's log line arrives
+        assert line.startswith("api | {") and '"requestUrl": "/healthz"' in line
+    finally:
+        follower.terminate()
+        follower.wait(10)

@@ -39,6 +39,7 @@ from .client import (
     ServiceUnavailable,
     WaitTimedOut,
     setting,
+    use_local_emulators,
 )
 from .jobs import State
 from .webhooks import WebhookVerificationError, verify_webhook
@@ -478,28 +479,33 @@ def cmd_dev_logs(args: argparse.Namespace) -> int:
         raise UserError(f"no log for {', '.join(unknown)}; there are: {', '.join(available)}")
     names = args.component or available
     width = max(map(len, names))
-    offsets = {}
-    for name in names:
-        path = logs / f"{name}.log"
-        lines = path.read_text(errors="replace").splitlines()[-args.lines :] if args.lines else []
+    offsets = dict.fromkeys(names, 0)
+
+    def new_lines(name: str) -> list[str]:
+        """Whole lines written since the last call (the first call: the whole log)."""
+        try:
+            with (logs / f"{name}.log").open("rb") as log:
+                if os.fstat(log.fileno()).st_size < offsets[name]:  # truncated or replaced
+                    offsets[name] = 0
+                log.seek(offsets[name])
+                chunk = log.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk.rfind(b"\n") + 1  # hold back a half-written line
+        offsets[name] += complete
+        return chunk[:complete].decode(errors="replace").splitlines()
+
+    def show(name: str, lines: list[str]) -> None:
         for line in lines:
             out(f"{name:<{width}} | {line}")
-        offsets[name] = path.stat().st_size
+
+    for name in names:
+        lines = new_lines(name)
+        show(name, lines[max(0, len(lines) - args.lines) :])
     while args.follow:
         time.sleep(0.5)
         for name in names:
-            path = logs / f"{name}.log"
-            size = path.stat().st_size if path.exists() else 0
-            if size < offsets[name]:  # truncated or replaced: start over
-                offsets[name] = 0
-            if size > offsets[name]:
-                with path.open("rb") as log:
-                    log.seek(offsets[name])
-                    chunk = log.read(size - offsets[name])
-                complete = chunk.rfind(b"\n") + 1  # hold back a half-written line
-                for line in chunk[:complete].decode(errors="replace").splitlines():
-                    out(f"{name:<{width}} | {line}")
-                offsets[name] += complete
+            show(name, new_lines(name))
     return 0
 
 
@@ -510,10 +516,8 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     from .notify import DELIVERY_COUNT_ATTRIBUTE
     from .settings import Settings
 
-    host = setting("PUBSUB_EMULATOR_HOST")
-    if not host:
+    if "PUBSUB_EMULATOR_HOST" not in use_local_emulators():
         raise UserError("no local stack: run `make dev` first (this command never touches GCP)")
-    os.environ["PUBSUB_EMULATOR_HOST"] = host
     settings = Settings(
         project=setting("LTXV_PROJECT") or Settings.project,
         prefix=setting("LTXV_PREFIX") or Settings.prefix,

@@ -27,7 +27,6 @@ from typing import Any
 
 import requests
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -133,6 +132,18 @@ def read_stack_env(path: Path | None = None) -> dict[str, str]:
 def setting(name: str, given: str | None = None) -> str | None:
     """A value given explicitly, else the environment's, else `.local/stack.env`'s."""
     return given or os.environ.get(name) or read_stack_env().get(name) or None
+
+
+EMULATOR_HOSTS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
+
+
+def use_local_emulators() -> dict[str, str]:
+    """Point Google's client libraries at the emulators the environment or
+    `.local/stack.env` names (the libraries read these variables themselves); returns them.
+    With none found, the clients talk to Google Cloud as usual."""
+    found = {name: value for name in EMULATOR_HOSTS if (value := setting(name))}
+    os.environ.update(found)
+    return found
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -312,15 +323,8 @@ class PromptDrops:
 
     def __init__(self, bucket: str, storage_client: storage.Client | None = None) -> None:
         if storage_client is None:
-            emulator = setting("STORAGE_EMULATOR_HOST")
-            if emulator:
-                storage_client = storage.Client(
-                    project=setting("LTXV_PROJECT") or "local",
-                    credentials=AnonymousCredentials(),
-                    client_options={"api_endpoint": emulator},
-                )
-            else:
-                storage_client = storage.Client()
+            use_local_emulators()
+            storage_client = storage.Client()
         self.bucket = storage_client.bucket(bucket)
 
     @classmethod

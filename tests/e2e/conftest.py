@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from ltxv.local.stack import LocalStack
@@ -26,3 +27,15 @@ def running_stack(
         yield stack
     finally:
         stack.down(components)
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """A user's shell: without the session's LTXV_ settings and emulator hosts, so that
+    `ltxv` and the demo find the stack as a user's would (through stack.env), plus `extra`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LTXV_") and not key.endswith("_EMULATOR_HOST")
+    }
+    env.update(extra)
+    return env

@@ -30,7 +30,7 @@ from ltxv import schemas
 from ltxv.client import ApiError, Client, PromptDrops, ServiceUnavailable, WaitTimedOut
 from ltxv.local.stack import LocalStack
 
-from .conftest import running_stack
+from .conftest import running_stack, user_env
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
 
@@ -65,12 +65,7 @@ def client(stack, clean_firestore) -> Client:
 
 
 def ltxv(stack: LocalStack, *args: str, cwd: Path | None = None, **env: str):
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("LTXV_") and not key.endswith("_EMULATOR_HOST")
-    }
-    environment.update(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1", **env)
+    environment = user_env(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1", **env)
     return subprocess.run(
         [*LTXV, *args], env=environment, cwd=cwd, capture_output=True, text=True, timeout=180
     )
@@ -116,8 +111,7 @@ def test_wait_draws_a_live_progress_bar_on_a_terminal(worker, clean_firestore):
     """On a tty, stderr carries a redrawn bar of state and denoising step."""
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
-    env["LTXV_STATE_DIR"] = str(worker.state_dir)
+    env = user_env(LTXV_STATE_DIR=str(worker.state_dir))
     process = subprocess.Popen(
         [*LTXV, "submit", "a lighthouse", *SMALL, "--num-inference-steps", "6", "--wait"],
         env=env,
@@ -218,8 +212,7 @@ def test_mistakes_get_one_clear_line_and_an_exit_code(stack, args, env, code, me
 
 
 def test_without_a_stack_or_settings_the_cli_says_what_to_do(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
-    env["LTXV_STATE_DIR"] = str(tmp_path)
+    env = user_env(LTXV_STATE_DIR=str(tmp_path))
     run = subprocess.run(
         [*LTXV, "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
@@ -342,8 +335,7 @@ def _closed_port() -> int:
 
 
 def test_dev_logs_follow_prints_new_lines_as_they_come(stack):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
-    env.update(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1")
+    env = user_env(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1")
     follower = subprocess.Popen(
         [*LTXV, "dev", "logs", "api", "-f", "-n", "0"],
         env=env,

@@ -3,7 +3,6 @@ verified, the videos in ./out/, and nothing left running afterwards."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,12 +12,13 @@ from gpu_worker.encoding import probe
 from ltxv.local.demo import NOISE_NOTICE
 from ltxv.local.stack import REPO_ROOT
 
+from .conftest import user_env
+
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(600)]
 
 
 def test_the_demo_runs_end_to_end_and_stops_what_it_started(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTXV_")}
-    env = {k: v for k, v in env.items() if not k.endswith("_EMULATOR_HOST")}
+    env = user_env()
     run = subprocess.run(
         [sys.executable, "-m", "ltxv.local.demo"],
         cwd=tmp_path,  # ./out/ lands here

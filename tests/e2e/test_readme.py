@@ -24,7 +24,7 @@ from ltxv.cli import build_parser
 from ltxv.client import read_stack_env
 from ltxv.local.stack import COMPONENTS, EMULATORS, REPO_ROOT
 
-from .conftest import running_stack
+from .conftest import running_stack, user_env
 
 README = REPO_ROOT / "README.md"
 FENCE = re.compile(
@@ -136,13 +136,8 @@ def test_the_readme_commands_work_as_shown(stack, clean_firestore, tmp_path):
     checkout.mkdir()
     (checkout / ".local").symlink_to(stack.state_dir)
     (checkout / ".venv").symlink_to(Path(sys.prefix))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("LTXV_") and not k.endswith("_EMULATOR_HOST")
-    }
-    env.update(
-        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+    env = user_env(
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         LTXV_STATE_DIR=str(stack.state_dir),
         # The session's names, as `make dev`'s would be its own.
         LTXV_PROJECT=stack.settings.project,

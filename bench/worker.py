@@ -84,7 +84,9 @@ def main() -> int:
             clock = Clock()
 
             store = JobStore(firestore.Client(project=settings.project))
-            lifecycle = JobLifecycle(store, "bench-worker", lease_seconds=60)
+            lifecycle = JobLifecycle(
+                store, "bench-worker", lease_seconds=60, model=settings.worker_model
+            )
             for name in ("claim", "renew", "succeed"):
                 setattr(lifecycle, name, clock.wrap(name, getattr(lifecycle, name)))
             renderer = Renderer(all_profiles()["tiny-random"], model_dir=Path(state) / "model")

@@ -29,13 +29,18 @@ def main() -> int:
     )
     worker = Worker(
         settings,
-        lifecycle=JobLifecycle(store, settings.worker_id or worker_id(), settings.lease_seconds),
+        lifecycle=JobLifecycle(
+            store,
+            settings.worker_id or worker_id(),
+            settings.lease_seconds,
+            model=settings.worker_model,
+        ),
         storage_client=storage.Client(project=settings.project),
         messages=JobMessages(
             pubsub_v1.SubscriberClient(), settings.subscription_path, settings.ack_extension_seconds
         ),
         renderer=Renderer(
-            all_profiles()[settings.default_model],
+            all_profiles()[settings.worker_model],
             model_dir=Path(settings.model_dir) if settings.model_dir else None,
         ),
     )

@@ -47,7 +47,7 @@ def main() -> int:
     if not settings.model_dir:
         log.error("LTXV_MODEL_DIR is not set")
         return 2
-    profile = all_profiles()[settings.default_model]
+    profile = all_profiles()[settings.worker_model]
     path = fetch(profile, Path(settings.model_dir))
     log.info("model fetched", extra={"model": profile.name, "path": str(path)})
     return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from ltxv.dispatch import parse_job_id
+from ltxv.dispatch import MODEL_ATTRIBUTE, parse_job_id
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "The return_immediately flag is deprecated")
@@ -30,6 +30,7 @@ class Received:
     message_id: str
     job_id: str | None  # None: the message names no job (poison)
     delivery_attempt: int
+    model: str | None = None  # the model attribute: the pool the message is for
 
 
 class JobMessages:
@@ -52,11 +53,13 @@ class JobMessages:
             return None
         received = response.received_messages[0]
         message = received.message
+        attributes = dict(message.attributes)
         return Received(
             ack_id=received.ack_id,
             message_id=message.message_id,
-            job_id=parse_job_id(message.data, dict(message.attributes)),
+            job_id=parse_job_id(message.data, attributes),
             delivery_attempt=received.delivery_attempt,
+            model=attributes.get(MODEL_ATTRIBUTE) or None,
         )
 
     def extend(self, received: Received, seconds: int | None = None) -> None:

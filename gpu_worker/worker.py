@@ -34,6 +34,7 @@ from typing import Any
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from ltxv.dispatch import passes_filter
 from ltxv.intake import BACKEND_ERRORS
 from ltxv.lifecycle import ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.results import build_result, output_prefix, write_result_once
@@ -45,6 +46,10 @@ from .generation import Renderer, RenderInterrupted, TransientRenderError
 from .messages import AckKeeper, JobMessages, Received
 
 log = logging.getLogger(__name__)
+
+# A job recorded for another model comes back this late (each time counting toward the
+# dead-letter limit, whose handler then fails it with the claim's explanation).
+FOREIGN_RETRY_SECONDS = 60
 
 
 def worker_id() -> str:
@@ -177,6 +182,16 @@ class Worker:
             self.messages.ack(received)
             return
         job_id = received.job_id
+        model, default = self.lifecycle.model, self.settings.default_model
+        if not passes_filter(received.model, model, default):
+            # Pub/Sub's filter keeps these away; the emulator delivers every message to
+            # every subscription, and the copy for the job's own pool is not this one.
+            log.info(
+                "another model's job; acknowledged as the filter would",
+                extra={"job_id": job_id, "job_model": received.model, "worker_model": model},
+            )
+            self.messages.ack(received)
+            return
         keeper = AckKeeper(self.messages, received).start()
         try:
             claim = self.lifecycle.claim(job_id)
@@ -193,6 +208,13 @@ class Worker:
             self._repair_result(claim.job)
             keeper.stop()
             self.messages.ack(received)
+        elif claim.outcome is ClaimOutcome.FOREIGN:
+            keeper.stop()
+            log.error(
+                "job recorded for another model; not rendered",
+                extra={"job_id": job_id, "job_model": claim.job["model"], "worker_model": model},
+            )
+            self.messages.nack(received, delay_seconds=FOREIGN_RETRY_SECONDS)
         elif claim.outcome is ClaimOutcome.BUSY:
             keeper.stop()
             # Come back when that lease would have run out: if its worker died, take over.

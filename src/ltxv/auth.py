@@ -11,9 +11,10 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
-import time
 from collections.abc import Callable, Mapping
+from functools import cache
+
+from .cache import Cached
 
 KEY_PREFIX = "ltxv_"
 
@@ -50,30 +51,34 @@ def find_key_id(presented: str | None, hashes: Mapping[str, str]) -> str | None:
 
 
 class KeyRing:
-    """Caches the key hashes for a while so that a rotated secret takes effect without redeploy."""
+    """Caches the key hashes for a while so that a rotated secret takes effect without
+    redeploy, and a slow or failing Secret Manager never holds up a request once the
+    hashes have been read (see `Cached`)."""
 
-    def __init__(self, load: Callable[[], str], ttl_seconds: float = 300.0) -> None:
-        self._load = load
-        self._ttl = ttl_seconds
-        self._lock = threading.Lock()
-        self._hashes: dict[str, str] | None = None
-        self._loaded_at = 0.0
+    def __init__(self, load: Callable[[], str], ttl_seconds: float = 300.0, **cache_options):
+        self._hashes = Cached(
+            lambda: parse_key_hashes(load()), ttl_seconds, name="API key hashes", **cache_options
+        )
 
     def hashes(self) -> dict[str, str]:
-        with self._lock:
-            if self._hashes is None or time.monotonic() - self._loaded_at > self._ttl:
-                self._hashes = parse_key_hashes(self._load())
-                self._loaded_at = time.monotonic()
-            return self._hashes
+        return self._hashes.get()
 
     def authenticate(self, presented: str | None) -> str | None:
         return find_key_id(presented, self.hashes())
 
 
-def read_secret(name: str) -> str:
-    """Read the latest version of a Secret Manager secret (`projects/P/secrets/S`)."""
+SECRET_TIMEOUT_SECONDS = 10.0
+
+
+@cache
+def _secret_client():
     from google.cloud import secretmanager
 
-    client = secretmanager.SecretManagerServiceClient()
+    return secretmanager.SecretManagerServiceClient()
+
+
+def read_secret(name: str, timeout: float = SECRET_TIMEOUT_SECONDS) -> str:
+    """Read the latest version of a Secret Manager secret (`projects/P/secrets/S`)."""
     version = name if "/versions/" in name else f"{name}/versions/latest"
-    return client.access_secret_version(name=version).payload.data.decode("utf-8")
+    response = _secret_client().access_secret_version(name=version, timeout=timeout)
+    return response.payload.data.decode("utf-8")

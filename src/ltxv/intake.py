@@ -104,7 +104,7 @@ class Intake:
         except BACKEND_ERRORS as exc:
             raise Unavailable(f"job store unavailable: {exc}") from exc
         try:
-            self.dispatcher.publish([job_id])
+            self.dispatcher.publish([job])
         except BACKEND_ERRORS as exc:
             self._undo_create(job_id)
             raise Unavailable(f"job queue unavailable: {exc}") from exc
@@ -116,7 +116,7 @@ class Intake:
         if not job.get("published") and job["state"] == State.QUEUED:
             # An earlier attempt stopped between create and publish: finish its work.
             try:
-                self.dispatcher.publish([job["job_id"]])
+                self.dispatcher.publish([job])
             except BACKEND_ERRORS as exc:
                 raise Unavailable(f"job queue unavailable: {exc}") from exc
             job = self._mark_published(job)
@@ -144,12 +144,14 @@ class Intake:
     def redispatch(self, older_than: timedelta) -> list[str]:
         """Publish queued jobs that a crash left unpublished (the sweep's work)."""
         found = self.store.unpublished_before(utcnow() - older_than)
-        stranded = [job["job_id"] for job in found if job["state"] == State.QUEUED]
+        stranded = [job for job in found if job["state"] == State.QUEUED]
         if stranded:
             self.dispatcher.publish(stranded)
-            log.warning("republished stranded jobs", extra={"job_ids": stranded})
+            log.warning(
+                "republished stranded jobs", extra={"job_ids": [j["job_id"] for j in stranded]}
+            )
         if found:
             # Jobs canceled before their message went out need none; mark them too so
             # the sweep does not look at them again.
             self.store.mark_published([job["job_id"] for job in found])
-        return stranded
+        return [job["job_id"] for job in stranded]

@@ -23,6 +23,7 @@ class ClaimOutcome(enum.Enum):
     SETTLED = "settled"  # succeeded, failed or canceled already: nothing to render
     BUSY = "busy"  # another worker holds a live lease
     MISSING = "missing"  # no such job
+    FOREIGN = "foreign"  # recorded for another model than this worker renders
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,13 @@ class LeaseLost(RuntimeError):
 
 
 class JobLifecycle:
-    def __init__(self, store: JobStore, owner: str, lease_seconds: float = 120.0) -> None:
+    def __init__(
+        self, store: JobStore, owner: str, lease_seconds: float = 120.0, *, model: str
+    ) -> None:
         self.store = store
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self.model = model  # the only model this worker renders
 
     def _lease(self, now: datetime) -> dict[str, Any]:
         return {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_seconds)}
@@ -65,6 +69,19 @@ class JobLifecycle:
                 seen["outcome"] = ClaimOutcome.BUSY
                 seen["lease_left"] = (lease["expires_at"] - now).total_seconds()
                 return None
+            if job["model"] != self.model:
+                # Never rendered with another model than the one recorded. Only a message
+                # routed to the wrong pool gets here; the error explains the dead letter
+                # that ends the job if no pool of its model ever takes it.
+                seen["outcome"] = ClaimOutcome.FOREIGN
+                return {
+                    "error": {
+                        "code": "no_worker_for_model",
+                        "message": f"delivered to a worker for model {self.model}, "
+                        f"not {job['model']}",
+                        "retryable": True,
+                    }
+                }
             if job.get("cancel_requested"):
                 # Canceled while its worker was gone: settle it rather than render it.
                 seen["outcome"] = ClaimOutcome.SETTLED

@@ -75,6 +75,8 @@ class Settings:
     api_keys_cache_seconds: int = 300
     default_model: str = "tiny-random"
     enabled_models: tuple[str, ...] = ()
+    # The model a GPU worker loads and renders (its pool's model); empty: the default one.
+    worker_model_name: str = ""
     max_body_bytes: int = 64 * 1024
     max_wait_seconds: int = 60
     predict_wait_seconds: int = 900
@@ -130,6 +132,7 @@ class Settings:
             api_keys_cache_seconds=_env_int("API_KEYS_CACHE_SECONDS", cls.api_keys_cache_seconds),
             default_model=_env("DEFAULT_MODEL", cls.default_model),
             enabled_models=_env_list("MODELS"),
+            worker_model_name=_env("WORKER_MODEL", ""),
             max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
             max_wait_seconds=_env_int("MAX_WAIT_SECONDS", cls.max_wait_seconds),
             predict_wait_seconds=_env_int("PREDICT_WAIT_SECONDS", cls.predict_wait_seconds),
@@ -176,8 +179,22 @@ class Settings:
         return self.topic_name or f"{self.prefix}-jobs"
 
     @property
+    def models(self) -> tuple[str, ...]:
+        """The models this deployment serves, each with its own worker pool."""
+        return self.enabled_models or (self.default_model,)
+
+    @property
+    def worker_model(self) -> str:
+        return self.worker_model_name or self.default_model
+
+    def subscription_for(self, model: str) -> str:
+        """The subscription `model`'s worker pool pulls (filtered on the model attribute)."""
+        return f"{self.prefix}-jobs-worker-{model}"
+
+    @property
     def subscription(self) -> str:
-        return self.subscription_name or f"{self.prefix}-jobs-worker"
+        """The subscription this process's worker pulls: its model's, unless overridden."""
+        return self.subscription_name or self.subscription_for(self.worker_model)
 
     @property
     def dead_letter_topic(self) -> str:

@@ -35,6 +35,18 @@ class BadPageToken(ValueError):
     pass
 
 
+class TransactionContended(gexc.Aborted):
+    """Firestore gave up committing a transaction after its retries (other writers kept
+    winning). A backend error like any other: the caller retries later, the client gets a
+    503. The library itself raises a plain ValueError for this, which would read as a bug."""
+
+
+def _contended(exc: ValueError) -> bool:
+    # `firestore.transactional` wraps the last Aborted commit in a ValueError once its
+    # attempts are spent; a ValueError raised by `decide` has no such cause.
+    return isinstance(exc.__cause__, gexc.Aborted)
+
+
 @dataclass(frozen=True)
 class Page:
     jobs: list[dict[str, Any]]
@@ -86,7 +98,6 @@ class JobStore:
 
     def delete_unpublished(self, job_id: str) -> None:
         """Undo a create whose publish failed, unless something already moved the job on."""
-        transaction = self.client.transaction()
 
         @firestore.transactional
         def undo(transaction: firestore.Transaction) -> None:
@@ -94,7 +105,7 @@ class JobStore:
             if snapshot.exists and not snapshot.get("published"):
                 transaction.delete(self.ref(job_id))
 
-        undo(transaction)
+        self._run(undo)
 
     def mark_published(self, job_ids: list[str]) -> None:
         now = utcnow()
@@ -160,7 +171,15 @@ class JobStore:
             transaction.update(ref, changes)
             return _apply_changes(job, changes)
 
-        return run(self.client.transaction())
+        return self._run(run)
+
+    def _run(self, transactional: Callable[[firestore.Transaction], Any]) -> Any:
+        try:
+            return transactional(self.client.transaction())
+        except ValueError as exc:
+            if _contended(exc):
+                raise TransactionContended(str(exc)) from exc
+            raise
 
     def request_cancel(self, job_id: str, api_key_id: str) -> dict[str, Any]:
         """queued -> canceled at once; running -> cancel requested (the worker stops it).

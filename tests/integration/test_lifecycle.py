@@ -17,7 +17,7 @@ def _queued_job(service) -> str:
 
 def test_a_job_whose_worker_died_after_a_cancel_request_is_canceled_not_rendered(service):
     job_id = _queued_job(service)
-    first = JobLifecycle(service.store, "worker-1", lease_seconds=60)
+    first = JobLifecycle(service.store, "worker-1", lease_seconds=60, model="tiny-random")
     assert first.claim(job_id).outcome is ClaimOutcome.CLAIMED
     service.store.request_cancel(job_id, "default")  # running: only requested
     # worker-1 dies; its lease runs out.
@@ -25,7 +25,7 @@ def test_a_job_whose_worker_died_after_a_cancel_request_is_canceled_not_rendered
         job_id, lambda job, now: {"lease.expires_at": now - timedelta(seconds=1)}
     )
 
-    claim = JobLifecycle(service.store, "worker-2").claim(job_id)
+    claim = JobLifecycle(service.store, "worker-2", model="tiny-random").claim(job_id)
     assert claim.outcome is ClaimOutcome.SETTLED
     job = service.store.get(job_id)
     assert job["state"] == "canceled" and job["lease"] is None and job["attempts"] == 1
@@ -33,7 +33,7 @@ def test_a_job_whose_worker_died_after_a_cancel_request_is_canceled_not_rendered
 
 def test_a_requeued_job_with_a_cancel_request_is_canceled_at_its_next_claim(service):
     job_id = _queued_job(service)
-    lifecycle = JobLifecycle(service.store, "worker-1")
+    lifecycle = JobLifecycle(service.store, "worker-1", model="tiny-random")
     lifecycle.claim(job_id)
     service.store.request_cancel(job_id, "default")
     lifecycle.requeue(job_id, "worker_shutdown", "stopped")

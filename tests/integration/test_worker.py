@@ -275,7 +275,7 @@ def test_sigkill_mid_render_is_redelivered_and_completes_once(
 def test_a_duplicated_message_renders_once(client, auth, service, settings, start_worker):
     worker = start_worker()
     job_id = submit(client, auth, SMALL)
-    service.dispatcher.publish([job_id])  # the same job id, a second message
+    service.dispatcher.publish([service.store.get(job_id)])  # the same job id, a second message
     wait_state(service, job_id, {"succeeded"})
     time.sleep(2)  # let the duplicate arrive and be dismissed
     job = service.store.get(job_id)
@@ -410,7 +410,7 @@ def test_a_redelivered_message_repairs_a_missing_result_json_and_nothing_more(
     video_generation = files["video.mp4"].generation
     files["result.json"].delete()  # as if the worker died between the state write and it
 
-    service.dispatcher.publish([job_id])
+    service.dispatcher.publish([service.store.get(job_id)])
     worker.wait_for("result.json repaired", job_id=job_id)
     files = outputs(settings, job_id)
     result = json.loads(files["result.json"].download_as_bytes())
@@ -428,7 +428,7 @@ def test_a_request_the_pipeline_refuses_fails_with_a_result(service, settings, s
     request = {**service.intake.validate(SMALL), "height": 100}  # not a multiple of 32
     job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")
     service.store.create(job)
-    service.dispatcher.publish([job["job_id"]])
+    service.dispatcher.publish([job])
     start_worker()
     settled = wait_state(service, job["job_id"], {"failed", "succeeded"})
     assert settled["state"] == "failed"

@@ -18,18 +18,20 @@ def test_api_key_hashes_are_read_from_the_latest_secret_version(monkeypatch):
     asked = []
 
     class FakeSecretManager:  # stands in for Secret Manager's remote API only
-        def access_secret_version(self, name):
-            asked.append(name)
+        def access_secret_version(self, name, timeout):
+            asked.append((name, timeout))
             payload = json.dumps({"ops": hash_api_key(key)}).encode()
             return SimpleNamespace(payload=SimpleNamespace(data=payload))
 
     from google.cloud import secretmanager
 
     monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", FakeSecretManager)
+    auth._secret_client.cache_clear()
     ring = KeyRing(lambda: auth.read_secret("projects/p/secrets/ltxv-api-keys"))
     assert ring.authenticate(key) == "ops"
     assert ring.authenticate("ltxv_wrong") is None
-    assert asked == ["projects/p/secrets/ltxv-api-keys/versions/latest"]
+    assert asked == [("projects/p/secrets/ltxv-api-keys/versions/latest", 10.0)]
+    auth._secret_client.cache_clear()
 
 
 def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch):

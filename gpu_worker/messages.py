@@ -117,10 +117,13 @@ class AckKeeper:
         while True:
             try:
                 self.messages.extend(self.received)
-            except gexc.GoogleAPICallError as exc:
+            except Exception as exc:
+                # Keep going whatever happened: a message whose deadline lapses comes back
+                # to another worker while this one still renders it.
                 log.warning(
                     "ack deadline not extended",
-                    extra={"message_id": self.received.message_id, "error": str(exc)},
+                    extra={"message_id": self.received.message_id, "error": repr(exc)},
+                    exc_info=not isinstance(exc, gexc.GoogleAPICallError),
                 )
             if self._stop.wait(self.messages.extension / 2):
                 return

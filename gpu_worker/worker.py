@@ -103,9 +103,14 @@ class LeaseKeeper:
             except LeaseLost:
                 self.control.lost.set()
                 return
-            except BACKEND_ERRORS as exc:
+            except Exception as exc:
+                # Whatever went wrong (an outage, a contended transaction, a bug), the
+                # thread must live: a lease nobody renews lets another worker take the
+                # job over and render it a second time.
                 log.warning(
-                    "lease not renewed", extra={"job_id": self.control.job_id, "error": str(exc)}
+                    "lease not renewed",
+                    extra={"job_id": self.control.job_id, "error": repr(exc)},
+                    exc_info=not isinstance(exc, BACKEND_ERRORS),
                 )
                 continue
             written_step, last_renewal = step, time.monotonic()

@@ -6,14 +6,22 @@ which the redispatch sweep publishes. When publishing fails while the client is 
 waiting, the document is removed again and the client is told to retry: a job the
 client was told was accepted is always published, and no job waits for a message that
 will never come.
+
+Publishing is claimed (`publish_claim_until` on the job): the request that creates a job
+holds the claim, so a burst of replays of one Idempotency-Key waits for that publish
+instead of publishing again; a replay takes the claim over only once it has run out (the
+creator crashed). Every duplicate message would be one more delivery toward the
+subscription's dead-letter limit.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -36,6 +44,11 @@ BACKEND_ERRORS = (
 
 class Unavailable(RuntimeError):
     """A backend failed; nothing was accepted and the client may retry."""
+
+
+# How long a replay waits for another request's publish of the same job before it asks
+# its client to retry (the creator normally publishes within milliseconds).
+REPLAY_WAIT_SECONDS = 5.0
 
 
 class IdempotencyConflict(Exception):
@@ -67,6 +80,8 @@ class Intake:
         self.dispatcher = dispatcher
         self.policy = policy
         self.ttl_days = ttl_days
+        # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
+        self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
 
     def validate(self, body: Any) -> dict[str, Any]:
         return validate_request(body, self.policy)
@@ -97,6 +112,7 @@ class Intake:
             idempotency_key=origin.idempotency_key,
             ttl_days=self.ttl_days,
         )
+        job["publish_claim_until"] = job["created_at"] + self.publish_claim
         try:
             self.store.create(job)
         except JobExists as exists:
@@ -113,18 +129,54 @@ class Intake:
     def _replay(self, job: dict[str, Any], digest: str) -> Accepted:
         if job.get("request_hash") != digest:
             raise IdempotencyConflict(job)
-        if not job.get("published") and job["state"] == State.QUEUED:
-            # An earlier attempt stopped between create and publish: finish its work.
-            try:
-                self.dispatcher.publish([job])
-            except BACKEND_ERRORS as exc:
-                raise Unavailable(f"job queue unavailable: {exc}") from exc
-            job = self._mark_published(job)
+        give_up = time.monotonic() + REPLAY_WAIT_SECONDS
+        while not job.get("published") and job["state"] == State.QUEUED:
+            # An earlier request created it and has not published it yet: it is doing so
+            # now (wait), or it stopped between create and publish (finish its work).
+            claimed, current = self._claim_publish(job["job_id"])
+            if current is None:
+                raise Unavailable("the job's creation was undone (its publish failed)")
+            job = current
+            if claimed:
+                try:
+                    self.dispatcher.publish([job])
+                except BACKEND_ERRORS as exc:
+                    raise Unavailable(f"job queue unavailable: {exc}") from exc
+                job = self._mark_published(job)
+                break
+            if time.monotonic() > give_up:
+                raise Unavailable("another request is publishing this job right now")
+            time.sleep(0.05)
         return Accepted(job, created=False)
+
+    def _claim_publish(self, job_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(True, job) if this caller now holds the job's publish claim; (False, job) if
+        it is published, settled or claimed by someone else; (False, None) if it is gone."""
+        claimed = False
+
+        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+            nonlocal claimed
+            held_until = job.get("publish_claim_until")
+            if job.get("published") or job["state"] != State.QUEUED:
+                return None
+            if held_until is not None and held_until > now:
+                return None
+            claimed = True
+            return {"publish_claim_until": now + self.publish_claim}
+
+        try:
+            job = self.store.transact(job_id, decide)
+        except BACKEND_ERRORS as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from exc
+        return claimed, job
 
     def _mark_published(self, job: dict[str, Any]) -> dict[str, Any]:
         try:
             self.store.mark_published([job["job_id"]])
+        except gexc.NotFound as exc:
+            # Removed since it was published (its creator's publish failed meanwhile and
+            # undid it): the client must not hear "accepted" for a job that is not there.
+            raise Unavailable(f"job {job['job_id']} is gone") from exc
         except BACKEND_ERRORS:
             # The message is out; a missing mark only makes the sweep publish it twice,
             # and the worker's claim renders a job once whatever it receives.
@@ -144,14 +196,21 @@ class Intake:
     def redispatch(self, older_than: timedelta) -> list[str]:
         """Publish queued jobs that a crash left unpublished (the sweep's work)."""
         found = self.store.unpublished_before(utcnow() - older_than)
-        stranded = [job for job in found if job["state"] == State.QUEUED]
+        stranded = []
+        for job in found:
+            if job["state"] == State.QUEUED:
+                claimed, current = self._claim_publish(job["job_id"])
+                if claimed and current is not None:
+                    stranded.append(current)
         if stranded:
             self.dispatcher.publish(stranded)
             log.warning(
                 "republished stranded jobs", extra={"job_ids": [j["job_id"] for j in stranded]}
             )
-        if found:
-            # Jobs canceled before their message went out need none; mark them too so
-            # the sweep does not look at them again.
-            self.store.mark_published([job["job_id"] for job in found])
+        # Jobs canceled before their message went out need none; mark them too so the
+        # sweep does not look at them again. One that vanished meanwhile needs nothing.
+        settled = [job["job_id"] for job in found if job["state"] != State.QUEUED]
+        for job_id in [j["job_id"] for j in stranded] + settled:
+            with contextlib.suppress(gexc.NotFound):
+                self.store.mark_published([job_id])
         return [job["job_id"] for job in stranded]

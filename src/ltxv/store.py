@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,16 +38,15 @@ class BadPageToken(ValueError):
     pass
 
 
+# Read-decide-write rounds of `transact` before it gives up on a job others keep writing.
+WRITE_ATTEMPTS = 20
+
+
 class TransactionContended(gexc.Aborted):
-    """Firestore gave up committing a transaction after its retries (other writers kept
-    winning). A backend error like any other: the caller retries later, the client gets a
-    503. The library itself raises a plain ValueError for this, which would read as a bug."""
-
-
-def _contended(exc: ValueError) -> bool:
-    # `firestore.transactional` wraps the last Aborted commit in a ValueError once its
-    # attempts are spent; a ValueError raised by `decide` has no such cause.
-    return isinstance(exc.__cause__, gexc.Aborted)
+    """Other writers kept changing the job between each read and write. A backend error
+    like any other (a subclass of Aborted): the caller retries later, a client gets 503.
+    (`firestore.transactional` raises a plain ValueError for its version of this, which
+    reads as a bug; `transact` does not use it.)"""
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,13 @@ class JobStore:
     def delete_unpublished(self, job_id: str) -> None:
         """Undo a create whose publish failed, unless something already moved the job on."""
 
-        @firestore.transactional
-        def undo(transaction: firestore.Transaction) -> None:
-            snapshot = self.ref(job_id).get(transaction=transaction)
-            if snapshot.exists and not snapshot.get("published"):
-                transaction.delete(self.ref(job_id))
-
-        self._run(undo)
+        snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
+        if not snapshot.exists or snapshot.get("published"):
+            return
+        unchanged = self.client.write_option(last_update_time=snapshot.update_time)
+        with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+            # Changed since the read: a replay published it, or it is gone already.
+            self.ref(job_id).delete(option=unchanged, retry=self.retry, timeout=self.timeout)
 
     def mark_published(self, job_ids: list[str]) -> None:
         now = utcnow()
@@ -152,14 +154,20 @@ class JobStore:
         job_id: str,
         decide: Callable[[dict[str, Any], datetime], dict[str, Any] | None],
     ) -> dict[str, Any] | None:
-        """Read the job, let `decide(job, now)` name the changes, apply them, all in one
-        transaction (retried by Firestore on conflict); returns the job as it now is, or
-        None if there is no such job. `decide` may raise to abort without a write."""
-        ref = self.ref(job_id)
+        """Read the job, let `decide(job, now)` name the changes and apply them only if
+        nobody wrote the job in between; returns the job as it now is, or None if there is
+        no such job. `decide` may raise to abort without a write.
 
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> dict[str, Any] | None:
-            snapshot = ref.get(transaction=transaction)
+        Optimistic, not a Firestore transaction: the write carries the read's update time
+        as a precondition, and a job written meanwhile is read and decided again. A
+        transaction would lock the document from its read to its commit; with a worker
+        renewing its lease, cancels and notify all writing one job, locks held across
+        round trips on a busy machine time each other out until every writer gives up.
+        The precondition holds nothing, so the first writer wins and the others decide
+        again on what it wrote (e.g. a second cancel finds the first one's flag)."""
+        ref = self.ref(job_id)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            snapshot = ref.get(retry=self.retry, timeout=self.timeout)
             if not snapshot.exists:
                 return None
             job = snapshot.to_dict()
@@ -168,28 +176,37 @@ class JobStore:
             if not changes:
                 return job
             changes.setdefault("updated_at", now)
-            transaction.update(ref, changes)
+            unchanged = self.client.write_option(last_update_time=snapshot.update_time)
+            try:
+                ref.update(changes, option=unchanged, retry=self.retry, timeout=self.timeout)
+            except (gexc.FailedPrecondition, gexc.NotFound):
+                # Written (or deleted) since the read: spread the writers out a little.
+                time.sleep(random.uniform(0.0, 0.02) * attempt)
+                continue
             return _apply_changes(job, changes)
-
-        return self._run(run)
-
-    def _run(self, transactional: Callable[[firestore.Transaction], Any]) -> Any:
-        try:
-            return transactional(self.client.transaction())
-        except ValueError as exc:
-            if _contended(exc):
-                raise TransactionContended(str(exc)) from exc
-            raise
+        raise TransactionContended(
+            f"job {job_id} changed under each of {WRITE_ATTEMPTS} attempts to write it"
+        )
 
     def request_cancel(self, job_id: str, api_key_id: str) -> dict[str, Any]:
         """queued -> canceled at once; running -> cancel requested (the worker stops it).
 
-        Terminal jobs are returned unchanged; the caller decides what that means.
+        Terminal jobs are returned unchanged; the caller decides what that means. A cancel
+        that finds nothing left to change is a plain read: a client repeating its cancel,
+        or many cancelling at once, do not queue up transactions on a job whose worker is
+        writing its progress to it.
         """
 
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        def needs(job: dict[str, Any]) -> bool:
             if job["api_key_id"] != api_key_id:
                 raise JobNotFound(job_id)
+            return job["state"] == State.QUEUED or (
+                job["state"] == State.RUNNING and not job["cancel_requested"]
+            )
+
+        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+            if not needs(job):
+                return None
             if job["state"] == State.QUEUED:
                 check_transition(job["state"], State.CANCELED)
                 return {
@@ -198,11 +215,21 @@ class JobStore:
                     "cancel_requested": True,
                     "cancel_requested_at": now,
                 }
-            if job["state"] == State.RUNNING and not job["cancel_requested"]:
-                return {"cancel_requested": True, "cancel_requested_at": now}
-            return None
+            return {"cancel_requested": True, "cancel_requested_at": now}
 
-        job = self.transact(job_id, decide)
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if not needs(job):
+            return job
+        try:
+            job = self.transact(job_id, decide)
+        except TransactionContended:
+            # Others wrote the job meanwhile (another cancel, its worker): what matters
+            # is whether a cancel now stands.
+            job = self.get(job_id)
+            if job is None or needs(job):
+                raise
         if job is None:
             raise JobNotFound(job_id)
         return job

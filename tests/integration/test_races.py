@@ -1,0 +1,131 @@
+"""Races on one job against the Firestore and Pub/Sub emulators: many writers at once, and
+replays of an Idempotency-Key while the request that created the job is still publishing.
+The publish step is held at the narrowest seam (the dispatcher) to open the window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ltxv.intake import Unavailable
+from ltxv.lifecycle import JobLifecycle
+from ltxv.store import TransactionContended
+
+from .conftest import pull_job_ids
+
+pytestmark = pytest.mark.emulators
+
+BODY = {"prompt": "a lighthouse at dawn"}
+
+
+def test_many_writers_on_one_job_all_get_their_turn(service):
+    job_id = service.intake.submit_http(BODY, api_key_id="default").job["job_id"]
+    lifecycle = JobLifecycle(service.store, "worker-1", lease_seconds=60, model="tiny-random")
+    lifecycle.claim(job_id)
+    stop = threading.Event()
+
+    def renew_lease() -> None:  # the worker's lease keeper, writing progress meanwhile
+        step = 0
+        while not stop.is_set():
+            step += 1
+            lifecycle.renew(job_id, (step, 50))
+
+    def count(_: int) -> str:
+        try:
+            service.store.transact(job_id, lambda job, now: {"attempts": job["attempts"] + 1})
+        except TransactionContended:
+            return "contended"
+        return "ok"
+
+    keeper = threading.Thread(target=renew_lease)
+    keeper.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(count, range(16)))
+    finally:
+        stop.set()
+        keeper.join()
+    # Every write is applied once, none lost to another: a read-decide-write either
+    # lands on what it read or decides again.
+    assert outcomes.count("ok") == service.store.get(job_id)["attempts"] - 1
+    assert outcomes.count("ok") >= 12, outcomes
+
+
+def test_parallel_cancels_are_idempotent_and_cheap(service):
+    job_id = service.intake.submit_http(BODY, api_key_id="default").job["job_id"]
+    JobLifecycle(service.store, "worker-1", lease_seconds=60, model="tiny-random").claim(job_id)
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda _: service.store.request_cancel(job_id, "default"), range(8)))
+    assert all(job["cancel_requested"] and job["state"] == "running" for job in jobs)
+    first = service.store.get(job_id)
+    again = service.store.request_cancel(job_id, "default")
+    # Once requested, another cancel changes nothing (not even updated_at).
+    assert again["updated_at"] == first["updated_at"] == service.store.get(job_id)["updated_at"]
+
+
+class HeldDispatcher:
+    """The real dispatcher, whose first publish waits for `release` and then fails if
+    `fail` is set: the window in which a creating request has not published yet."""
+
+    def __init__(self, real, fail: bool = False) -> None:
+        self.real = real
+        self.timeout = real.timeout
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.fail = fail
+        self.calls = 0
+
+    def publish(self, jobs):
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+            if self.fail:
+                raise TimeoutError("Pub/Sub did not answer")
+        return self.real.publish(jobs)
+
+
+def _race(service, dispatcher: HeldDispatcher) -> tuple[object, object]:
+    service.intake.dispatcher = dispatcher
+    outcomes: dict[str, object] = {}
+
+    def attempt(name: str) -> None:
+        try:
+            outcomes[name] = service.intake.submit_http(
+                BODY, api_key_id="default", idempotency_key="burst-1"
+            )
+        except Unavailable as exc:
+            outcomes[name] = exc
+
+    creator = threading.Thread(target=attempt, args=("creator",))
+    creator.start()
+    assert dispatcher.entered.wait(10)  # created, publishing
+    replay = threading.Thread(target=attempt, args=("replay",))
+    replay.start()
+    time.sleep(0.5)  # the replay found the job unpublished and is waiting on the claim
+    dispatcher.release.set()
+    creator.join(15)
+    replay.join(15)
+    return outcomes["creator"], outcomes["replay"]
+
+
+def test_a_replay_during_the_creators_publish_waits_for_it_instead_of_publishing(service, settings):
+    dispatcher = HeldDispatcher(service.dispatcher)
+    creator, replay = _race(service, dispatcher)
+    assert creator.created and not replay.created
+    assert replay.job["job_id"] == creator.job["job_id"] and replay.job["published"]
+    assert dispatcher.calls == 1
+    assert pull_job_ids(settings) == [creator.job["job_id"]]
+
+
+def test_a_replay_is_not_accepted_when_the_creators_publish_failed_and_undid_the_job(
+    service, settings
+):
+    dispatcher = HeldDispatcher(service.dispatcher, fail=True)
+    creator, replay = _race(service, dispatcher)
+    assert isinstance(creator, Unavailable) and isinstance(replay, Unavailable)
+    assert list(service.firestore.collection("jobs").stream()) == []
+    assert pull_job_ids(settings, timeout=0.5) == []

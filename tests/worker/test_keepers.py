@@ -1,0 +1,74 @@
+"""The worker's background keepers outlive any error: a keeper thread that dies stops
+renewing a lease (another worker then takes the job over and renders it twice) or stops
+extending a message (Pub/Sub hands it to another worker). Fakes stand in for Firestore and
+Pub/Sub here; tests/integration runs the same threads against the emulators."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from gpu_worker.messages import AckKeeper, Received
+from gpu_worker.worker import JobControl, LeaseKeeper
+from ltxv.lifecycle import LeaseLost
+from ltxv.store import TransactionContended
+
+
+class FlakyLifecycle:
+    lease_seconds = 0.3
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.renewed = threading.Event()
+        self.calls = 0
+
+    def renew(self, job_id, progress):
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.renewed.set()
+        return {"cancel_requested": self.calls > 4}
+
+
+def test_the_lease_keeper_survives_contention_and_bugs_and_still_delivers_the_cancel():
+    lifecycle = FlakyLifecycle(
+        [TransactionContended("busy"), ValueError("contended, the library's way"), KeyError("x")]
+    )
+    control = JobControl("job-1", total_steps=10)
+    keeper = LeaseKeeper(lifecycle, control, interval=0.01).start()
+    try:
+        assert lifecycle.renewed.wait(5)
+        assert control.cancel.wait(5)  # the cancel reached the render after all
+        assert not control.lost.is_set()
+    finally:
+        keeper.stop()
+
+
+def test_the_lease_keeper_stops_only_when_the_lease_is_lost():
+    lifecycle = FlakyLifecycle([RuntimeError("boom"), LeaseLost("job-1")])
+    control = JobControl("job-1", total_steps=10)
+    keeper = LeaseKeeper(lifecycle, control, interval=0.01).start()
+    assert control.lost.wait(5)
+    keeper.stop()
+
+
+class FlakyMessages:
+    extension = 0.02
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def extend(self, received):
+        self.calls += 1
+        if self.calls <= 2:
+            raise RuntimeError("a bug, or a transport error of another kind")
+
+
+def test_the_ack_keeper_survives_any_error():
+    messages = FlakyMessages()
+    keeper = AckKeeper(messages, Received("ack", "m1", "job-1", 1)).start()
+    deadline = time.monotonic() + 5
+    while messages.calls < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    keeper.stop()
+    assert messages.calls >= 5

@@ -24,14 +24,15 @@ from .results import build_result, write_result_once
 from .service import Service
 from .signing import split_gs_uri
 from .store import BadPageToken, JobNotFound
-from .validation import RequestInvalid
+from .validation import JsonSyntaxError, RequestInvalid, parse_json
 from .web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[a-z2-7]{26}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE)
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE | re.ASCII)
+PAGE_SIZE = re.compile(r"[0-9]{1,4}")
 LIST_PARAMS = {"state", "page_size", "page_token"}
 MAX_PAGE_SIZE = 100
 
@@ -88,7 +89,9 @@ class ApiError(Exception):
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     response = Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        # allow_nan=False: a stored infinity must fail here, not reach a client as the
+        # non-JSON `Infinity` that breaks every parser of the response.
+        json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False),
         status=status,
         mimetype="application/json",
     )
@@ -112,10 +115,6 @@ def framework_error(error: HTTPException) -> Response:
 
 def unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class JobsApi:
@@ -220,17 +219,10 @@ class JobsApi:
         if not raw.strip():
             raise ApiError(400, "invalid_json", "request body is empty; send a JSON object")
         try:
-            return json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+            return parse_json(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid_json", "request body is not valid UTF-8") from exc
-        except json.JSONDecodeError as exc:
-            raise ApiError(
-                400,
-                "invalid_json",
-                f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                f"column {exc.colno}",
-            ) from exc
-        except (ValueError, RecursionError) as exc:
+        except JsonSyntaxError as exc:
             raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
 
     @staticmethod
@@ -362,7 +354,8 @@ class JobsApi:
                 {"path": "query.state", "message": f"must be one of {[s.value for s in State]}"}
             )
         raw_size = args.get("page_size", "20")
-        page_size = int(raw_size) if raw_size.isdigit() else 0
+        # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+        page_size = int(raw_size) if PAGE_SIZE.fullmatch(raw_size) else 0
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             problems.append({"path": "query.page_size", "message": f"must be 1 to {MAX_PAGE_SIZE}"})
         if problems:

@@ -29,7 +29,7 @@ from google.api_core import exceptions as gexc
 from .dispatch import Dispatcher
 from .jobs import State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
 from .store import JobExists, JobStore
-from .validation import IntakePolicy, request_hash, validate_request
+from .validation import FieldError, IntakePolicy, RequestInvalid, request_hash, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ class Intake:
             self.store.create(job)
         except JobExists as exists:
             return self._replay(exists.job, digest)
+        except gexc.InvalidArgument as exc:
+            # Firestore refuses the document itself; retrying cannot help. Validation
+            # rejects everything known to cause this, so this is the last line.
+            log.error("the job store refused a validated job", extra={"error": str(exc)})
+            raise RequestInvalid(
+                [FieldError("$", "the request holds a key or value the job store cannot keep")]
+            ) from exc
         except BACKEND_ERRORS as exc:
             raise Unavailable(f"job store unavailable: {exc}") from exc
         try:

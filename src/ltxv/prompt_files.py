@@ -7,7 +7,6 @@ delivered twice creates each job once. What became of every line is written to
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,15 +15,16 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .intake import Intake, JobOrigin
+from .intake import BACKEND_ERRORS, IdempotencyConflict, Intake, JobOrigin, Unavailable
 from .jobs import job_id_for_prompt_line, to_json, utcnow
-from .validation import FieldError, RequestInvalid
+from .validation import FieldError, JsonSyntaxError, RequestInvalid, parse_json
 
 log = logging.getLogger(__name__)
 
 INCOMING = "incoming/"
 RECEIPTS = "receipts/"
 SUFFIXES = (".json", ".jsonl")
+RECEIPT_WRITE_ATTEMPTS = 5
 
 
 class PromptFileError(ValueError):
@@ -73,8 +73,8 @@ def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
         raise PromptFileError("empty", "the file is empty; put one JSON job object in it")
     if name.endswith(".json"):
         try:
-            value = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            value = parse_json(text)
+        except JsonSyntaxError as exc:
             raise PromptFileError("invalid_json", f"the file is not valid JSON: {exc}") from exc
         if isinstance(value, list):
             raise PromptFileError(
@@ -82,7 +82,10 @@ def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
             )
         return [Entry(1, value)]
     entries: list[Entry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends a line at \n only (\r\n too): str.splitlines() would also split at
+    # U+2028, U+0085 and others, which JSON strings may hold unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if len(entries) >= max_lines:
@@ -90,10 +93,9 @@ def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
                 "too_many_lines", f"the file has more than {max_lines} jobs; split it"
             )
         try:
-            entries.append(Entry(number, json.loads(line)))
-        except (json.JSONDecodeError, RecursionError) as exc:
-            message = f"line is not valid JSON: {getattr(exc, 'msg', exc)}"
-            entries.append(Entry(number, syntax_error=message))
+            entries.append(Entry(number, parse_json(line)))
+        except JsonSyntaxError as exc:
+            entries.append(Entry(number, syntax_error=f"line is not valid JSON: {exc}"))
     return entries
 
 
@@ -155,45 +157,70 @@ class PromptFiles:
     def _accept_line(
         self, receipt: Receipt, bucket: str, name: str, generation: str, entry: Entry
     ) -> None:
+        """Make the line's job, or reject the line: whatever is wrong with one line is
+        that line's rejection, never the file's. Only an outage propagates (the event is
+        delivered again and the stable job ids make the lines already done replays)."""
         line = entry.line
-        try:
-            if entry.syntax_error:
-                raise RequestInvalid([FieldError("$", entry.syntax_error)])
-            request = self.intake.validate(entry.value)
-        except RequestInvalid as exc:
-            receipt.rejected.append(
-                {"line": line, "errors": [error.as_dict() for error in exc.errors]}
-            )
-            return
+        job_id = job_id_for_prompt_line(bucket, name, generation, line)
         origin = JobOrigin(
             api_key_id=self.owner,
             source=f"gs://{bucket}/{name}",
             source_generation=generation,
             source_line=line,
         )
-        job_id = job_id_for_prompt_line(bucket, name, generation, line)
-        # Backend errors propagate: the event is retried and the stable ids dedupe.
-        accepted = self.intake.accept(request, job_id=job_id, origin=origin)
-        receipt.accepted.append({"line": line, "job_id": accepted.job["job_id"]})
+        try:
+            if entry.syntax_error:
+                raise RequestInvalid([FieldError("$", entry.syntax_error)])
+            request = self.intake.validate(entry.value)
+            self.intake.accept(request, job_id=job_id, origin=origin)
+        except RequestInvalid as exc:
+            receipt.rejected.append({"line": line, "errors": [e.as_dict() for e in exc.errors]})
+            return
+        except IdempotencyConflict:
+            # An earlier delivery made this line's job from a request that validates
+            # differently now (a deployment changed the defaults): the job stands.
+            pass
+        except (Unavailable, *BACKEND_ERRORS):
+            raise
+        except Exception:
+            log.exception("prompt-file line failed", extra={"object": receipt.source, "line": line})
+            error = FieldError("$", "this line could not be made into a job (an internal error)")
+            receipt.rejected.append({"line": line, "errors": [error.as_dict()]})
+            return
+        receipt.accepted.append({"line": line, "job_id": job_id})
 
     def _write_receipt(self, bucket: str, name: str, receipt: Receipt) -> None:
-        blob = self.storage.bucket(bucket).blob(receipt_name(name))
-        current = None
-        with contextlib.suppress(gexc.NotFound):
-            current = json.loads(blob.download_as_bytes(timeout=30))
-        if current and int(current.get("generation", 0)) > int(receipt.generation):
-            return  # a late retry of an older upload must not hide the newer receipt
-        blob.upload_from_string(
-            json.dumps(receipt.as_dict(), indent=2),
-            content_type="application/json",
-            timeout=30,
-        )
-        log.info(
-            "prompt file processed",
-            extra={
-                "object": receipt.source,
-                "accepted": len(receipt.accepted),
-                "rejected": len(receipt.rejected),
-                "error": receipt.error,
-            },
-        )
+        """Write the receipt unless a newer upload's is there; each write is conditional
+        on the receipt it replaces, so two deliveries racing cannot both win."""
+        for _ in range(RECEIPT_WRITE_ATTEMPTS):
+            blob = self.storage.bucket(bucket).get_blob(receipt_name(name), timeout=30)
+            if blob is not None and _receipt_generation(blob) > int(receipt.generation):
+                return  # a late retry of an older upload must not hide the newer receipt
+            try:
+                self.storage.bucket(bucket).blob(receipt_name(name)).upload_from_string(
+                    json.dumps(receipt.as_dict(), indent=2, allow_nan=False),
+                    content_type="application/json",
+                    if_generation_match=blob.generation if blob is not None else 0,
+                    timeout=30,
+                )
+            except gexc.PreconditionFailed:
+                continue  # another delivery wrote it meanwhile: look again
+            log.info(
+                "prompt file processed",
+                extra={
+                    "object": receipt.source,
+                    "accepted": len(receipt.accepted),
+                    "rejected": len(receipt.rejected),
+                    "error": receipt.error,
+                },
+            )
+            return
+        raise Unavailable(f"receipt for {receipt.source} kept changing under each write")
+
+
+def _receipt_generation(blob: storage.Blob) -> int:
+    """The prompt-file generation a stored receipt is for (0 if it cannot be read)."""
+    try:
+        return int(json.loads(blob.download_as_bytes(timeout=30)).get("generation", 0))
+    except (ValueError, TypeError, AttributeError, gexc.NotFound):
+        return 0

@@ -55,7 +55,7 @@ def write_result_once(client: storage.Client, outputs_bucket: str, result: dict[
     blob = client.bucket(outputs_bucket).blob(output_prefix(result["job_id"]) + RESULT_NAME)
     try:
         blob.upload_from_string(
-            json.dumps(result, indent=2),
+            json.dumps(result, indent=2, allow_nan=False),
             content_type="application/json",
             if_generation_match=0,
             timeout=30,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,39 @@ PROFILE_DEFAULTED = (
 MAX_METADATA_BYTES = 4096
 MAX_OBJECT_NAME_BYTES = 1024
 LTX_FRAME_STEP = 8  # LTX's VAE compresses time 8x: a valid length is 8k + 1 frames.
+# Firestore stores 64-bit integers, and keeps map keys of the form __name__ for itself.
+INT64 = range(-(2**63), 2**63)
+RESERVED_KEY = re.compile(r"^__[\s\S]*__$")  # as the request schema spells it
+# Long enough for any 64-bit integer with its sign; JSON allows any length, and Python's
+# int() refuses past 4300 digits with an error that names a config knob, not the input.
+MAX_INT_DIGITS = 20
+
+
+class JsonSyntaxError(ValueError):
+    """Text that is not JSON a job can be made from; the message says where or why."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise JsonSyntaxError(f"{name} is not valid JSON")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JsonSyntaxError(f"a number has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_json(text: str) -> Any:
+    """Parse a request (an API body, a prompt-file line) as strict JSON: no NaN or Infinity,
+    no integers longer than any a job can hold. Raises JsonSyntaxError."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int)
+    except JsonSyntaxError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JsonSyntaxError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise JsonSyntaxError("nested too deeply") from exc
 
 
 @dataclass(frozen=True)
@@ -120,6 +155,12 @@ def _schema_message(error: ValidationError) -> str:
     return error.message if len(error.message) <= 200 else f"is invalid ({kind})"
 
 
+def _key_message(key: str) -> str:
+    if RESERVED_KEY.match(key):
+        return f"key {_short(key)} is reserved: names of the form __name__ cannot be stored"
+    return f"key {_short(key)} must be 1 to 64 characters"
+
+
 def _schema_errors(body: dict[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     for error in schemas.validator("job-request").iter_errors(body):
@@ -133,8 +174,8 @@ def _schema_errors(body: dict[str, Any]) -> list[FieldError]:
             for name in error.validator_value:
                 if name not in error.instance:
                     errors.append(FieldError(f"{error.json_path}.{name}", "is required"))
-        elif error.validator == "propertyNames":
-            errors.append(FieldError(error.json_path, "keys must be 1 to 64 characters"))
+        elif "propertyNames" in error.schema_path:
+            errors.append(FieldError(error.json_path, _key_message(error.instance)))
         else:
             errors.append(FieldError(error.json_path, _schema_message(error)))
     return errors
@@ -198,22 +239,30 @@ def _first_per_path(errors: list[FieldError]) -> list[FieldError]:
     return [e for e in errors if not (e.path in seen or seen.add(e.path))]
 
 
-def _unicode_errors(value: Any, path: str = "$") -> list[FieldError]:
-    """Lone UTF-16 surrogates (legal in JSON escapes) cannot be stored or sent on."""
+def _storable_errors(value: Any, path: str = "$") -> list[FieldError]:
+    """Values JSON can carry that cannot be stored or sent on: lone UTF-16 surrogates
+    (legal in JSON escapes), numbers that are not finite (1e999 parses to infinity, which
+    no JSON response could then hold), integers beyond 64 bits (Firestore's)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return [FieldError(path, "contains an unpaired UTF-16 surrogate escape")]
         return []
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) and value not in INT64:
+        return [FieldError(path, "must be between -2^63 and 2^63 - 1 (a 64-bit integer)")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [FieldError(path, "must be a finite number")]
     if isinstance(value, dict):
         return [
             error
             for key, item in value.items()
-            for error in _unicode_errors(key, path) + _unicode_errors(item, f"{path}.{key}")
+            for error in _storable_errors(key, path) + _storable_errors(item, f"{path}.{key}")
         ]
     if isinstance(value, list):
-        return [e for i, item in enumerate(value) for e in _unicode_errors(item, f"{path}[{i}]")]
+        return [e for i, item in enumerate(value) for e in _storable_errors(item, f"{path}[{i}]")]
     return []
 
 
@@ -221,9 +270,9 @@ def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
     """Return the request with every field resolved, or raise RequestInvalid with all errors."""
     if not isinstance(body, dict):
         raise RequestInvalid([FieldError("$", "request body must be a JSON object")])
-    unicode_errors = _unicode_errors(body)
-    if unicode_errors:
-        raise RequestInvalid(unicode_errors)
+    unstorable = _storable_errors(body)
+    if unstorable:
+        raise RequestInvalid(unstorable)
     errors = _first_per_path(_schema_errors(body))
     bad = {e.path.removeprefix("$.").split(".")[0] for e in errors}
     model = body.get("model") or policy.default_model

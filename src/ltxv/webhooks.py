@@ -65,7 +65,9 @@ def build_event(result: dict[str, Any]) -> dict[str, Any]:
 
 def encode_event(event: dict[str, Any]) -> bytes:
     """The exact bytes that are signed and sent; the same for every retry."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def sign_headers(

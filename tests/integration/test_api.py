@@ -106,6 +106,7 @@ def test_invalid_idempotency_key_is_400(client, auth):
         ('{"prompt": "x"}', "text/plain", 415, "unsupported_media_type"),
         ('{"prompt": "x"}', "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (json.dumps({"prompt": "x" * 70_000}), "application/json", 413, "payload_too_large"),
+        ('{"prompt": "x", "seed": ' + "7" * 4301 + "}", "application/json", 400, "invalid_json"),
     ],
 )
 def test_malformed_bodies_are_4xx_with_a_clear_error(
@@ -144,6 +145,38 @@ def test_validation_errors_name_every_field(client, auth, settings):
 def test_unsafe_or_out_of_range_fields_are_422(client, auth, field, value):
     response = submit(client, auth, {**OLD_EXAMPLE, field: value})
     assert_error(response, 422, "validation_failed", [f"$.{field}"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ('{"big": 18446744073709551616}', "$.metadata.big"),  # 2^64 was a 500
+        ('{"__x__": 1}', "$.metadata"),  # was a 503 marked retryable
+        ('{"far": 1e999}', "$.metadata.far"),  # was stored as infinity
+    ],
+)
+def test_metadata_the_store_or_json_cannot_hold_is_422_and_stores_nothing(
+    client, auth, service, settings, raw, path
+):
+    data = '{"prompt": "a cat", "metadata": ' + raw + "}"
+    response = client.post("/v1/jobs", data=data, content_type="application/json", headers=auth)
+    error = assert_error(response, 422, "validation_failed", [path])
+    assert error["retryable"] is False
+    assert list(service.firestore.collection("jobs").stream()) == []
+    assert pull_job_ids(settings, timeout=0.5) == []
+
+
+def test_a_document_firestore_refuses_is_422_not_a_retryable_503(client, auth, monkeypatch):
+    from google.api_core import exceptions as gexc
+
+    from ltxv.store import JobStore
+
+    def refuse(self, job):  # the seam: Firestore's answer to a document it will not store
+        raise gexc.InvalidArgument("Property name is invalid")
+
+    monkeypatch.setattr(JobStore, "create", refuse)
+    error = assert_error(submit(client, auth), 422, "validation_failed", ["$"])
+    assert error["retryable"] is False and "Property name" not in error["details"][0]["message"]
 
 
 def test_gcs_destination_in_an_allowed_bucket_is_kept(client, auth, settings):
@@ -190,6 +223,8 @@ def test_list_shows_own_jobs_newest_first_with_pages_and_state_filter(client, au
         ({"page_size": "0"}, "query.page_size"),
         ({"page_size": "101"}, "query.page_size"),
         ({"page_size": "ten"}, "query.page_size"),
+        ({"page_size": "²"}, "query.page_size"),  # isdigit() says yes; int() said 500
+        ({"page_size": "٣"}, "query.page_size"),
         ({"page_token": "garbage!"}, "query.page_token"),
         ({"colour": "red"}, "query.colour"),
     ],

@@ -147,3 +147,72 @@ def test_objects_outside_incoming_are_ignored(prompt_client, settings, service):
     deliver(prompt_client, upload(settings, "receipts/someone.json", b'{"prompt": "x"}'))
     deliver(prompt_client, upload(settings, "elsewhere/a.json", b'{"prompt": "x"}'))
     assert list(service.firestore.collection("jobs").stream()) == []
+
+
+def test_a_poison_line_is_that_lines_rejection_and_the_lines_after_it_become_jobs(
+    prompt_client, settings, service
+):
+    lines = [
+        json.dumps(GOOD[0]),
+        '{"prompt": "huge", "seed": ' + "9" * 4400 + "}",  # int() refuses past 4300 digits
+        '{"prompt": "big", "metadata": {"n": 18446744073709551616}}',  # over 2^63
+        '{"prompt": "reserved", "metadata": {"__x__": 1}}',  # Firestore's own key form
+        '{"prompt": "far", "metadata": {"x": 1e999}}',
+        json.dumps({"prompt": "a line\u2028separator and\u0085next line"}, ensure_ascii=False),
+        json.dumps(GOOD[1]),
+    ]
+    blob = upload(settings, "incoming/poison.jsonl", "\n".join(lines).encode())
+    deliver(prompt_client, blob)  # answers 200: nothing for Eventarc to redeliver
+
+    result = receipt(settings, "receipts/poison.jsonl.json")
+    assert [entry["line"] for entry in result["accepted"]] == [1, 6, 7]
+    rejected = {entry["line"]: entry["errors"][0] for entry in result["rejected"]}
+    assert set(rejected) == {2, 3, 4, 5}
+    assert "more than 20 digits" in rejected[2]["message"]
+    assert rejected[3]["path"] == "$.metadata.n" and "64-bit" in rejected[3]["message"]
+    assert rejected[4]["path"] == "$.metadata" and "reserved" in rejected[4]["message"]
+    assert rejected[5]["path"] == "$.metadata.x" and "finite" in rejected[5]["message"]
+    line6 = service.store.get(result["accepted"][1]["job_id"])
+    assert line6["request"]["prompt"] == "a line\u2028separator and\u0085next line"
+
+
+def test_a_line_that_breaks_unexpectedly_is_rejected_alone(
+    prompt_client, settings, service, monkeypatch
+):
+    from ltxv.intake import Intake
+
+    real = Intake.validate
+
+    def validate(self, body):  # a bug that only one line's content triggers
+        if body.get("prompt") == "trigger":
+            raise KeyError("boom")
+        return real(self, body)
+
+    monkeypatch.setattr(Intake, "validate", validate)
+    payload = b'{"prompt": "trigger"}\n{"prompt": "fine"}'
+    deliver(prompt_client, upload(settings, "incoming/bug.jsonl", payload))
+    result = receipt(settings, "receipts/bug.jsonl.json")
+    assert [entry["line"] for entry in result["accepted"]] == [2]
+    assert result["rejected"][0]["line"] == 1
+    assert "boom" not in result["rejected"][0]["errors"][0]["message"]
+
+
+def test_a_late_delivery_of_an_older_upload_never_replaces_a_newer_receipt(
+    prompt_client, settings, monkeypatch
+):
+    """Two deliveries racing: the older upload's was read before the newer upload, but the
+    newer one's receipt lands before the older one writes; its conditional write sees that
+    and yields (an unconditional write would have put the older receipt on top)."""
+    old = upload(settings, "incoming/race.json", b'{"prompt": "old"}')
+    real_upload = storage.Blob.upload_from_string
+    newer = []
+
+    def upload_racing(self, data, *args, **kwargs):
+        if self.name == "receipts/race.json.json" and not newer:
+            newer.append(upload(settings, "incoming/race.json", b'{"prompt": "new"}'))
+            deliver(prompt_client, newer[0], event_id="new")  # done in between
+        return real_upload(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(storage.Blob, "upload_from_string", upload_racing)
+    deliver(prompt_client, old, event_id="old")
+    assert receipt(settings, "receipts/race.json.json")["generation"] == str(newer[0].generation)

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from ltxv import schemas
 from ltxv.profiles import all_profiles
-from ltxv.validation import REQUEST_FIELDS, IntakePolicy, RequestInvalid, validate_request
+from ltxv.validation import (
+    REQUEST_FIELDS,
+    RESERVED_KEY,
+    IntakePolicy,
+    JsonSyntaxError,
+    RequestInvalid,
+    parse_json,
+    validate_request,
+)
 
 PUBLIC = {"hooks.example.com": ["93.184.216.34"], "internal.example.com": ["10.1.2.3"]}
 
@@ -180,7 +188,11 @@ def valid_requests(profile_name: str = "tiny-random"):
             "num_frames": st.integers(1, 8).map(lambda k: 8 * k + 1),
             "num_inference_steps": st.integers(*vars(limits["num_inference_steps"]).values()),
             "fps": st.integers(*vars(limits["fps"]).values()),
-            "metadata": st.dictionaries(st.text(min_size=1, max_size=8), st.integers(), max_size=3),
+            "metadata": st.dictionaries(
+                st.text(min_size=1, max_size=8).filter(lambda k: not RESERVED_KEY.match(k)),
+                st.integers(-(2**63), 2**63 - 1),
+                max_size=3,
+            ),
             "gcs_destination": st.just("gs://ltxv-outputs/custom/clip.mp4"),
         },
     )
@@ -215,3 +227,53 @@ def test_fuzz_one_bad_field_is_named(body, mutation):
     field, value = mutation
     errors = errors_of({**body, field: value})
     assert f"$.{field}" in errors
+
+
+@pytest.mark.parametrize(
+    ("metadata", "path", "message"),
+    [
+        ({"big": 2**64}, "$.metadata.big", "64-bit integer"),
+        ({"low": -(2**63) - 1}, "$.metadata.low", "64-bit integer"),
+        ({"far": float("inf")}, "$.metadata.far", "finite number"),
+        ({"nan": float("nan")}, "$.metadata.nan", "finite number"),
+        ({"__x__": 1}, "$.metadata", "reserved"),
+        ({"__\n__": 1}, "$.metadata", "reserved"),
+    ],
+)
+def test_metadata_firestore_or_json_cannot_hold_is_refused_by_path(metadata, path, message):
+    errors = errors_of({"prompt": "a cat", "metadata": metadata})
+    assert message in errors[path]
+
+
+def test_metadata_at_the_edges_of_what_can_be_stored_is_accepted():
+    metadata = {"max": 2**63 - 1, "min": -(2**63), "_x_": 1, "__x": 2, "x__": 3, "f": 1e308}
+    assert validate_request({"prompt": "a cat", "metadata": metadata}, POLICY)["metadata"] == (
+        metadata
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"prompt": "x", "seed": NaN}', "NaN is not valid JSON"),
+        ('{"prompt": "x", "metadata": {"n": -Infinity}}', "-Infinity is not valid JSON"),
+        ('{"prompt": "x", "seed": ' + "9" * 5000 + "}", "more than 20 digits"),
+        ('{"prompt": "x", "seed": -' + "9" * 21 + "}", "more than 20 digits"),
+        ('{"prompt": ', "Expecting value at line 1 column 12"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_parse_json_refuses_what_no_job_can_hold_with_a_clear_message(text, message):
+    with pytest.raises(JsonSyntaxError) as caught:
+        parse_json(text)
+    assert message in str(caught.value)
+
+
+def test_parse_json_keeps_ordinary_numbers_and_1e999_for_validation_to_name():
+    assert parse_json('{"a": 12345678901234567890, "b": 1.5, "c": -3}') == {
+        "a": 12345678901234567890,
+        "b": 1.5,
+        "c": -3,
+    }
+    body = parse_json('{"prompt": "x", "metadata": {"far": 1e999}}')
+    assert "finite" in errors_of(body)["$.metadata.far"]

@@ -44,6 +44,25 @@ class TransientRenderError(RuntimeError):
     """The render failed for a reason that may pass (CUDA out of memory): retry the job."""
 
 
+class RenderRefused(Exception):
+    """The model cannot render this request and never will: the same parameters fail the
+    same way on every attempt, so the job fails at once. The message is for the client."""
+
+
+# Raised from inside the pipeline, these come from its handling of the parameters (an
+# empty schedule indexed, a shape it cannot take), not from the GPU or the machine: the
+# same request raises them again on any attempt. CUDA and driver failures surface as
+# RuntimeError and stay transient.
+DETERMINISTIC_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    AssertionError,
+)
+
+
 class RenderInterrupted(RuntimeError):
     """`should_stop()` asked to stop; the render stopped between denoising steps."""
 
@@ -194,9 +213,9 @@ class Renderer:
         merged.update({k: v for k, v in request.items() if v is not None})
         height, width, frames = merged["height"], merged["width"], merged["num_frames"]
         if height % 32 or width % 32:
-            raise ValueError(f"height and width must be multiples of 32, got {height}x{width}")
+            raise RenderRefused(f"height and width must be multiples of 32, got {height}x{width}")
         if frames < 1 or (frames - 1) % 8:
-            raise ValueError(f"num_frames must be 8k + 1, got {frames}")
+            raise RenderRefused(f"num_frames must be 8k + 1, got {frames}")
         return merged
 
     def render(
@@ -209,7 +228,7 @@ class Renderer:
         """Render one request: `on_step(done, total)` after each denoising step (1..total);
         `should_stop()` is asked right after it, and True stops the render there
         (RenderInterrupted, before any VAE decode). CUDA out of memory raises
-        TransientRenderError."""
+        TransientRenderError; parameters the pipeline cannot take raise RenderRefused."""
         import torch
 
         params = self.parameters(request)
@@ -219,6 +238,14 @@ class Renderer:
             return self._render(params, on_step, should_stop)
         except torch.OutOfMemoryError as exc:
             oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        except DETERMINISTIC_ERRORS as exc:
+            # The details (and the traceback) are ours to read in the logs; the client
+            # learns that the parameters are the problem.
+            log.warning("the pipeline refused a request", exc_info=exc, extra={"params": params})
+            raise RenderRefused(
+                f"model {self.profile.name} cannot render these parameters "
+                f"({type(exc).__name__} in the pipeline)"
+            ) from exc
         # Outside the except block the traceback (and the tensors its frames hold) is gone.
         gc.collect()
         if torch.cuda.is_available():

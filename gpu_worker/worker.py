@@ -36,16 +36,23 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ltxv.dispatch import passes_filter
 from ltxv.intake import BACKEND_ERRORS
-from ltxv.lifecycle import ClaimOutcome, JobLifecycle, LeaseLost
+from ltxv.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.results import build_result, output_prefix, write_result_once
 from ltxv.settings import Settings
 from ltxv.signing import split_gs_uri
 
 from .encoding import encode_mp4, write_poster
-from .generation import Renderer, RenderInterrupted, TransientRenderError
+from .generation import Renderer, RenderInterrupted, RenderRefused, TransientRenderError
 from .messages import AckKeeper, JobMessages, Received
 
 log = logging.getLogger(__name__)
+
+# What a job says about a failure of ours: no exception text (paths, addresses, library
+# internals) reaches a client; the worker's log has the details under the job id.
+INTERNAL_ERRORS = {
+    "render_error": "the render failed with an internal error; the job will be retried",
+    "finish_error": "saving the video failed; the job will be retried",
+}
 
 # A job recorded for another model comes back this late (each time counting toward the
 # dead-letter limit, whose handler then fails it with the claim's explanation).
@@ -200,33 +207,41 @@ class Worker:
         keeper = AckKeeper(self.messages, received).start()
         try:
             claim = self.lifecycle.claim(job_id)
+            if claim.outcome is ClaimOutcome.CLAIMED:
+                self._render(claim.job, received, keeper)  # the keeper is the render's now
+                return
+            if claim.outcome is ClaimOutcome.SETTLED:
+                self._repair_result(claim.job)
         except BACKEND_ERRORS as exc:
             keeper.stop()
             log.warning("claim failed; nacked", extra={"job_id": job_id, "error": str(exc)})
             self.messages.nack(received)
             return
-        if claim.outcome is ClaimOutcome.MISSING:
+        except BaseException:
+            # Whatever broke, the extender must not outlive this message's handling: it
+            # would hold the message away from every other worker while this process lives.
             keeper.stop()
+            raise
+        keeper.stop()
+        self._answer_unclaimed(claim, received)
+
+    def _answer_unclaimed(self, claim: Claim, received: Received) -> None:
+        job_id, model = received.job_id, self.lifecycle.model
+        if claim.outcome is ClaimOutcome.MISSING:
             log.error("unknown job id; dropped", extra={"job_id": job_id})
             self.messages.ack(received)
         elif claim.outcome is ClaimOutcome.SETTLED:
-            self._repair_result(claim.job)
-            keeper.stop()
             self.messages.ack(received)
         elif claim.outcome is ClaimOutcome.FOREIGN:
-            keeper.stop()
             log.error(
                 "job recorded for another model; not rendered",
                 extra={"job_id": job_id, "job_model": claim.job["model"], "worker_model": model},
             )
             self.messages.nack(received, delay_seconds=FOREIGN_RETRY_SECONDS)
         elif claim.outcome is ClaimOutcome.BUSY:
-            keeper.stop()
             # Come back when that lease would have run out: if its worker died, take over.
             self.messages.nack(received, delay_seconds=int(claim.lease_left) + 1)
             log.info("job leased elsewhere; deferred", extra={"job_id": job_id})
-        else:
-            self._render(claim.job, received, keeper)
 
     def _render(self, job: dict[str, Any], received: Received, keeper: AckKeeper) -> None:
         job_id = job["job_id"]
@@ -292,9 +307,9 @@ class Worker:
             log.warning("job taken from this worker before it finished", extra={"job_id": job_id})
             self.messages.ack(received)
         except Exception as exc:
-            log.exception("finishing failed", extra={"job_id": job_id})
+            log.exception("finishing failed", extra={"job_id": job_id, "error": repr(exc)})
             lease.stop()
-            self._requeue(job_id, received, "finish_error", f"{type(exc).__name__}: {exc}")
+            self._requeue(job_id, received, "finish_error", INTERNAL_ERRORS["finish_error"])
         finally:
             keeper.stop()
             for path in (self._workdir / job_id).glob("*"):
@@ -333,14 +348,15 @@ class Worker:
             self._after_interrupt(job_id, received, control)
         elif isinstance(exc, TransientRenderError):
             self._requeue(job_id, received, "render_transient", str(exc))
-        elif isinstance(exc, ValueError):  # the pipeline refused these parameters
+        elif isinstance(exc, RenderRefused):  # the same request fails the same way again
             reason = str(exc)
             self._settle_with_result(
                 received, lambda: self.lifecycle.fail(job_id, "invalid_request", reason)
             )
         else:
+            # The job shows a code and a sentence; what broke stays in the logs.
             log.exception("render failed", extra={"job_id": job_id}, exc_info=exc)
-            self._requeue(job_id, received, "render_error", f"{type(exc).__name__}: {exc}")
+            self._requeue(job_id, received, "render_error", INTERNAL_ERRORS["render_error"])
 
     def _after_interrupt(self, job_id: str, received: Received, control: JobControl) -> None:
         if control.lost.is_set():

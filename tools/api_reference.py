@@ -142,7 +142,12 @@ def _profiles() -> list[str]:
             bounds = limits.get(field)
             shown = f"{bounds.min} to {bounds.max}" if bounds else ""
             rows.append(f"| `{field}` | {d.get(field, '')} | {shown} |")
-        rows += ["", f"At most {profile.max_video_pixels:,} pixels per video.", ""]
+        rows += [
+            "",
+            f"At most {profile.max_video_pixels:,} pixels per video, and "
+            f"{profile.max_pixel_steps:,} pixel-steps (pixels times denoising steps).",
+            "",
+        ]
     return rows
 
 

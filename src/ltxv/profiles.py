@@ -31,11 +31,13 @@ class ModelProfile:
     defaults: dict[str, Any]
     limits: dict[str, Range]
     max_video_pixels: int
+    max_pixel_steps: int
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> ModelProfile:
         limits = dict(data["limits"])
         max_video_pixels = limits.pop("max_video_pixels")
+        max_pixel_steps = limits.pop("max_pixel_steps")
         return cls(
             name=name,
             description=data["description"],
@@ -46,6 +48,7 @@ class ModelProfile:
             defaults=data["defaults"],
             limits={field: Range(**bounds) for field, bounds in limits.items()},
             max_video_pixels=max_video_pixels,
+            max_pixel_steps=max_pixel_steps,
         )
 
 

@@ -208,12 +208,23 @@ def _profile_errors(request: dict[str, Any], profile: ModelProfile) -> list[Fiel
             )
         )
     pixels = request["height"] * request["width"] * frames
+    pixel_steps = pixels * request["num_inference_steps"]
     if not errors and pixels > profile.max_video_pixels:
         errors.append(
             FieldError(
                 "$",
                 f"height x width x num_frames = {pixels} exceeds model {profile.name}'s limit "
                 f"of {profile.max_video_pixels}; lower the size or the frame count",
+            )
+        )
+    elif not errors and pixel_steps > profile.max_pixel_steps:
+        # A render's GPU time grows with its steps as much as with its size.
+        errors.append(
+            FieldError(
+                "$",
+                f"height x width x num_frames x num_inference_steps = {pixel_steps} exceeds "
+                f"model {profile.name}'s limit of {profile.max_pixel_steps}; lower the size, "
+                "the frame count or the steps",
             )
         )
     return errors
@@ -342,6 +353,7 @@ def request_rules(profiles: Mapping[str, ModelProfile], default_model: str) -> d
                     for field, bounds in profile.limits.items()
                 },
                 "max_video_pixels": profile.max_video_pixels,
+                "max_pixel_steps": profile.max_pixel_steps,
             }
             for name, profile in sorted(profiles.items())
         },

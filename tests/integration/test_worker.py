@@ -420,18 +420,29 @@ def test_a_redelivered_message_repairs_a_missing_result_json_and_nothing_more(
     assert service.store.get(job_id)["attempts"] == 1
 
 
-def test_a_request_the_pipeline_refuses_fails_with_a_result(service, settings, start_worker):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"height": 100}, "height and width must be multiples of 32"),  # the worker's check
+        ({"num_inference_steps": 1}, "cannot render these parameters (IndexError"),  # diffusers'
+    ],
+)
+def test_a_request_the_pipeline_refuses_fails_at_once_with_a_result(
+    service, settings, start_worker, change, message
+):
     """Intake never lets such a request through; a job written by other means must still
-    end cleanly rather than loop through retries."""
+    end cleanly, on its first attempt, rather than loop through retries to a dead letter."""
     from ltxv.jobs import new_job, new_job_id
 
-    request = {**service.intake.validate(SMALL), "height": 100}  # not a multiple of 32
+    request = {**service.intake.validate(SMALL), **change}
     job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")
     service.store.create(job)
     service.dispatcher.publish([job])
     start_worker()
     settled = wait_state(service, job["job_id"], {"failed", "succeeded"})
-    assert settled["state"] == "failed"
+    assert settled["state"] == "failed" and settled["attempts"] == 1
     assert settled["error"]["code"] == "invalid_request" and settled["error"]["retryable"] is False
+    assert message in settled["error"]["message"]
+    assert "Traceback" not in settled["error"]["message"]
     result = json.loads(wait_outputs(settings, job["job_id"], 1)["result.json"].download_as_bytes())
     assert result["state"] == "failed" and result["error"]["code"] == "invalid_request"

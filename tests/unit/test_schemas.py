@@ -22,6 +22,10 @@ def test_profiles_file_is_valid_and_has_the_required_profiles():
         d = profile.defaults
         assert d["height"] % 32 == 0 and d["width"] % 32 == 0 and (d["num_frames"] - 1) % 8 == 0
         assert d["height"] * d["width"] * d["num_frames"] <= profile.max_video_pixels
+        pixel_steps = d["height"] * d["width"] * d["num_frames"] * d["num_inference_steps"]
+        assert pixel_steps <= profile.max_pixel_steps  # the default request is allowed
+        # LTX's schedulers stretch the last sigma: one step leaves no schedule at all.
+        assert profile.limits["num_inference_steps"].min >= 2
 
 
 def test_openapi_document_embeds_the_schemas_and_resolves_every_ref():

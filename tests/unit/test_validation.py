@@ -91,8 +91,21 @@ def test_integral_floats_are_integers():
         ({"prompt": "x", "num_frames": 265}, "$.num_frames", "between 9 and 257"),
         ({"prompt": "x", "seed": -1}, "$.seed", "at least 0"),
         ({"prompt": "x", "seed": 2**32}, "$.seed", "at most"),
-        ({"prompt": "x", "num_inference_steps": 0}, "$.num_inference_steps", "at least 1"),
-        ({"prompt": "x", "num_inference_steps": 51}, "$.num_inference_steps", "between 1 and 50"),
+        ({"prompt": "x", "num_inference_steps": 0}, "$.num_inference_steps", "at least 2"),
+        # One step passed once and the pipeline raised IndexError on every attempt.
+        ({"prompt": "x", "num_inference_steps": 1}, "$.num_inference_steps", "at least 2"),
+        ({"prompt": "x", "num_inference_steps": 51}, "$.num_inference_steps", "between 2 and 50"),
+        (
+            {
+                "prompt": "x",
+                "height": 1280,
+                "width": 1280,
+                "num_frames": 57,
+                "num_inference_steps": 50,
+            },
+            "$",
+            "x num_inference_steps = 4669440000 exceeds model tiny-random's limit",
+        ),
         ({"prompt": "x", "fps": 0}, "$.fps", "at least 1"),
         ({"prompt": "x", "fps": 61}, "$.fps", "between 1 and 60"),
         ({"prompt": "x", "model": "sdxl"}, "$.model", "unknown model"),

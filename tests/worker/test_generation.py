@@ -12,6 +12,7 @@ from gpu_worker import tiny_random
 from gpu_worker.generation import (
     Renderer,
     RenderInterrupted,
+    RenderRefused,
     RenderResult,
     TransientRenderError,
 )
@@ -123,8 +124,16 @@ def test_out_of_memory_is_transient(renderer, monkeypatch):
     "change", [{"height": 65}, {"width": 100}, {"num_frames": 10}, {"num_frames": 0}]
 )
 def test_sizes_the_model_cannot_render_are_refused(renderer, change):
-    with pytest.raises(ValueError):
+    with pytest.raises(RenderRefused):
         renderer.render({**REQUEST, **change})
+
+
+def test_a_request_the_pipeline_itself_cannot_take_is_refused_not_transient(renderer):
+    """One denoising step: the scheduler's stretched schedule is empty and the real
+    pipeline raises IndexError; the same request fails that way on every attempt."""
+    with pytest.raises(RenderRefused, match=r"cannot render these parameters \(IndexError"):
+        renderer.render({**REQUEST, "num_inference_steps": 1})
+    assert renderer.render(REQUEST).frames.shape == (9, 64, 96, 3)  # and it renders on
 
 
 def test_condition_pipeline_renders_too(tmp_path_factory):

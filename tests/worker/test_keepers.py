@@ -8,8 +8,10 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from gpu_worker.messages import AckKeeper, Received
-from gpu_worker.worker import JobControl, LeaseKeeper
+from gpu_worker.worker import JobControl, LeaseKeeper, Worker
 from ltxv.lifecycle import LeaseLost
 from ltxv.store import TransactionContended
 
@@ -55,13 +57,18 @@ def test_the_lease_keeper_stops_only_when_the_lease_is_lost():
 class FlakyMessages:
     extension = 0.02
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 2) -> None:
+        self.failures = failures
         self.calls = 0
+        self.nacked = 0
 
     def extend(self, received):
         self.calls += 1
-        if self.calls <= 2:
+        if self.calls <= self.failures:
             raise RuntimeError("a bug, or a transport error of another kind")
+
+    def nack(self, received, delay_seconds=0):
+        self.nacked += 1
 
 
 def test_the_ack_keeper_survives_any_error():
@@ -72,3 +79,29 @@ def test_the_ack_keeper_survives_any_error():
         time.sleep(0.01)
     keeper.stop()
     assert messages.calls >= 5
+
+
+class BrokenLifecycle:
+    model = "tiny-random"
+
+    def claim(self, job_id):
+        raise KeyError("a job document without a field the claim reads")
+
+
+def test_an_unexpected_error_while_handling_a_message_stops_its_ack_extender(tmp_path):
+    from ltxv.settings import Settings
+
+    messages = FlakyMessages(failures=0)
+    worker = Worker(
+        Settings(),
+        lifecycle=BrokenLifecycle(),
+        storage_client=None,
+        messages=messages,
+        renderer=None,
+    )
+    with pytest.raises(KeyError):
+        worker.handle(Received("ack", "m1", "job-1", 1, model="tiny-random"))
+    extended = messages.calls
+    time.sleep(0.2)  # ten extension periods
+    # Left running, it would keep the message from every other worker until this exits.
+    assert messages.calls == extended

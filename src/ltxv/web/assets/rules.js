@@ -105,11 +105,19 @@ export function validate(values, rules) {
     const profile = rules.models[model];
     const pick = (field) => body[field] ?? profile.defaults[field];
     const pixels = pick("width") * pick("height") * pick("num_frames");
+    const pixelSteps = pixels * pick("num_inference_steps");
     if (pixels > profile.max_video_pixels) {
       errors.push({
         path: "$",
         message: `height x width x num_frames = ${pixels} exceeds model ${model}'s limit of ` +
           `${profile.max_video_pixels}; lower the size or the frame count`,
+      });
+    } else if (pixelSteps > profile.max_pixel_steps) {
+      errors.push({
+        path: "$",
+        message: `height x width x num_frames x num_inference_steps = ${pixelSteps} exceeds ` +
+          `model ${model}'s limit of ${profile.max_pixel_steps}; lower the size, the frame ` +
+          "count or the steps",
       });
     }
   }

@@ -10,7 +10,8 @@ resource "google_firestore_database" "this" {
 }
 
 # The queries of src/ltxv/store.py: a key's jobs newest first (GET /v1/jobs), optionally
-# of one state, and the redispatch sweep's unpublished jobs older than a minute.
+# of one state; how many of a key's jobs are queued or running (a count at each submit);
+# and the redispatch sweep's unpublished jobs older than a minute.
 locals {
   firestore_indexes = {
     list_by_key = [
@@ -23,6 +24,10 @@ locals {
       { field = "state", order = "ASCENDING" },
       { field = "created_at", order = "DESCENDING" },
       { field = "job_id", order = "DESCENDING" },
+    ]
+    in_flight_by_key = [
+      { field = "api_key_id", order = "ASCENDING" },
+      { field = "state", order = "ASCENDING" },
     ]
     unpublished = [
       { field = "published", order = "ASCENDING" },

@@ -24,6 +24,7 @@ locals {
     LTXV_PROMPT_FILE_OWNER           = var.prompt_file_owner
     LTXV_JOB_TTL_DAYS                = tostring(var.job_ttl_days)
     LTXV_PREDICT_WAIT_SECONDS        = tostring(var.predict_wait_seconds)
+    LTXV_MAX_JOBS_IN_FLIGHT          = tostring(var.max_jobs_in_flight_per_key)
     LTXV_LOG_LEVEL                   = var.log_level
   }
 }

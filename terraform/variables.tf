@@ -89,6 +89,17 @@ variable "allowed_destination_buckets" {
   default     = []
 }
 
+variable "max_jobs_in_flight_per_key" {
+  description = "Jobs one API key (or the prompt-file owner) may have queued or running at once; more are refused with 429 (prompt-file lines: rejected in the receipt). 0: no limit."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.max_jobs_in_flight_per_key >= 0 && floor(var.max_jobs_in_flight_per_key) == var.max_jobs_in_flight_per_key
+    error_message = "max_jobs_in_flight_per_key must be a whole number, 0 or more."
+  }
+}
+
 variable "api_max_instances" {
   description = "Most instances of the HTTP API function."
   type        = number

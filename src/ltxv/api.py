@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from . import openapi
-from .intake import BACKEND_ERRORS, IdempotencyConflict, Unavailable
+from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
 from .jobs import State, to_json
 from .results import build_result, write_result_once
 from .service import Service
@@ -293,6 +293,14 @@ class JobsApi:
                 "validation_failed",
                 f"the request has {len(exc.errors)} invalid field(s)",
                 [e.as_dict() for e in exc.errors],
+            ) from exc
+        except TooManyJobs as exc:
+            raise ApiError(
+                429,
+                "too_many_jobs",
+                f"{exc}; submit again once some have finished",
+                retryable=True,
+                headers={"Retry-After": "30"},
             ) from exc
         except IdempotencyConflict as exc:
             raise ApiError(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import google.auth.exceptions
 from google.api_core import exceptions as gexc
 
 from .dispatch import Dispatcher
@@ -33,9 +34,11 @@ from .validation import FieldError, IntakePolicy, RequestInvalid, request_hash, 
 
 log = logging.getLogger(__name__)
 
-# What a Firestore or Pub/Sub outage looks like from the client libraries.
+# What a Firestore, Pub/Sub or Cloud Storage outage looks like from the client libraries,
+# and a failure to get or use the runtime's credentials (token refresh, IAM signBlob).
 BACKEND_ERRORS = (
     gexc.GoogleAPIError,
+    google.auth.exceptions.GoogleAuthError,
     concurrent.futures.TimeoutError,
     TimeoutError,
     ConnectionError,
@@ -49,6 +52,14 @@ class Unavailable(RuntimeError):
 # How long a replay waits for another request's publish of the same job before it asks
 # its client to retry (the creator normally publishes within milliseconds).
 REPLAY_WAIT_SECONDS = 5.0
+
+
+class TooManyJobs(Exception):
+    """The key has its limit of jobs queued or running; nothing was accepted."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this API key already has {limit} jobs queued or running, its limit")
+        self.limit = limit
 
 
 class IdempotencyConflict(Exception):
@@ -74,12 +85,18 @@ class JobOrigin:
 
 class Intake:
     def __init__(
-        self, store: JobStore, dispatcher: Dispatcher, policy: IntakePolicy, ttl_days: int = 30
+        self,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        policy: IntakePolicy,
+        ttl_days: int = 30,
+        max_in_flight: int = 0,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.policy = policy
         self.ttl_days = ttl_days
+        self.max_in_flight = max_in_flight
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
 
@@ -96,7 +113,25 @@ class Intake:
             else new_job_id()
         )
         origin = JobOrigin(api_key_id=api_key_id, idempotency_key=idempotency_key)
+        if self.room_for(api_key_id) < 1 and not (idempotency_key and self.exists(job_id)):
+            raise TooManyJobs(self.max_in_flight)  # (a replay of an accepted job is answered)
         return self.accept(request, job_id=job_id, origin=origin)
+
+    def room_for(self, api_key_id: str) -> int | float:
+        """How many more jobs the key may have queued or running now. A soft limit: a
+        burst of requests counted at the same moment may pass it by a few."""
+        if not self.max_in_flight:
+            return float("inf")
+        try:
+            return self.max_in_flight - self.store.count_in_flight(api_key_id)
+        except BACKEND_ERRORS as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from exc
+
+    def exists(self, job_id: str) -> bool:
+        try:
+            return self.store.get(job_id) is not None
+        except BACKEND_ERRORS as exc:
+            raise Unavailable(f"job store unavailable: {exc}") from exc
 
     def accept(self, request: dict[str, Any], *, job_id: str, origin: JobOrigin) -> Accepted:
         """Record and publish a validated request under a stable job id, exactly once."""

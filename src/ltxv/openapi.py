@@ -62,6 +62,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "Request body larger than the documented limit",
         415: "Content-Type is not application/json",
         422: "The request is invalid; details name every field by JSON path",
+        429: "This API key has its limit of jobs queued or running; retry once some finish",
         503: "A backend is unavailable; nothing was accepted, retry",
         504: "The job did not finish in time; it goes on (see Location)",
     }
@@ -152,7 +153,7 @@ def document(
                     "responses": {
                         "200": _json(job, "Finished within Prefer: wait"),
                         "202": _json(job, "Accepted (queued or running)"),
-                        **_errors(400, 401, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 409, 413, 415, 422, 429, 503),
                     },
                 },
                 "get": {
@@ -208,7 +209,7 @@ def document(
                     "requestBody": body,
                     "responses": {
                         "200": _json("#/components/schemas/PredictResponse", "The video"),
-                        **_errors(400, 401, 409, 413, 415, 422, 503, 504),
+                        **_errors(400, 401, 409, 413, 415, 422, 429, 503, 504),
                     },
                 }
             },

@@ -15,7 +15,14 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .intake import BACKEND_ERRORS, IdempotencyConflict, Intake, JobOrigin, Unavailable
+from .intake import (
+    BACKEND_ERRORS,
+    IdempotencyConflict,
+    Intake,
+    JobOrigin,
+    TooManyJobs,
+    Unavailable,
+)
 from .jobs import job_id_for_prompt_line, to_json, utcnow
 from .validation import FieldError, JsonSyntaxError, RequestInvalid, parse_json
 
@@ -134,8 +141,9 @@ class PromptFiles:
         except gexc.NotFound:
             log.info("object gone before it was read", extra={"object": receipt.source})
             return None
+        room = self.intake.room_for(self.owner) if entries else 0
         for entry in entries:
-            self._accept_line(receipt, bucket, name, str(generation), entry)
+            room -= self._accept_line(receipt, bucket, name, str(generation), entry, room < 1)
         self._write_receipt(bucket, name, receipt)
         return receipt
 
@@ -155,11 +163,12 @@ class PromptFiles:
         return parse_lines(name, raw, self.max_lines)
 
     def _accept_line(
-        self, receipt: Receipt, bucket: str, name: str, generation: str, entry: Entry
-    ) -> None:
+        self, receipt: Receipt, bucket: str, name: str, generation: str, entry: Entry, full: bool
+    ) -> int:
         """Make the line's job, or reject the line: whatever is wrong with one line is
         that line's rejection, never the file's. Only an outage propagates (the event is
-        delivered again and the stable job ids make the lines already done replays)."""
+        delivered again and the stable job ids make the lines already done replays).
+        `full`: the owner key has its limit of jobs in flight. 1 if a job was created."""
         line = entry.line
         job_id = job_id_for_prompt_line(bucket, name, generation, line)
         origin = JobOrigin(
@@ -172,22 +181,26 @@ class PromptFiles:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
             request = self.intake.validate(entry.value)
-            self.intake.accept(request, job_id=job_id, origin=origin)
+            if full and not self.intake.exists(job_id):
+                full_up = TooManyJobs(self.intake.max_in_flight)
+                raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])
+            created = self.intake.accept(request, job_id=job_id, origin=origin).created
         except RequestInvalid as exc:
             receipt.rejected.append({"line": line, "errors": [e.as_dict() for e in exc.errors]})
-            return
+            return 0
         except IdempotencyConflict:
             # An earlier delivery made this line's job from a request that validates
             # differently now (a deployment changed the defaults): the job stands.
-            pass
+            created = False
         except (Unavailable, *BACKEND_ERRORS):
             raise
         except Exception:
             log.exception("prompt-file line failed", extra={"object": receipt.source, "line": line})
             error = FieldError("$", "this line could not be made into a job (an internal error)")
             receipt.rejected.append({"line": line, "errors": [error.as_dict()]})
-            return
+            return 0
         receipt.accepted.append({"line": line, "job_id": job_id})
+        return int(created)
 
     def _write_receipt(self, bucket: str, name: str, receipt: Receipt) -> None:
         """Write the receipt unless a newer upload's is there; each write is conditional

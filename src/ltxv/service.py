@@ -64,7 +64,14 @@ class Service:
 
     @cached_property
     def intake(self) -> Intake:
-        return Intake(self.store, self.dispatcher, self.policy, self.settings.job_ttl_days)
+        settings = self.settings
+        return Intake(
+            self.store,
+            self.dispatcher,
+            self.policy,
+            settings.job_ttl_days,
+            max_in_flight=settings.max_jobs_in_flight,
+        )
 
     @cached_property
     def keyring(self) -> KeyRing:

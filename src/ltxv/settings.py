@@ -78,6 +78,9 @@ class Settings:
     # The model a GPU worker loads and renders (its pool's model); empty: the default one.
     worker_model_name: str = ""
     max_body_bytes: int = 64 * 1024
+    # Jobs one API key may have queued or running at once (0: no limit): a runaway client
+    # cannot fill the queue ahead of everyone else's work.
+    max_jobs_in_flight: int = 1000
     max_wait_seconds: int = 60
     predict_wait_seconds: int = 900
     job_ttl_days: int = 30
@@ -134,6 +137,7 @@ class Settings:
             enabled_models=_env_list("MODELS"),
             worker_model_name=_env("WORKER_MODEL", ""),
             max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_jobs_in_flight=_env_int("MAX_JOBS_IN_FLIGHT", cls.max_jobs_in_flight),
             max_wait_seconds=_env_int("MAX_WAIT_SECONDS", cls.max_wait_seconds),
             predict_wait_seconds=_env_int("PREDICT_WAIT_SECONDS", cls.predict_wait_seconds),
             job_ttl_days=_env_int("JOB_TTL_DAYS", cls.job_ttl_days),

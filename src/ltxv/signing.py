@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import google.auth
@@ -22,7 +23,9 @@ class UrlSigner:
 
     On Cloud Run functions and GCE the runtime credentials hold no private key; the
     library then signs remotely with the service account's own access token, which needs
-    roles/iam.serviceAccountTokenCreator on that account (terraform grants it).
+    roles/iam.serviceAccountTokenCreator on that account (terraform grants it). The token
+    is fetched once and again only when it expires, not per URL: a GET of a finished job
+    signs three URLs, and a list page or a busy poller many more.
     """
 
     def __init__(
@@ -38,6 +41,8 @@ class UrlSigner:
             else None
         )
         self.endpoint = endpoint
+        self._runtime_credentials = None
+        self._lock = threading.Lock()
 
     def sign(self, gs_uri: str, minutes: int = 60, *, attachment: str | None = None) -> str:
         """A V4 GET URL; with `attachment`, Cloud Storage serves the object as a download of
@@ -55,10 +60,16 @@ class UrlSigner:
 
         if self._key_credentials is not None:
             return blob.generate_signed_url(credentials=self._key_credentials, **options)
-        credentials, _ = google.auth.default()
-        credentials.refresh(google.auth.transport.requests.Request())
-        return blob.generate_signed_url(
-            service_account_email=credentials.service_account_email,
-            access_token=credentials.token,
-            **options,
-        )
+        email, token = self._runtime_identity()
+        return blob.generate_signed_url(service_account_email=email, access_token=token, **options)
+
+    def _runtime_identity(self) -> tuple[str, str]:
+        """The runtime service account and a live access token for it (google.auth's
+        errors, e.g. RefreshError, reach the caller as the backend errors they are)."""
+        with self._lock:
+            if self._runtime_credentials is None:
+                self._runtime_credentials, _ = google.auth.default()
+            credentials = self._runtime_credentials
+            if not credentials.valid:
+                credentials.refresh(google.auth.transport.requests.Request())
+            return credentials.service_account_email, credentials.token

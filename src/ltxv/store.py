@@ -124,6 +124,15 @@ class JobStore:
         )
         return [s.to_dict() for s in query.stream(retry=self.retry, timeout=self.timeout)]
 
+    def count_in_flight(self, api_key_id: str) -> int:
+        """How many of a key's jobs are queued or running: one count aggregation (billed
+        as one read per 1000 index entries), not a scan."""
+        query = self.collection.where(
+            filter=firestore.FieldFilter("api_key_id", "==", api_key_id)
+        ).where(filter=firestore.FieldFilter("state", "in", [State.QUEUED, State.RUNNING]))
+        (result,) = query.count().get(retry=self.retry, timeout=self.timeout)[0]
+        return int(result.value)
+
     def list(
         self,
         api_key_id: str,

@@ -322,6 +322,33 @@ def test_predict_reports_a_failed_job(client, auth, service):
     assert body["message"] == "the prompt was rejected" and body["job_id"] == job_id
 
 
+def test_a_credentials_failure_while_signing_urls_is_a_retryable_503(auth, service, monkeypatch):
+    """Deployed, URLs are signed with the runtime's token; if it cannot be refreshed the
+    answer is a retryable 503, not a 500."""
+    import google.auth.exceptions
+    from functions_framework import create_app
+
+    from ltxv import signing
+
+    from .conftest import SUBMIT_SOURCE
+
+    class Unrefreshable:  # stands in for the metadata server's token endpoint failing
+        valid = False
+        service_account_email = "api@proj.iam.gserviceaccount.com"
+
+        def refresh(self, request):
+            raise google.auth.exceptions.RefreshError("metadata server unavailable")
+
+    monkeypatch.delenv("LTXV_SIGNING_CREDENTIALS_FILE")
+    monkeypatch.setattr(signing.google.auth, "default", lambda: (Unrefreshable(), "proj"))
+    client = create_app(target="api", source=SUBMIT_SOURCE, signature_type="http").test_client()
+    job_id = submit(client, auth).get_json()["job_id"]
+    settle(service, job_id).join()
+    response = client.get(f"/v1/jobs/{job_id}", headers=auth)
+    error = assert_error(response, 503, "unavailable")
+    assert error["retryable"] is True and "metadata" not in error["message"]
+
+
 def test_health_openapi_and_unknown_routes(client):
     for path in ("/healthz", "/health"):
         response = client.get(path)
@@ -425,3 +452,29 @@ def test_job_documents_in_firestore_match_the_schema(client, auth, service):
 def test_paths_no_route_can_hold_still_get_a_json_404(client, auth):
     response = client.get("/v1/jobs/abc%0Adef", headers=auth)
     assert_error(response, 404, "not_found")
+
+
+def test_a_key_at_its_limit_of_jobs_in_flight_gets_429_and_others_do_not(
+    auth, service, monkeypatch
+):
+    from functions_framework import create_app
+
+    from .conftest import SUBMIT_SOURCE
+
+    monkeypatch.setenv("LTXV_MAX_JOBS_IN_FLIGHT", "3")
+    client = create_app(target="api", source=SUBMIT_SOURCE, signature_type="http").test_client()
+    ids = [
+        submit(client, auth, **{"Idempotency-Key": f"cap-{n}"}).get_json()["job_id"]
+        for n in range(3)
+    ]
+    error = assert_error(submit(client, auth), 429, "too_many_jobs")
+    assert error["retryable"] is True and "3 jobs queued or running" in error["message"]
+    response = submit(client, auth)
+    assert response.headers["Retry-After"] == "30"
+    # A replay of an accepted job is still answered; another key has its own room.
+    replay = submit(client, auth, **{"Idempotency-Key": "cap-1"})
+    assert replay.status_code == 202 and replay.get_json()["job_id"] == ids[1]
+    assert submit(client, {"X-API-Key": OTHER_KEY}).status_code == 202
+    settle(service, ids[0]).join()  # one finished: room for one more
+    assert submit(client, auth).status_code == 202
+    assert_error(submit(client, auth), 429, "too_many_jobs")

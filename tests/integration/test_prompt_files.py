@@ -216,3 +216,22 @@ def test_a_late_delivery_of_an_older_upload_never_replaces_a_newer_receipt(
     monkeypatch.setattr(storage.Blob, "upload_from_string", upload_racing)
     deliver(prompt_client, old, event_id="old")
     assert receipt(settings, "receipts/race.json.json")["generation"] == str(newer[0].generation)
+
+
+def test_lines_past_the_owners_limit_of_jobs_in_flight_are_rejected_by_line(
+    settings, service, monkeypatch
+):
+    monkeypatch.setenv("LTXV_MAX_JOBS_IN_FLIGHT", "2")
+    client = create_app(
+        target="prompt_file", source=SUBMIT_SOURCE, signature_type="cloudevent"
+    ).test_client()
+    payload = "\n".join(json.dumps(body) for body in GOOD).encode()
+    blob = upload(settings, "incoming/capped.jsonl", payload)
+    deliver(client, blob)
+    deliver(client, blob, event_id="again")  # a redelivery: the same two jobs, no third
+    result = receipt(settings, "receipts/capped.jsonl.json")
+    assert [entry["line"] for entry in result["accepted"]] == [1, 2]
+    (rejected,) = result["rejected"]
+    assert rejected["line"] == 3
+    assert "2 jobs queued or running" in rejected["errors"][0]["message"]
+    assert len(list(service.firestore.collection("jobs").stream())) == 2

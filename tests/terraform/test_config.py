@@ -284,6 +284,7 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
             ("created_at", "DESCENDING"),
             ("job_id", "DESCENDING"),
         ),
+        (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
     }
     (ttl,) = tf["google_firestore_field"]

@@ -39,11 +39,18 @@ def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     signed_with = []
 
+    refreshed = []
+
     class RuntimeCredentials:  # what google.auth.default() gives on Cloud Run / GCE
         service_account_email = "submit@proj.iam.gserviceaccount.com"
         token = None
 
+        @property
+        def valid(self):
+            return self.token is not None
+
         def refresh(self, request):
+            refreshed.append(1)
             self.token = "ya29.token"
 
     monkeypatch.setattr(signing.google.auth, "default", lambda: (RuntimeCredentials(), "proj"))
@@ -65,3 +72,8 @@ def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch
     assert query["X-Goog-Expires"] == ["900"]
     assert query["X-Goog-Credential"][0].startswith("submit@proj.iam.gserviceaccount.com/")
     assert signed_with == [("submit@proj.iam.gserviceaccount.com", "ya29.token")]
+    signer = signing.UrlSigner(client)
+    for _ in range(5):
+        signer.sign("gs://proj-outputs/jobs/abc/video.mp4")
+    # One token for all of them: the URL signing does not ask the metadata server each time.
+    assert len(refreshed) == 2  # one per signer

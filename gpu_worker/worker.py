@@ -32,18 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ltxv.dispatch import passes_filter
 from ltxv.intake import BACKEND_ERRORS
 from ltxv.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
-from ltxv.results import build_result, output_prefix, write_result_once
+from ltxv.results import build_result, write_result_once
 from ltxv.settings import Settings
-from ltxv.signing import split_gs_uri
 
 from .encoding import encode_mp4, write_poster
 from .generation import Renderer, RenderInterrupted, RenderRefused, TransientRenderError
 from .messages import AckKeeper, JobMessages, Received
+from .outputs import DestinationTaken, JobOutputs
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +139,7 @@ class Worker:
         self.storage = storage_client
         self.messages = messages
         self.renderer = renderer
+        self.outputs = JobOutputs(storage_client, settings.outputs, settings.storage_retry_seconds)
         self.stopping = threading.Event()  # SIGTERM: take no new job
         self.interrupting = threading.Event()  # grace over: stop the render between steps
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finisher")
@@ -258,6 +258,8 @@ class Worker:
             return control.cancel.is_set() or control.lost.is_set() or self.interrupting.is_set()
 
         try:
+            if request.get("gcs_destination"):
+                self.outputs.check_destination(job)  # before the GPU time, not after it
             result = self.renderer.render(request, on_step=on_step, should_stop=should_stop)
         except Exception as exc:
             lease.stop()
@@ -294,7 +296,7 @@ class Worker:
             write_poster(frames[0], folder / "poster.jpg")
             timings["encode_seconds"] = round(time.monotonic() - started, 3)
             started = time.monotonic()
-            outputs = self._upload(job, folder)
+            outputs = self.outputs.upload(job, folder)
             timings["upload_seconds"] = round(time.monotonic() - started, 3)
             lease.stop()
             settled = self.lifecycle.succeed(job_id, outputs, timings, control.total_steps)
@@ -306,6 +308,9 @@ class Worker:
         except LeaseLost:
             log.warning("job taken from this worker before it finished", extra={"job_id": job_id})
             self.messages.ack(received)
+        except DestinationTaken as exc:
+            lease.stop()
+            self._fail_destination_taken(job_id, received, exc)
         except Exception as exc:
             log.exception("finishing failed", extra={"job_id": job_id, "error": repr(exc)})
             lease.stop()
@@ -315,28 +320,12 @@ class Worker:
             for path in (self._workdir / job_id).glob("*"):
                 path.unlink(missing_ok=True)
 
-    def _upload(self, job: dict[str, Any], folder: Path) -> dict[str, str]:
-        job_id = job["job_id"]
-        bucket = self.settings.outputs
-        prefix = output_prefix(job_id)
-        destination = job["request"].get("gcs_destination")
-        video_bucket, video_name = (
-            split_gs_uri(destination) if destination else (bucket, prefix + "video.mp4")
+    def _fail_destination_taken(self, job_id: str, received: Received, exc: Exception) -> None:
+        log.warning("destination taken; job failed", extra={"job_id": job_id, "error": str(exc)})
+        reason = str(exc)
+        self._settle_with_result(
+            received, lambda: self.lifecycle.fail(job_id, "destination_exists", reason)
         )
-        # Rewriting the same bytes to the same name is harmless, so uploads may be retried
-        # without a precondition; past the deadline the job is requeued instead.
-        retry = DEFAULT_RETRY.with_timeout(self.settings.storage_retry_seconds)
-        self.storage.bucket(video_bucket).blob(video_name).upload_from_filename(
-            folder / "video.mp4", content_type="video/mp4", timeout=300, retry=retry
-        )
-        self.storage.bucket(bucket).blob(prefix + "poster.jpg").upload_from_filename(
-            folder / "poster.jpg", content_type="image/jpeg", timeout=60, retry=retry
-        )
-        return {
-            "video": f"gs://{video_bucket}/{video_name}",
-            "poster": f"gs://{bucket}/{prefix}poster.jpg",
-            "result": f"gs://{bucket}/{prefix}result.json",
-        }
 
     # --- settling without a video ---------------------------------------------------------
 
@@ -348,6 +337,8 @@ class Worker:
             self._after_interrupt(job_id, received, control)
         elif isinstance(exc, TransientRenderError):
             self._requeue(job_id, received, "render_transient", str(exc))
+        elif isinstance(exc, DestinationTaken):
+            self._fail_destination_taken(job_id, received, exc)
         elif isinstance(exc, RenderRefused):  # the same request fails the same way again
             reason = str(exc)
             self._settle_with_result(

@@ -113,6 +113,17 @@ resource "google_cloudfunctions2_function" "api" {
     google_storage_bucket_iam_member.this,
     google_secret_manager_secret_version.api_keys,
   ]
+
+  lifecycle {
+    precondition {
+      condition     = alltrue([for keys in values(var.destination_buckets) : alltrue([for key in keys : contains(var.api_key_ids, key)])])
+      error_message = "destination_buckets names API key ids that are not in api_key_ids."
+    }
+    precondition {
+      condition     = length(setintersection(keys(var.destination_buckets), [local.bucket_outputs, local.bucket_prompts, local.bucket_model_cache, local.bucket_source])) == 0
+      error_message = "destination_buckets must not name the deployment's own buckets (custom destinations in the outputs bucket go under destinations/KEY_ID/)."
+    }
+  }
 }
 
 # The two event kinds differ only in their trigger; the map above holds the rest.

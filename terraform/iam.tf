@@ -65,9 +65,10 @@ locals {
       "worker/package"       = { bucket = local.bucket_source, member = local.worker_sa, role = "roles/storage.objectViewer" }
       "build/source"         = { bucket = local.bucket_source, member = local.build_sa, role = "roles/storage.objectViewer" }
     },
-    # gcs_destination buckets: workers write there, the API signs URLs for them.
-    { for b in var.allowed_destination_buckets : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
-    { for b in var.allowed_destination_buckets : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
+    # gcs_destination buckets: workers write there (create, and replace only their own job's
+    # earlier attempt), the API signs URLs for what they wrote.
+    { for b in keys(var.destination_buckets) : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
+    { for b in keys(var.destination_buckets) : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
   )
 }
 

@@ -16,16 +16,16 @@ locals {
 
   # What every function reads (src/ltxv/settings.py); secrets are added per function.
   function_env = {
-    LTXV_PROJECT                     = var.project_id
-    LTXV_PREFIX                      = var.prefix
-    LTXV_MODELS                      = join(",", var.models)
-    LTXV_DEFAULT_MODEL               = local.default_model
-    LTXV_ALLOWED_DESTINATION_BUCKETS = join(",", var.allowed_destination_buckets)
-    LTXV_PROMPT_FILE_OWNER           = var.prompt_file_owner
-    LTXV_JOB_TTL_DAYS                = tostring(var.job_ttl_days)
-    LTXV_PREDICT_WAIT_SECONDS        = tostring(var.predict_wait_seconds)
-    LTXV_MAX_JOBS_IN_FLIGHT          = tostring(var.max_jobs_in_flight_per_key)
-    LTXV_LOG_LEVEL                   = var.log_level
+    LTXV_PROJECT              = var.project_id
+    LTXV_PREFIX               = var.prefix
+    LTXV_MODELS               = join(",", var.models)
+    LTXV_DEFAULT_MODEL        = local.default_model
+    LTXV_DESTINATION_BUCKETS  = jsonencode(var.destination_buckets)
+    LTXV_PROMPT_FILE_OWNER    = var.prompt_file_owner
+    LTXV_JOB_TTL_DAYS         = tostring(var.job_ttl_days)
+    LTXV_PREDICT_WAIT_SECONDS = tostring(var.predict_wait_seconds)
+    LTXV_MAX_JOBS_IN_FLIGHT   = tostring(var.max_jobs_in_flight_per_key)
+    LTXV_LOG_LEVEL            = var.log_level
   }
 }
 

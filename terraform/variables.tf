@@ -83,10 +83,15 @@ variable "models" {
   }
 }
 
-variable "allowed_destination_buckets" {
-  description = "Buckets besides the outputs bucket that a request's gcs_destination may write videos into (the workers get object create on them)."
-  type        = list(string)
-  default     = []
+variable "destination_buckets" {
+  description = "Buckets besides the outputs bucket that a request's gcs_destination may write videos into, each with the API key ids allowed to (bucket => [key ids]). Every key may always write under gs://OUTPUTS/destinations/KEY_ID/. The workers get object write and the API object read on these buckets; videos there are never overwritten."
+  type        = map(list(string))
+  default     = {}
+
+  validation {
+    condition     = alltrue([for bucket, keys in var.destination_buckets : can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", bucket)) && length(keys) > 0])
+    error_message = "destination_buckets must map bucket names to a non-empty list of API key ids."
+  }
 }
 
 variable "max_jobs_in_flight_per_key" {

@@ -20,7 +20,7 @@ from werkzeug.routing import Map, Rule
 from . import openapi
 from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
 from .jobs import State, to_json
-from .results import build_result, write_result_once
+from .results import build_result, output_prefix, write_result_once
 from .service import Service
 from .signing import split_gs_uri
 from .store import BadPageToken, JobNotFound
@@ -267,17 +267,35 @@ class JobsApi:
 
     def _present(self, job: dict[str, Any]) -> dict[str, Any]:
         body = to_json(job)
-        outputs = job.get("outputs") or {}
-        if job["state"] == State.SUCCEEDED and outputs.get("video"):
-            minutes = self.settings.signed_url_minutes
-            signer = self.service.signer
-            body["video_url"] = signer.sign(outputs["video"], minutes)
-            body["download_url"] = signer.sign(
-                outputs["video"], minutes, attachment=f"{job['job_id']}.mp4"
-            )
-            if outputs.get("poster"):
-                body["poster_url"] = signer.sign(outputs["poster"], minutes)
+        if job["state"] != State.SUCCEEDED:
+            return body
+        video = self._signable(job, "video")
+        if video:
+            body["video_url"] = self._sign(*video)
+            body["download_url"] = self._sign(*video, attachment=f"{job['job_id']}.mp4")
+        poster = self._signable(job, "poster")
+        if poster:
+            body["poster_url"] = self._sign(*poster)
         return body
+
+    @staticmethod
+    def _signable(job: dict[str, Any], name: str) -> tuple[str, int | None] | None:
+        """(URI, generation) of an output to sign a URL for: only the generation the job
+        itself wrote, so a URL never shows what someone wrote to that name later. Jobs
+        from before generations were recorded: only what lies in their own jobs/ tree."""
+        outputs = job.get("outputs") or {}
+        uri, generation = outputs.get(name), outputs.get(f"{name}_generation")
+        if not uri:
+            return None
+        if generation:
+            return uri, int(generation)
+        _, object_name = split_gs_uri(uri)
+        return (uri, None) if object_name.startswith(output_prefix(job["job_id"])) else None
+
+    def _sign(self, uri: str, generation: int | None, attachment: str | None = None) -> str:
+        return self.service.signer.sign(
+            uri, self.settings.signed_url_minutes, attachment=attachment, generation=generation
+        )
 
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
         key_id = self._authenticate(request)
@@ -450,8 +468,9 @@ class JobsApi:
         video = job["outputs"]["video"]
         bucket, blob = split_gs_uri(video)
         timings = job.get("timings") or {}
+        signable = self._signable(job, "video")
         return {
-            "video_url": self.service.signer.sign(video, self.settings.signed_url_minutes),
+            "video_url": self._sign(*signable) if signable else None,
             "video_path": blob,
             "seed": job["request"]["seed"],
             "gcs_bucket": bucket,

@@ -100,13 +100,13 @@ class Intake:
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
 
-    def validate(self, body: Any) -> dict[str, Any]:
-        return validate_request(body, self.policy)
+    def validate(self, body: Any, *, api_key_id: str) -> dict[str, Any]:
+        return validate_request(body, self.policy, api_key_id=api_key_id)
 
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
     ) -> Accepted:
-        request = self.validate(body)
+        request = self.validate(body, api_key_id=api_key_id)
         job_id = (
             job_id_for_idempotency_key(api_key_id, idempotency_key)
             if idempotency_key

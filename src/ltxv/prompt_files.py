@@ -180,7 +180,7 @@ class PromptFiles:
         try:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
-            request = self.intake.validate(entry.value)
+            request = self.intake.validate(entry.value, api_key_id=self.owner)
             if full and not self.intake.exists(job_id):
                 full_up = TooManyJobs(self.intake.max_in_flight)
                 raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])

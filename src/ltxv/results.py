@@ -19,7 +19,17 @@ RESULT_NAME = "result.json"
 
 
 def output_prefix(job_id: str) -> str:
+    """Where a job's own outputs live in the outputs bucket (only its worker writes there)."""
     return f"jobs/{job_id}/"
+
+
+# Where an API key's custom destinations (gcs_destination) may go in the outputs bucket;
+# terraform's retention rule covers this prefix too.
+DESTINATIONS = "destinations/"
+
+
+def destination_prefix(api_key_id: str) -> str:
+    return f"{DESTINATIONS}{api_key_id}/"
 
 
 def result_uri(outputs_bucket: str, job_id: str) -> str:

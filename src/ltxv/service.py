@@ -58,7 +58,8 @@ class Service:
         return IntakePolicy(
             profiles=self.profiles,
             default_model=self.settings.default_model,
-            allowed_destination_buckets=self.settings.allowed_destination_buckets,
+            outputs_bucket=self.settings.outputs,
+            destination_buckets=self.settings.destination_buckets,
             allow_http_loopback_webhooks=self.settings.allow_http_loopback_webhooks,
         )
 

@@ -6,6 +6,7 @@ local stack and a deployed project agree on what a topic or bucket is called.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -67,7 +68,9 @@ class Settings:
     prompts_bucket: str = ""
     outputs_bucket: str = ""
     jobs_collection: str = "jobs"
-    allowed_destination_buckets_extra: tuple[str, ...] = ()
+    # Buckets besides the outputs bucket that gcs_destination may name, and for which API
+    # keys: JSON {"bucket": ["key id", ...]}.
+    destination_buckets_json: str | None = None
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
     api_key_hashes_json: str | None = None
@@ -129,7 +132,7 @@ class Settings:
             prompts_bucket=_env("PROMPTS_BUCKET", ""),
             outputs_bucket=_env("OUTPUTS_BUCKET", ""),
             jobs_collection=_env("JOBS_COLLECTION", cls.jobs_collection),
-            allowed_destination_buckets_extra=_env_list("ALLOWED_DESTINATION_BUCKETS"),
+            destination_buckets_json=_env("DESTINATION_BUCKETS"),
             api_key_hashes_json=_env("API_KEY_HASHES"),
             api_keys_secret=_env("API_KEYS_SECRET"),
             api_keys_cache_seconds=_env_int("API_KEYS_CACHE_SECONDS", cls.api_keys_cache_seconds),
@@ -247,9 +250,23 @@ class Settings:
         return f"projects/{self.project}/subscriptions/{self.subscription}"
 
     @cached_property
-    def allowed_destination_buckets(self) -> frozenset[str]:
-        """Buckets a request's `gcs_destination` may write into: outputs plus any extras."""
-        return frozenset((self.outputs, *self.allowed_destination_buckets_extra))
+    def destination_buckets(self) -> dict[str, frozenset[str]]:
+        """Bucket -> the API key ids whose gcs_destination may name it (besides each key's
+        own prefix of the outputs bucket)."""
+        name = f"{ENV_PREFIX}DESTINATION_BUCKETS"
+        try:
+            raw = json.loads(self.destination_buckets_json or "{}")
+        except ValueError as exc:
+            raise ValueError(f"{name} must be JSON: {exc}") from exc
+        if not isinstance(raw, dict) or not all(
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+            for keys in raw.values()
+        ):
+            raise ValueError(f'{name} must be a JSON object {{"bucket": ["key id", ...]}}')
+        ours = {self.outputs, self.prompts, self.model_cache}.intersection(raw)
+        if ours:
+            raise ValueError(f"{name} must not name the deployment's own buckets {sorted(ours)}")
+        return {bucket: frozenset(keys) for bucket, keys in raw.items()}
 
 
 def get_settings() -> Settings:

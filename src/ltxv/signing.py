@@ -44,9 +44,17 @@ class UrlSigner:
         self._runtime_credentials = None
         self._lock = threading.Lock()
 
-    def sign(self, gs_uri: str, minutes: int = 60, *, attachment: str | None = None) -> str:
+    def sign(
+        self,
+        gs_uri: str,
+        minutes: int = 60,
+        *,
+        attachment: str | None = None,
+        generation: int | None = None,
+    ) -> str:
         """A V4 GET URL; with `attachment`, Cloud Storage serves the object as a download of
-        that file name (`response-content-disposition`, part of what is signed)."""
+        that file name (`response-content-disposition`, part of what is signed); with
+        `generation`, only that generation of the object (another one is a 404)."""
         bucket, name = split_gs_uri(gs_uri)
         blob = self.client.bucket(bucket).blob(name)
         options = {
@@ -55,6 +63,8 @@ class UrlSigner:
             "expiration": timedelta(minutes=minutes),
             "api_access_endpoint": self.endpoint,
         }
+        if generation is not None:
+            options["generation"] = generation
         if attachment:
             options["response_disposition"] = f'attachment; filename="{attachment}"'
 

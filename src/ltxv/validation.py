@@ -6,6 +6,7 @@ can fix a request in one round trip. Messages never echo a long value back.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from jsonschema import ValidationError
 
 from . import schemas
 from .profiles import ModelProfile
+from .results import destination_prefix
 from .urlsafety import Resolver, UnsafeURL, check_webhook_url, system_resolver
 
 REQUEST_FIELDS = (
@@ -102,9 +104,18 @@ class IntakePolicy:
 
     profiles: Mapping[str, ModelProfile]
     default_model: str
-    allowed_destination_buckets: frozenset[str]
+    outputs_bucket: str
+    # Further buckets a gcs_destination may name: bucket -> the API key ids that may.
+    destination_buckets: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     allow_http_loopback_webhooks: bool = False
     resolver: Resolver = system_resolver
+
+    def destinations_of(self, api_key_id: str) -> list[str]:
+        """Where `api_key_id`'s gcs_destination may point, as gs:// prefixes."""
+        own = f"gs://{self.outputs_bucket}/{destination_prefix(api_key_id)}"
+        buckets = sorted(self.destination_buckets.items())
+        extra = [f"gs://{bucket}/" for bucket, keys in buckets if api_key_id in keys]
+        return [own, *extra]
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -230,11 +241,22 @@ def _profile_errors(request: dict[str, Any], profile: ModelProfile) -> list[Fiel
     return errors
 
 
-def _destination_errors(destination: str, allowed: frozenset[str]) -> list[FieldError]:
+def _destination_errors(
+    destination: str, policy: IntakePolicy, api_key_id: str
+) -> list[FieldError]:
+    """A custom destination is confined to what the caller owns: its own prefix of the
+    outputs bucket (never another key's, never a job's `jobs/` tree), or a bucket the
+    deployment allows for its key. (The worker also never overwrites what is there.)"""
     bucket, _, name = destination.removeprefix("gs://").partition("/")
     problems = []
-    if bucket not in allowed:
-        problems.append(f"bucket {bucket!r} is not allowed; allowed: {sorted(allowed)}")
+    own = destination_prefix(api_key_id)
+    if bucket == policy.outputs_bucket:
+        allowed = name.startswith(own)
+    else:
+        allowed = api_key_id in policy.destination_buckets.get(bucket, frozenset())
+    if not allowed:
+        places = " or ".join(policy.destinations_of(api_key_id))
+        problems.append(f"this API key may write only under {places}")
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
         problems.append("object path must not contain empty, '.' or '..' segments")
@@ -277,8 +299,9 @@ def _storable_errors(value: Any, path: str = "$") -> list[FieldError]:
     return []
 
 
-def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
-    """Return the request with every field resolved, or raise RequestInvalid with all errors."""
+def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dict[str, Any]:
+    """Return the request with every field resolved, or raise RequestInvalid with all
+    errors. `api_key_id` is whose request it is (what its gcs_destination may name)."""
     if not isinstance(body, dict):
         raise RequestInvalid([FieldError("$", "request body must be a JSON object")])
     unstorable = _storable_errors(body)
@@ -312,9 +335,7 @@ def validate_request(body: Any, policy: IntakePolicy) -> dict[str, Any]:
 
     errors += [e for e in _profile_errors(request, profile) if e.path != "$" or not bad]
     if request["gcs_destination"] and "gcs_destination" not in bad:
-        errors += _destination_errors(
-            request["gcs_destination"], policy.allowed_destination_buckets
-        )
+        errors += _destination_errors(request["gcs_destination"], policy, api_key_id)
     metadata_size = len(json.dumps(request["metadata"], separators=(",", ":")).encode())
     if metadata_size > MAX_METADATA_BYTES:
         errors.append(

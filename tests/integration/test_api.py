@@ -179,10 +179,28 @@ def test_a_document_firestore_refuses_is_422_not_a_retryable_503(client, auth, m
     assert error["retryable"] is False and "Property name" not in error["details"][0]["message"]
 
 
-def test_gcs_destination_in_an_allowed_bucket_is_kept(client, auth, settings):
-    destination = f"gs://{settings.outputs}/campaign/clip.mp4"
+def test_gcs_destination_under_the_keys_own_prefix_is_kept(client, auth, settings):
+    destination = f"gs://{settings.outputs}/destinations/default/campaign/clip.mp4"
     job = submit(client, auth, {**OLD_EXAMPLE, "gcs_destination": destination}).get_json()
     assert job["request"]["gcs_destination"] == destination
+
+
+def test_no_key_may_name_another_tenants_video_as_its_destination(client, auth, settings):
+    """Job ids from an Idempotency-Key are computable by whoever knows the key id: the
+    destination rules, not the id's secrecy, keep one tenant off another's outputs."""
+    from ltxv.jobs import job_id_for_idempotency_key
+
+    theirs = submit(client, {"X-API-Key": OTHER_KEY}, **{"Idempotency-Key": "k1"}).get_json()
+    assert theirs["job_id"] == job_id_for_idempotency_key("other", "k1")
+    for name in (
+        f"jobs/{theirs['job_id']}/video.mp4",
+        "destinations/other/clip.mp4",
+        "campaign/clip.mp4",
+    ):
+        body = {**OLD_EXAMPLE, "gcs_destination": f"gs://{settings.outputs}/{name}"}
+        error = assert_error(submit(client, auth, body), 422, "validation_failed")
+        assert error["details"][0]["path"] == "$.gcs_destination"
+        assert f"gs://{settings.outputs}/destinations/default/" in error["details"][0]["message"]
 
 
 def test_another_keys_job_is_not_found(client, auth):
@@ -401,7 +419,7 @@ def test_a_job_stranded_before_publish_is_published_by_the_sweep(service, settin
     from ltxv.jobs import new_job, new_job_id
     from ltxv.validation import request_hash
 
-    request = service.intake.validate({"prompt": "stranded"})
+    request = service.intake.validate({"prompt": "stranded"}, api_key_id="default")
     job = new_job(
         job_id=new_job_id(),
         request=request,
@@ -424,7 +442,7 @@ def test_a_replay_finishes_the_publish_of_a_stranded_job(client, auth, service, 
     from ltxv.jobs import job_id_for_idempotency_key, new_job
     from ltxv.validation import request_hash
 
-    request = service.intake.validate(OLD_EXAMPLE)
+    request = service.intake.validate(OLD_EXAMPLE, api_key_id="default")
     job_id = job_id_for_idempotency_key("default", "crashed-1")
     service.store.create(
         new_job(

@@ -265,7 +265,7 @@ def test_a_job_without_a_webhook_sends_nothing(service, notifier):
 
 def _job_with_webhook(service, url: str) -> str:
     """A job recorded with `url`, as if it had passed the check at submit time."""
-    request = {**service.intake.validate({"prompt": "x"}), "webhook_url": url}
+    request = {**service.intake.validate({"prompt": "x"}, api_key_id="default"), "webhook_url": url}
     job = new_job(
         job_id=new_job_id(),
         request=request,

@@ -183,10 +183,10 @@ def test_a_line_that_breaks_unexpectedly_is_rejected_alone(
 
     real = Intake.validate
 
-    def validate(self, body):  # a bug that only one line's content triggers
+    def validate(self, body, **kwargs):  # a bug that only one line's content triggers
         if body.get("prompt") == "trigger":
             raise KeyError("boom")
-        return real(self, body)
+        return real(self, body, **kwargs)
 
     monkeypatch.setattr(Intake, "validate", validate)
     payload = b'{"prompt": "trigger"}\n{"prompt": "fine"}'

@@ -245,14 +245,65 @@ def test_the_same_seed_gives_the_same_frames(
     assert same < 1.0 and other > 10.0, (same, other)
 
 
-def test_gcs_destination_receives_the_video(client, auth, service, settings, start_worker):
+def _destination(settings) -> tuple[str, storage.Blob]:
+    name = f"destinations/default/campaign/{uuid.uuid4().hex}.mp4"
+    blob = storage.Client(project=settings.project).bucket(settings.outputs).blob(name)
+    return f"gs://{settings.outputs}/{name}", blob
+
+
+def test_gcs_destination_receives_the_video_and_its_url_serves_only_that_write(
+    client, auth, service, settings, start_worker
+):
     start_worker()
-    destination = f"gs://{settings.outputs}/campaign/{uuid.uuid4().hex}.mp4"
+    destination, blob = _destination(settings)
     job_id = submit(client, auth, {**SMALL, "gcs_destination": destination})
     job = wait_state(service, job_id, {"succeeded"})
     assert job["outputs"]["video"] == destination
-    bucket, name = destination[5:].split("/", 1)
-    assert storage.Client(project=settings.project).bucket(bucket).blob(name).exists()
+    blob.reload()
+    assert job["outputs"]["video_generation"] == str(blob.generation)
+    assert blob.metadata == {"ltxv-job-id": job_id}
+    url = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["video_url"]
+    video = requests.get(url, timeout=10)
+    assert video.status_code == 200 and video.content == blob.download_as_bytes()
+
+    # Whoever writes that name later (the key's own bucket, say), this job's URL never
+    # serves it: it is signed for the generation the job wrote.
+    blob.upload_from_string(b"something else", content_type="video/mp4")
+    url = client.get(f"/v1/jobs/{job_id}", headers=auth).get_json()["video_url"]
+    assert requests.get(url, timeout=10).status_code == 404
+
+
+def test_a_destination_that_exists_is_never_overwritten_and_fails_the_job(
+    client, auth, service, settings, start_worker
+):
+    destination, blob = _destination(settings)
+    blob.upload_from_string(b"a video someone made earlier", content_type="video/mp4")
+    job_id = submit(client, auth, {**SMALL, "gcs_destination": destination})
+    start_worker()
+    job = wait_state(service, job_id, {"failed", "succeeded"})
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert job["error"]["code"] == "destination_exists" and job["error"]["retryable"] is False
+    assert destination in job["error"]["message"]
+    assert blob.download_as_bytes() == b"a video someone made earlier"
+    result = json.loads(wait_outputs(settings, job_id, 1)["result.json"].download_as_bytes())
+    assert result["error"]["code"] == "destination_exists"
+
+
+def test_a_retried_job_replaces_its_own_earlier_upload(
+    client, auth, service, settings, start_worker
+):
+    """An attempt that uploaded and then died leaves the job's own object behind: the next
+    attempt may replace that one (labelled with its job id), and only that one."""
+    destination, blob = _destination(settings)
+    job_id = submit(client, auth, {**SMALL, "gcs_destination": destination})
+    blob.metadata = {"ltxv-job-id": job_id}
+    blob.upload_from_string(b"half of an earlier attempt", content_type="video/mp4")
+    start_worker()
+    job = wait_state(service, job_id, {"failed", "succeeded"})
+    assert job["state"] == "succeeded", job["error"]
+    current = blob.bucket.get_blob(blob.name)
+    assert job["outputs"]["video_generation"] == str(current.generation)
+    assert current.download_as_bytes()[4:8] == b"ftyp"  # an mp4 now
 
 
 def test_sigkill_mid_render_is_redelivered_and_completes_once(
@@ -434,7 +485,7 @@ def test_a_request_the_pipeline_refuses_fails_at_once_with_a_result(
     end cleanly, on its first attempt, rather than loop through retries to a dead letter."""
     from ltxv.jobs import new_job, new_job_id
 
-    request = {**service.intake.validate(SMALL), **change}
+    request = {**service.intake.validate(SMALL, api_key_id="default"), **change}
     job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")
     service.store.create(job)
     service.dispatcher.publish([job])

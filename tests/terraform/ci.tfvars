@@ -1,5 +1,5 @@
 # The values the offline checks evaluate the configuration with (tests/terraform).
 project_id                  = "ltxv-ci-project"
 prefix                      = "ltxv-ci"
-allowed_destination_buckets = ["ltxv-ci-archive"]
+destination_buckets         = { "ltxv-ci-archive" = ["default"] }
 alert_notification_channels = ["projects/ltxv-ci-project/notificationChannels/1"]

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from ltxv.results import DESTINATIONS
 from ltxv.settings import Settings
 
 from .conftest import PREFIX, PROJECT, ROOT, TERRAFORM, address, blocks, by_address, references
@@ -101,6 +102,27 @@ def test_the_group_heals_and_replaces_without_surge(tf):
     assert group["update_policy"]["max_surge_fixed"] == 0
 
 
+def test_destination_buckets_are_writable_by_workers_and_readable_by_the_api_only(tf):
+    members = {
+        (m["bucket"], m["role"], m["member"]) for m in tf["google_storage_bucket_iam_member"]
+    }
+    archive = {(b, r, m) for b, r, m in members if b == f"{PREFIX}-archive"}
+    assert archive == {
+        (f"{PREFIX}-archive", "roles/storage.objectUser", _account("worker")),
+        (f"{PREFIX}-archive", "roles/storage.objectViewer", _account("api")),
+    }
+    (api,) = [f for f in tf["google_cloudfunctions2_function"] if f["name"] == f"{PREFIX}-api"]
+    env = api["service_config"]["environment_variables"]
+    parsed = Settings(
+        project=PROJECT, prefix=PREFIX, destination_buckets_json=env["LTXV_DESTINATION_BUCKETS"]
+    )
+    assert parsed.destination_buckets == {f"{PREFIX}-archive": frozenset({"default"})}
+
+
+def _account(name: str) -> str:
+    return f"serviceAccount:{PREFIX}-{name}@{PROJECT}.iam.gserviceaccount.com"
+
+
 def test_every_bucket_is_private_with_uniform_access(tf):
     for bucket in tf["google_storage_bucket"]:
         assert bucket["uniform_bucket_level_access"] is True, address(bucket)
@@ -113,7 +135,9 @@ def test_outputs_and_prompt_files_expire_after_their_retention(tf):
                     for r in blocks(b.get("lifecycle_rule"))]
         for b in tf["google_storage_bucket"]
     }  # fmt: skip
-    assert rules[settings.outputs] == [(["jobs/"], 30, "Delete")]
+    # Every place a video can go in the outputs bucket expires: jobs' own trees and the
+    # keys' custom destinations (gcs_destination once escaped the rule).
+    assert rules[settings.outputs] == [(["jobs/", DESTINATIONS], 30, "Delete")]
     assert rules[settings.prompts] == [(["incoming/", "receipts/"], 30, "Delete")]
     assert rules[settings.model_cache] == [] and rules[f"{PREFIX}-function-source"] == []
 

@@ -28,7 +28,8 @@ def fake_resolver(host: str, port: int) -> list[str]:
 POLICY = IntakePolicy(
     profiles={name: all_profiles()[name] for name in ("tiny-random", "ltx-video-2b-distilled")},
     default_model="tiny-random",
-    allowed_destination_buckets=frozenset({"ltxv-outputs", "team-videos"}),
+    outputs_bucket="ltxv-outputs",
+    destination_buckets={"team-videos": frozenset({"default"}), "other-team": frozenset({"b"})},
     resolver=fake_resolver,
 )
 OLD_EXAMPLE = schemas.old_predict_example()
@@ -36,12 +37,12 @@ OLD_EXAMPLE = schemas.old_predict_example()
 
 def errors_of(body) -> dict[str, str]:
     with pytest.raises(RequestInvalid) as caught:
-        validate_request(body, POLICY)
+        validate_request(body, POLICY, api_key_id="default")
     return {e.path: e.message for e in caught.value.errors}
 
 
 def test_old_predict_example_is_accepted_with_its_values():
-    request = validate_request(OLD_EXAMPLE, POLICY)
+    request = validate_request(OLD_EXAMPLE, POLICY, api_key_id="default")
     assert request["height"] == 704 and request["width"] == 1216 and request["num_frames"] == 121
     assert request["seed"] == 171198  # the old API's default seed
     assert request["negative_prompt"] == ""
@@ -59,19 +60,24 @@ def test_every_old_predict_field_keeps_its_name_and_meaning():
         "gcs_destination": "gs://team-videos/launch/clip.mp4",
         "model": "ltx-video-2b-distilled",
     }
-    request = validate_request(body, POLICY)
+    request = validate_request(body, POLICY, api_key_id="default")
     assert {k: request[k] for k in body} == body
 
 
 def test_omitted_fields_take_the_profile_defaults():
-    request = validate_request({"prompt": "a cat", "model": "ltx-video-2b-distilled"}, POLICY)
+    request = validate_request(
+        {"prompt": "a cat", "model": "ltx-video-2b-distilled"}, POLICY, api_key_id="default"
+    )
     defaults = all_profiles()["ltx-video-2b-distilled"].defaults
     assert request["num_inference_steps"] == defaults["num_inference_steps"] == 8
     assert (request["height"], request["width"], request["num_frames"]) == (704, 1216, 121)
 
 
 def test_integral_floats_are_integers():
-    assert validate_request({"prompt": "x", "height": 64.0}, POLICY)["height"] == 64
+    assert (
+        validate_request({"prompt": "x", "height": 64.0}, POLICY, api_key_id="default")["height"]
+        == 64
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,9 +117,9 @@ def test_integral_floats_are_integers():
         ({"prompt": "x", "model": "sdxl"}, "$.model", "unknown model"),
         ({"prompt": "x", "model": "ltx-video-2b"}, "$.model", "unknown model"),  # not deployed
         ({"prompt": "x", "gcs_destination": "s3://b/x.mp4"}, "$.gcs_destination", "gs://"),
-        ({"prompt": "x", "gcs_destination": "gs://other/x.mp4"}, "$.gcs_destination", "allowed"),
+        ({"prompt": "x", "gcs_destination": "gs://other/x.mp4"}, "$.gcs_destination", "only under"),
         (
-            {"prompt": "x", "gcs_destination": "gs://ltxv-outputs/a/../x.mp4"},
+            {"prompt": "x", "gcs_destination": "gs://ltxv-outputs/destinations/default/../x.mp4"},
             "$.gcs_destination",
             "'..'",
         ),
@@ -160,7 +166,9 @@ def test_messages_never_echo_huge_values():
 
 def test_public_https_webhook_is_accepted():
     body = {"prompt": "x", "webhook_url": "https://hooks.example.com/ltxv"}
-    assert validate_request(body, POLICY)["webhook_url"] == body["webhook_url"]
+    assert (
+        validate_request(body, POLICY, api_key_id="default")["webhook_url"] == body["webhook_url"]
+    )
 
 
 json_values = st.recursive(
@@ -179,7 +187,7 @@ field_values = st.dictionaries(
 @given(st.one_of(json_values, field_values))
 def test_fuzz_any_json_is_accepted_or_rejected_with_paths(body):
     try:
-        request = validate_request(body, POLICY)
+        request = validate_request(body, POLICY, api_key_id="default")
     except RequestInvalid as exc:
         assert exc.errors
         for error in exc.errors:
@@ -206,7 +214,7 @@ def valid_requests(profile_name: str = "tiny-random"):
                 st.integers(-(2**63), 2**63 - 1),
                 max_size=3,
             ),
-            "gcs_destination": st.just("gs://ltxv-outputs/custom/clip.mp4"),
+            "gcs_destination": st.just("gs://ltxv-outputs/destinations/default/clip.mp4"),
         },
     )
 
@@ -214,10 +222,12 @@ def valid_requests(profile_name: str = "tiny-random"):
 @settings(max_examples=200, deadline=None)
 @given(valid_requests())
 def test_fuzz_valid_requests_pass_and_resolve_every_field(body):
-    request = validate_request(body, POLICY)
+    request = validate_request(body, POLICY, api_key_id="default")
     assert set(request) == set(REQUEST_FIELDS)
     assert {k: request[k] for k in body} == body
-    assert validate_request(request, POLICY) == request  # resolving again changes nothing
+    assert (
+        validate_request(request, POLICY, api_key_id="default") == request
+    )  # resolving again changes nothing
 
 
 @settings(max_examples=200, deadline=None)
@@ -260,9 +270,9 @@ def test_metadata_firestore_or_json_cannot_hold_is_refused_by_path(metadata, pat
 
 def test_metadata_at_the_edges_of_what_can_be_stored_is_accepted():
     metadata = {"max": 2**63 - 1, "min": -(2**63), "_x_": 1, "__x": 2, "x__": 3, "f": 1e308}
-    assert validate_request({"prompt": "a cat", "metadata": metadata}, POLICY)["metadata"] == (
-        metadata
-    )
+    assert validate_request(
+        {"prompt": "a cat", "metadata": metadata}, POLICY, api_key_id="default"
+    )["metadata"] == (metadata)
 
 
 @pytest.mark.parametrize(
@@ -290,3 +300,35 @@ def test_parse_json_keeps_ordinary_numbers_and_1e999_for_validation_to_name():
     }
     body = parse_json('{"prompt": "x", "metadata": {"far": 1e999}}')
     assert "finite" in errors_of(body)["$.metadata.far"]
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "gs://ltxv-outputs/jobs/abcdefghijklmnopqrstuvwxyz/video.mp4",  # another job's video
+        "gs://ltxv-outputs/campaign/clip.mp4",  # outside every retention rule
+        "gs://ltxv-outputs/destinations/b/clip.mp4",  # another key's prefix
+        "gs://ltxv-outputs/destinations/defaultx/clip.mp4",
+        "gs://ltxv-outputs/destinations/clip.mp4",
+        "gs://other-team/clip.mp4",  # a bucket allowed for another key
+    ],
+)
+def test_a_destination_outside_what_the_key_owns_is_refused(destination):
+    message = errors_of({"prompt": "x", "gcs_destination": destination})["$.gcs_destination"]
+    # It says where this key may write, and names no other tenant's bucket.
+    assert "gs://ltxv-outputs/destinations/default/ or gs://team-videos/" in message
+    assert "other-team" not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "destination"),
+    [
+        ("default", "gs://ltxv-outputs/destinations/default/launch/clip.mp4"),
+        ("default", "gs://team-videos/anywhere/clip.mp4"),
+        ("b", "gs://ltxv-outputs/destinations/b/clip.mp4"),
+        ("b", "gs://other-team/clip.mp4"),
+    ],
+)
+def test_a_destination_the_key_owns_is_kept(key, destination):
+    body = {"prompt": "x", "gcs_destination": destination}
+    assert validate_request(body, POLICY, api_key_id=key)["gcs_destination"] == destination

@@ -250,7 +250,9 @@ class Renderer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise TransientRenderError(f"{self.device} out of memory: {oom}")
+        log.warning("out of memory", extra={"device": self.device, "error": oom})
+        # The job shows this sentence; the allocator's numbers are in the log above.
+        raise TransientRenderError(f"the {self.device} ran out of memory; the job will be retried")
 
     def _render(
         self,

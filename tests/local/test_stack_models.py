@@ -144,3 +144,24 @@ def test_a_default_worker_that_cannot_load_fails_up_without_waiting_out_the_time
         _drop_subscription(stack, "ltx-video-2b")
     assert time.monotonic() - started < stack.timeout
     assert stack.pid("worker") is None
+
+
+@pytest.mark.emulators
+@pytest.mark.timeout(120)
+def test_down_still_stops_the_worker_of_a_model_no_longer_enabled(emulators):
+    # Started with two models (the default one a model that cannot load here, so the other
+    # worker is tiny-random's), then addressed by a stack with the plain settings, as a
+    # later `make down` without LTXV_MODELS is.
+    both = {"default_model": "ltx-video-2b", "enabled_models": ("ltx-video-2b", "tiny-random")}
+    stack = _session_stack(emulators, [], **both)
+    try:
+        pid = stack.up(["worker-tiny-random"])["worker-tiny-random"]
+        assert pid
+        plain = _session_stack(emulators, [])
+        assert "worker-tiny-random" not in plain.components  # `up` would not start it
+        assert plain.status()["worker-tiny-random"] == pid
+        plain.down(["worker-tiny-random"])
+        assert stack.pid("worker-tiny-random") is None
+    finally:
+        stack.down(["worker-tiny-random"])
+        _drop_subscription(stack, "ltx-video-2b")

@@ -394,10 +394,16 @@ class LocalStack:
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.settings = settings or Settings.from_env()
         # By default the components follow the settings: a worker per enabled model.
-        specs = components_for(self.settings) if specs is None else specs
-        self.specs = {spec.name: spec for spec in specs}
+        declared = components_for(self.settings) if specs is None else specs
+        self.specs = {spec.name: spec for spec in declared}
         self.functions_dir = Path(functions_dir or REPO_ROOT / "functions").resolve()
         self.components = self._closure(components or self.specs)
+        if specs is None:
+            # Workers this directory started with other models enabled: `down` and
+            # `status` still reach them; a plain `up` does not start them again.
+            for pidfile in (self.state_dir / "pids").glob("worker-*.pid"):
+                model = pidfile.stem.removeprefix("worker-")
+                self.specs.setdefault(pidfile.stem, _worker(pidfile.stem, model))
         # A stack started with other ports (tests, LTXV_*_PORT) keeps them for later calls.
         remembered = _read_ports(self.ports_file) if self.ports_file.is_file() else {}
         self.ports = _resolve_ports(self.specs.values(), ports or {}, remembered)

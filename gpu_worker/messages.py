@@ -30,7 +30,7 @@ class Received:
     message_id: str
     job_id: str | None  # None: the message names no job (poison)
     delivery_attempt: int
-    model: str | None = None  # the model attribute: the pool the message is for
+    model: str | None = None  # the model attribute, the pool it is for (None: it has none)
 
 
 class JobMessages:
@@ -59,7 +59,7 @@ class JobMessages:
             message_id=message.message_id,
             job_id=parse_job_id(message.data, attributes),
             delivery_attempt=received.delivery_attempt,
-            model=attributes.get(MODEL_ATTRIBUTE) or None,
+            model=attributes.get(MODEL_ATTRIBUTE),
         )
 
     def extend(self, received: Received, seconds: int | None = None) -> None:

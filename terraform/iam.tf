@@ -109,7 +109,8 @@ resource "google_pubsub_topic_iam_member" "jobs_publisher" {
 }
 
 resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
-  subscription = google_pubsub_subscription.worker.id
+  for_each     = local.worker_pools
+  subscription = google_pubsub_subscription.worker[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.worker_sa
   depends_on   = [google_service_account.function, google_service_account.worker]

@@ -12,7 +12,29 @@ locals {
   bucket_model_cache = "${var.prefix}-model-cache"
   bucket_source      = "${var.prefix}-function-source"
 
+  # Every model in var.models gets its own worker pool (a subscription, an instance
+  # template, a group and its autoscaler); the first also takes requests that name none.
   default_model = var.models[0]
+  worker_pools = {
+    for model in var.models : model => {
+      # As src/ltxv/settings.py names it (Settings.subscription_for).
+      subscription = "${local.subscription_jobs}-${model}"
+      # The same filter as src/ltxv/dispatch.py's subscription_filter(), character for
+      # character (tests/terraform compares them). The default pool also takes messages
+      # without a model attribute, published before messages carried one.
+      filter = (
+        model == local.default_model
+        ? "attributes.model = \"${model}\" OR NOT attributes:model"
+        : "attributes.model = \"${model}\""
+      )
+      # Compute names are short: an instance template's name_prefix keeps its unique
+      # suffix only up to 37 characters, of which "PREFIX-worker-" takes up to 24, so the
+      # pool's compute resources are named after the model without the "ltx-video-" that
+      # every real profile starts with ("2b-distilled", "2b", "tiny-random": at most 12
+      # characters; var.models is validated to keep it so).
+      slug = trimprefix(model, "ltx-video-")
+    }
+  }
 
   # What every function reads (src/ltxv/settings.py); secrets are added per function.
   function_env = {

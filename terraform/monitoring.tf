@@ -32,13 +32,14 @@ resource "google_monitoring_alert_policy" "oldest_job" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "The oldest unacknowledged job in ${google_pubsub_subscription.worker.name} is older than ${var.oldest_job_alert_seconds} s: workers are not starting (GPU quota or stockout in ${var.region}, boot script failing) or not keeping up (raise worker_max_replicas)."
+    content   = "The oldest unacknowledged job in a model's worker subscription (${join(", ", [for pool in local.worker_pools : pool.subscription])}; the incident names which) is older than ${var.oldest_job_alert_seconds} s: that model's workers are not starting (GPU quota or stockout in ${var.region}, boot script failing) or not keeping up (raise worker_max_replicas)."
   }
 
   conditions {
     display_name = "oldest unacknowledged job message"
     condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      # Every model's worker subscription (each is its own time series, so each alerts).
+      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = starts_with(\"${local.subscription_jobs}-\") AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.oldest_job_alert_seconds
       duration        = "300s"

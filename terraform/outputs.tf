@@ -29,9 +29,9 @@ output "webhook_secret" {
   value       = google_secret_manager_secret.webhook_secret.secret_id
 }
 
-output "worker_subscription" {
-  description = "The Pub/Sub subscription the GPU workers pull; its backlog drives the autoscaler."
-  value       = google_pubsub_subscription.worker.name
+output "worker_subscriptions" {
+  description = "The Pub/Sub subscription each model's GPU workers pull, by model; each one's backlog drives that model's autoscaler."
+  value       = { for model, subscription in google_pubsub_subscription.worker : model => subscription.name }
 }
 
 output "dead_letter_subscription" {

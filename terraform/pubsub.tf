@@ -22,13 +22,19 @@ resource "google_pubsub_topic" "sweep" {
   depends_on = [google_project_service.apis]
 }
 
-# What the GPU workers pull. A render takes minutes: workers set the deadline as soon as
-# they pull and keep extending it, so the subscription's own deadline only decides how fast
-# a killed worker's job comes back.
+# What each model's GPU workers pull: one subscription per model, filtered on the message's
+# model attribute, so a pool only receives jobs recorded for the model it loads (the worker
+# checks again, see docs/architecture.md "Routing"). A filter cannot be changed: a new one
+# replaces the subscription and what waits in it, so drain the queue before such an apply.
+# A render takes minutes: workers set the deadline as soon as they pull and keep extending
+# it, so the subscription's own deadline only decides how fast a killed worker's job comes
+# back.
 resource "google_pubsub_subscription" "worker" {
-  name                         = local.subscription_jobs
+  for_each                     = local.worker_pools
+  name                         = each.value.subscription
   topic                        = google_pubsub_topic.jobs.id
   labels                       = local.labels
+  filter                       = each.value.filter
   ack_deadline_seconds         = var.worker_ack_deadline_seconds
   enable_exactly_once_delivery = true
   message_retention_duration   = "604800s"
@@ -76,7 +82,8 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
 }
 
 resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber" {
-  subscription = google_pubsub_subscription.worker.id
+  for_each     = local.worker_pools
+  subscription = google_pubsub_subscription.worker[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }

@@ -73,13 +73,19 @@ variable "prompt_file_owner" {
 }
 
 variable "models" {
-  description = "Model profiles (schemas/model-profiles.json) the deployment accepts; the workers run the first."
+  description = "Model profiles (schemas/model-profiles.json) the deployment accepts, each with its own worker pool (subscription, instance group, autoscaler); the first is the default for requests that name no model."
   type        = list(string)
   default     = ["ltx-video-2b-distilled"]
 
   validation {
     condition     = length(var.models) > 0 && alltrue([for m in var.models : contains(["ltx-video-2b-distilled", "ltx-video-2b", "tiny-random"], m)])
     error_message = "models must name profiles from schemas/model-profiles.json: ltx-video-2b-distilled, ltx-video-2b or tiny-random."
+  }
+
+  # Each model names its pool's resources (main.tf local.worker_pools).
+  validation {
+    condition     = length(distinct(var.models)) == length(var.models) && alltrue([for m in var.models : length(trimprefix(m, "ltx-video-")) <= 12])
+    error_message = "models must not repeat, and each must be at most 12 characters once a leading \"ltx-video-\" is dropped (its worker pool's instance names are built from it)."
   }
 }
 
@@ -185,7 +191,7 @@ variable "max_delivery_attempts" {
 }
 
 variable "worker_ack_deadline_seconds" {
-  description = "The worker subscription's ack deadline. Workers extend it while they render; a killed worker's job is redelivered after it."
+  description = "The ack deadline of each model's worker subscription. Workers extend it while they render; a killed worker's job is redelivered after it."
   type        = number
   default     = 60
 
@@ -215,7 +221,7 @@ variable "worker_spot" {
 }
 
 variable "worker_min_replicas" {
-  description = "Fewest worker VMs; 0 lets the group scale to zero when the queue is empty."
+  description = "Fewest worker VMs per model pool; 0 lets each pool scale to zero when its queue is empty."
   type        = number
   default     = 0
 
@@ -226,7 +232,7 @@ variable "worker_min_replicas" {
 }
 
 variable "worker_max_replicas" {
-  description = "Most worker VMs (mind the project's L4 GPU quota in the region)."
+  description = "Most worker VMs per model pool (with several models, mind that the project's L4 GPU quota in the region covers all pools together)."
   type        = number
   default     = 4
 
@@ -279,7 +285,7 @@ variable "alert_notification_channels" {
 }
 
 variable "oldest_job_alert_seconds" {
-  description = "Alert when the oldest unacknowledged job message in the worker subscription is older than this."
+  description = "Alert when the oldest unacknowledged job message in any model's worker subscription is older than this."
   type        = number
   default     = 3600
 

@@ -1,9 +1,12 @@
-# GPU workers: a regional managed instance group of g2 (NVIDIA L4) VMs running
-# gpu_worker/vm/startup.sh, scaled on the worker subscription's backlog, down to zero.
+# GPU workers: one pool per model in var.models (local.worker_pools), each a regional
+# managed instance group of g2 (NVIDIA L4) VMs running gpu_worker/vm/startup.sh with that
+# model loaded, scaled on that model's subscription backlog, down to zero. A pool never
+# renders another model's job, so a request's model decides which VMs start.
 
 resource "google_compute_instance_template" "worker" {
-  name_prefix  = "${var.prefix}-worker-"
-  description  = "ltx-video-pipeline GPU worker (${local.default_model})"
+  for_each     = local.worker_pools
+  name_prefix  = "${var.prefix}-worker-${each.value.slug}-"
+  description  = "ltx-video-pipeline GPU worker (${each.key})"
   machine_type = var.worker_machine_type
   region       = var.region
   labels       = local.labels
@@ -49,7 +52,9 @@ resource "google_compute_instance_template" "worker" {
     block-project-ssh-keys      = "true"
     ltxv-project                = var.project_id
     ltxv-prefix                 = var.prefix
-    ltxv-model                  = local.default_model
+    ltxv-model                  = each.key
+    ltxv-default-model          = local.default_model
+    ltxv-subscription           = each.value.subscription
     ltxv-worker-package         = "gs://${local.bucket_source}/${google_storage_bucket_object.package["worker"].name}"
     ltxv-log-level              = var.log_level
     ltxv-shutdown-grace-seconds = "20"
@@ -79,13 +84,14 @@ resource "google_compute_health_check" "worker" {
 }
 
 resource "google_compute_region_instance_group_manager" "workers" {
-  name                      = "${var.prefix}-workers"
+  for_each                  = local.worker_pools
+  name                      = "${var.prefix}-workers-${each.value.slug}"
   region                    = var.region
-  base_instance_name        = "${var.prefix}-worker"
+  base_instance_name        = "${var.prefix}-worker-${each.value.slug}"
   distribution_policy_zones = var.worker_zones
 
   version {
-    instance_template = google_compute_instance_template.worker.id
+    instance_template = google_compute_instance_template.worker[each.key].id
   }
 
   auto_healing_policies {
@@ -111,13 +117,14 @@ resource "google_compute_region_instance_group_manager" "workers" {
   }
 }
 
-# Scale on the worker subscription's unacknowledged messages: jobs waiting *and* jobs
-# being rendered (a worker holds its message until the video is done), so a VM that is
+# Scale each pool on its own subscription's unacknowledged messages: jobs waiting *and*
+# jobs being rendered (a worker holds its message until the video is done), so a VM that is
 # rendering is still counted and the group does not shrink under it.
 resource "google_compute_region_autoscaler" "workers" {
-  name   = "${var.prefix}-workers"
-  region = var.region
-  target = google_compute_region_instance_group_manager.workers.id
+  for_each = local.worker_pools
+  name     = "${var.prefix}-workers-${each.value.slug}"
+  region   = var.region
+  target   = google_compute_region_instance_group_manager.workers[each.key].id
 
   autoscaling_policy {
     min_replicas = var.worker_min_replicas
@@ -128,7 +135,7 @@ resource "google_compute_region_autoscaler" "workers" {
 
     metric {
       name                       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
-      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker.name}\""
+      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker[each.key].name}\""
       single_instance_assignment = var.jobs_per_worker
     }
 

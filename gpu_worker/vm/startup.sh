@@ -84,6 +84,7 @@ OPS_AGENT_CONFIG="${VM_ROOT}/etc/google-cloud-ops-agent/config.yaml"
 CFG_PROJECT=""
 CFG_PREFIX=""
 CFG_MODEL=""
+CFG_DEFAULT_MODEL=""
 CFG_WORKER_PACKAGE=""
 CFG_SHUTDOWN_GRACE_SECONDS=""
 CFG_LOG_LEVEL=""
@@ -150,6 +151,9 @@ read_config() {
   fi
   CFG_PREFIX="$(attr ltxv-prefix)"
   CFG_MODEL="$(attr ltxv-model)"
+  # The deployment's default model: its pool also takes messages that name no model. A VM
+  # of a one-model deployment may leave it out.
+  CFG_DEFAULT_MODEL="$(attr ltxv-default-model "$CFG_MODEL")"
   CFG_WORKER_PACKAGE="$(attr ltxv-worker-package)"
   CFG_SHUTDOWN_GRACE_SECONDS="$(attr ltxv-shutdown-grace-seconds "$DEFAULT_SHUTDOWN_GRACE_SECONDS")"
   CFG_LOG_LEVEL="$(attr ltxv-log-level INFO)"
@@ -162,6 +166,7 @@ read_config() {
   require_match ltxv-project "$CFG_PROJECT" '^[a-z][-a-z0-9.:]{4,62}$'
   require_match ltxv-prefix "$CFG_PREFIX" '^[a-z0-9][-a-z0-9]{0,40}$'
   require_match ltxv-model "$CFG_MODEL" '^[A-Za-z0-9][-A-Za-z0-9_.]*$'
+  require_match ltxv-default-model "$CFG_DEFAULT_MODEL" '^[A-Za-z0-9][-A-Za-z0-9_.]*$'
   require_match ltxv-worker-package "$CFG_WORKER_PACKAGE" \
     '^gs://[a-z0-9][-a-z0-9_.]*/[^[:space:]]+\.(whl|tar\.gz|zip)$'
   require_match ltxv-shutdown-grace-seconds "$CFG_SHUTDOWN_GRACE_SECONDS" '^[0-9]+$'
@@ -175,6 +180,7 @@ read_config() {
   require_match ltxv-torch-index-url "$CFG_TORCH_INDEX_URL" '^(https://[^[:space:]]+)?$'
   require_match ltxv-worker-extras "$CFG_WORKER_EXTRAS" '^[-A-Za-z0-9_,]*$'
   info "config: project=${CFG_PROJECT} prefix=${CFG_PREFIX} model=${CFG_MODEL}" \
+    "default-model=${CFG_DEFAULT_MODEL}" \
     "package=${CFG_WORKER_PACKAGE} grace=${CFG_SHUTDOWN_GRACE_SECONDS}s"
 }
 
@@ -209,7 +215,8 @@ write_env_file() {
     echo "LTXV_PROJECT=${CFG_PROJECT}"
     echo "GOOGLE_CLOUD_PROJECT=${CFG_PROJECT}"
     echo "LTXV_PREFIX=${CFG_PREFIX}"
-    echo "LTXV_DEFAULT_MODEL=${CFG_MODEL}"
+    echo "LTXV_WORKER_MODEL=${CFG_MODEL}"
+    echo "LTXV_DEFAULT_MODEL=${CFG_DEFAULT_MODEL}"
     echo "LTXV_MODEL_DIR=$(model_dir)"
     echo "LTXV_SHUTDOWN_GRACE_SECONDS=${CFG_SHUTDOWN_GRACE_SECONDS}"
     echo "LTXV_LOG_LEVEL=${CFG_LOG_LEVEL}"

@@ -528,7 +528,9 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
         topic,
         json.dumps({"job_id": args.job_id}).encode(),
         job_id=args.job_id,
-        CloudPubSubDeadLetterSourceSubscription=settings.subscription,
+        # The default model's worker subscription, as stack.env names it.
+        CloudPubSubDeadLetterSourceSubscription=setting("LTXV_SUBSCRIPTION")
+        or settings.subscription,
         **{DELIVERY_COUNT_ATTRIBUTE: str(args.attempts)},
     )
     print(f"published job {args.job_id} to {settings.dead_letter_topic} ({future.result(30)})")

@@ -66,7 +66,8 @@ def passes_filter(message_model: str | None, model: str, default_model: str) -> 
     Pub/Sub applies the filter and never delivers the rest; the emulator stores a filter
     but delivers everything, so a worker checks again and acknowledges what its
     subscription would not have received (as Pub/Sub acknowledges filtered-out messages)."""
-    return message_model == model if message_model else model == default_model
+    # An empty attribute is still an attribute (`attributes:model` holds), as in Pub/Sub.
+    return message_model == model if message_model is not None else model == default_model
 
 
 def parse_job_id(data: bytes, attributes: Mapping[str, str]) -> str | None:

@@ -22,7 +22,7 @@ import pytest
 
 from ltxv.cli import build_parser
 from ltxv.client import read_stack_env
-from ltxv.local.stack import COMPONENTS, EMULATORS, REPO_ROOT
+from ltxv.local.stack import EMULATORS, REPO_ROOT, components_for
 
 from .conftest import running_stack, user_env
 
@@ -124,7 +124,7 @@ def test_the_make_targets_it_names_run_the_commands_it_describes():
 
 @pytest.fixture(scope="module")
 def stack(emulators):
-    everything = [c.name for c in COMPONENTS if c.name not in EMULATORS]
+    everything = [c.name for c in components_for(emulators.settings) if c.name not in EMULATORS]
     with running_stack(emulators, everything) as running:
         yield running
 

@@ -120,7 +120,8 @@ def test_secrets_are_private_stable_and_usable(emulators):
     assert env["LTXV_API_KEY"] == stack.api_key and stack.api_key.startswith("ltxv_")
     assert env["LTXV_WEBHOOK_SECRET"].startswith("whsec_")
     assert env["STORAGE_EMULATOR_HOST"] == emulators.storage_host
-    assert env["LTXV_TOPIC"] == "ltxv-jobs" and env["LTXV_SUBSCRIPTION"] == "ltxv-jobs-worker"
+    assert env["LTXV_TOPIC"] == "ltxv-jobs"
+    assert env["LTXV_SUBSCRIPTION"] == "ltxv-jobs-worker-tiny-random"  # the default model's
     assert set(env) >= {"LTXV_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"}
     hashes = json.loads(stack.service_env()["LTXV_API_KEY_HASHES"])
     assert hashes == {"default": hash_api_key(stack.api_key)}

@@ -19,14 +19,21 @@ VARS = Path(__file__).with_name("ci.tfvars")
 TF_TOOLS = ROOT / ".venv-tf" / "bin"
 PREFIX = "ltxv-ci"
 PROJECT = "ltxv-ci-project"
+# ci.tfvars enables two models, so every worker pool resource comes twice; the first is
+# the default model.
+MODELS = ("ltx-video-2b-distilled", "ltx-video-2b")
+
+
+def evaluate(var_file: Path) -> dict[str, list[dict[str, Any]]]:
+    import tfparse
+
+    # tfparse reads var files relative to the module directory.
+    return tfparse.load_from_path(TERRAFORM, vars_paths=[os.path.relpath(var_file, TERRAFORM)])
 
 
 @pytest.fixture(scope="session")
 def tf() -> dict[str, list[dict[str, Any]]]:
-    import tfparse
-
-    # tfparse reads var files relative to the module directory.
-    return tfparse.load_from_path(TERRAFORM, vars_paths=[os.path.relpath(VARS, TERRAFORM)])
+    return evaluate(VARS)
 
 
 def blocks(value: Any) -> list[dict[str, Any]]:

@@ -10,9 +10,19 @@ import pytest
 from ltxv.results import DESTINATIONS
 from ltxv.settings import Settings
 
-from .conftest import PREFIX, PROJECT, ROOT, TERRAFORM, address, blocks, by_address, references
+from .conftest import (
+    MODELS,
+    PREFIX,
+    PROJECT,
+    ROOT,
+    TERRAFORM,
+    address,
+    blocks,
+    by_address,
+    references,
+)
 
-settings = Settings(project=PROJECT, prefix=PREFIX)
+settings = Settings(project=PROJECT, prefix=PREFIX, default_model=MODELS[0], enabled_models=MODELS)
 
 
 def test_fmt_is_clean():
@@ -29,77 +39,9 @@ def test_names_are_the_ones_the_code_derives_from_the_prefix(tf):
     topics = {t["name"] for t in tf["google_pubsub_topic"]}
     assert {settings.topic, settings.dead_letter_topic, f"{PREFIX}-sweep"} <= topics
     subscriptions = {s["name"] for s in tf["google_pubsub_subscription"]}
-    assert settings.subscription in subscriptions
+    assert {settings.subscription_for(model) for model in MODELS} <= subscriptions
     buckets = {b["name"] for b in tf["google_storage_bucket"]}
     assert {settings.prompts, settings.outputs, settings.model_cache} <= buckets
-
-
-def test_the_worker_subscription_is_exactly_once_with_backoff_and_a_dead_letter_topic(tf):
-    (worker,) = [s for s in tf["google_pubsub_subscription"] if s["name"] == settings.subscription]
-    assert worker["enable_exactly_once_delivery"] is True
-    assert worker["ack_deadline_seconds"] == 60
-    assert worker["retry_policy"]["minimum_backoff"] == "10s"
-    assert worker["retry_policy"]["maximum_backoff"] == "600s"
-    policy = worker["dead_letter_policy"]
-    assert policy["max_delivery_attempts"] == 5
-    (dead_letter,) = [
-        t for t in tf["google_pubsub_topic"] if t["name"] == settings.dead_letter_topic
-    ]
-    assert policy["dead_letter_topic"] == dead_letter["id"]
-    assert worker["expiration_policy"]["ttl"] == ""
-
-
-def test_the_pubsub_service_agent_may_dead_letter(tf):
-    topic_members = by_address(tf, "google_pubsub_topic_iam_member")
-    agent = topic_members["google_pubsub_topic_iam_member.dead_letter_publisher"]
-    assert agent["role"] == "roles/pubsub.publisher"
-    assert ("google_pubsub_topic", "dead_letter") in references(agent)
-    subs = by_address(tf, "google_pubsub_subscription_iam_member")
-    source = subs["google_pubsub_subscription_iam_member.dead_letter_source_subscriber"]
-    assert source["role"] == "roles/pubsub.subscriber"
-    assert ("google_pubsub_subscription", "worker") in references(source)
-
-
-def test_the_autoscaler_follows_the_worker_subscription_backlog_from_zero(tf):
-    (autoscaler,) = tf["google_compute_region_autoscaler"]
-    policy = autoscaler["autoscaling_policy"]
-    assert policy["min_replicas"] == 0
-    assert policy["max_replicas"] == 4
-    metric = policy["metric"]
-    assert metric["name"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
-    assert metric["filter"] == (
-        "resource.type = pubsub_subscription AND "
-        f'resource.labels.subscription_id = "{settings.subscription}"'
-    )
-    assert metric["single_instance_assignment"] >= 1
-    scale_in = policy["scale_in_control"]
-    assert scale_in["max_scaled_in_replicas"]["fixed"] == 1 and scale_in["time_window_sec"] >= 600
-    assert ("google_compute_region_instance_group_manager", "workers") in references(autoscaler)
-
-
-def test_the_worker_template_is_a_private_shielded_l4_with_the_boot_script(tf):
-    (template,) = tf["google_compute_instance_template"]
-    assert template["machine_type"].startswith("g2-standard-")
-    assert "access_config" not in template["network_interface"]
-    shielded = template["shielded_instance_config"]
-    assert shielded["enable_vtpm"] and shielded["enable_integrity_monitoring"]
-    assert template["scheduling"]["provisioning_model"] == "SPOT"
-    assert template["scheduling"]["on_host_maintenance"] == "TERMINATE"
-    metadata = template["metadata"]
-    startup = (ROOT / "gpu_worker" / "vm" / "startup.sh").read_text()
-    assert metadata["startup-script"] == startup
-    # The keys the boot script requires (gpu_worker/vm/README.md).
-    assert {"ltxv-prefix", "ltxv-model", "ltxv-worker-package"} <= set(metadata)
-    assert metadata["ltxv-prefix"] == PREFIX and metadata["ltxv-model"] == "ltx-video-2b-distilled"
-    assert ("google_storage_bucket_object", 'package["worker"]') in references(template)
-    assert metadata["enable-oslogin"] == "TRUE"
-    assert ("google_service_account", "worker") in references(template)
-
-
-def test_the_group_heals_and_replaces_without_surge(tf):
-    (group,) = tf["google_compute_region_instance_group_manager"]
-    assert group["auto_healing_policies"]["initial_delay_sec"] >= 600
-    assert group["update_policy"]["max_surge_fixed"] == 0
 
 
 def test_destination_buckets_are_writable_by_workers_and_readable_by_the_api_only(tf):
@@ -327,8 +269,12 @@ def test_alerts_watch_dead_letters_and_the_oldest_job(tf):
         for c in blocks(policy["conditions"])
     ]
     assert any("num_undelivered_messages" in f and "dead-letter" in f for f in filters)
-    assert any(
-        "oldest_unacked_message_age" in f and f'"{settings.subscription}"' in f for f in filters
+    # The oldest-job condition covers every model's worker subscription.
+    (oldest,) = [f for f in filters if "oldest_unacked_message_age" in f]
+    start = re.search(r'subscription_id = starts_with\("([^"]+)"\)', oldest).group(1)
+    subscriptions = [s["name"] for s in tf["google_pubsub_subscription"]]
+    assert sorted(s for s in subscriptions if s.startswith(start)) == sorted(
+        settings.subscription_for(model) for model in MODELS
     )
 
 

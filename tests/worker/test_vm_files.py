@@ -360,8 +360,10 @@ def test_every_metadata_key_is_documented() -> None:
         "ltxv-project",
         "ltxv-prefix",
         "ltxv-model",
+        "ltxv-default-model",
         "ltxv-worker-package",
         "ltxv-shutdown-grace-seconds",
+        "ltxv-subscription",
     } <= keys
     readme = README.read_text()
     assert [key for key in sorted(keys) if f"`{key}`" not in readme] == []
@@ -384,7 +386,9 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
             **REQUIRED_METADATA,
             "instance/attributes/ltxv-shutdown-grace-seconds": "15",
             "instance/attributes/ltxv-log-level": "DEBUG",
-            "instance/attributes/ltxv-subscription": "demo-jobs-worker",
+            "instance/attributes/ltxv-subscription": f"demo-jobs-worker-{MODEL}",
+            # This VM's pool is not the deployment's default model's.
+            "instance/attributes/ltxv-default-model": "ltx-video-2b",
         }
     )
     result = vm.run("read_config\nwrite_env_file\necho CHANGED=$CHANGED")
@@ -395,11 +399,12 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
     env = _env_file(vm)
     assert env["LTXV_PROJECT"] == "ltxv-prod-1"
     assert env["LTXV_PREFIX"] == PREFIX
-    assert env["LTXV_DEFAULT_MODEL"] == MODEL
+    assert env["LTXV_WORKER_MODEL"] == MODEL
+    assert env["LTXV_DEFAULT_MODEL"] == "ltx-video-2b"
     assert env["LTXV_MODEL_DIR"] == f"/var/lib/ltxv/models/{MODEL}"
     assert env["LTXV_SHUTDOWN_GRACE_SECONDS"] == "15"
     assert env["LTXV_LOG_LEVEL"] == "DEBUG"
-    assert env["LTXV_SUBSCRIPTION"] == "demo-jobs-worker"
+    assert env["LTXV_SUBSCRIPTION"] == f"demo-jobs-worker-{MODEL}"
     assert env["HF_HOME"] == "/var/cache/ltxv/huggingface"
     # The worker reads these names as the script meant them.
     with pytest.MonkeyPatch.context() as patch:
@@ -408,14 +413,13 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
         for name, value in env.items():
             patch.setenv(name, value)
         settings = Settings.from_env()
-    assert (settings.project, settings.prefix, settings.default_model) == (
-        "ltxv-prod-1",
-        PREFIX,
-        MODEL,
-    )
+    assert (settings.project, settings.prefix) == ("ltxv-prod-1", PREFIX)
+    # The worker loads and renders its pool's model; the default one only decides whether
+    # it also takes messages that name no model (ltxv.dispatch.passes_filter).
+    assert (settings.worker_model, settings.default_model) == (MODEL, "ltx-video-2b")
     assert settings.model_dir == f"/var/lib/ltxv/models/{MODEL}"
     assert settings.shutdown_grace_seconds == 15
-    assert settings.subscription == "demo-jobs-worker"
+    assert settings.subscription == f"demo-jobs-worker-{MODEL}"
     assert settings.model_cache == CACHE
 
     # Every boot writes it again; unchanged metadata leaves it (and the workers) alone.
@@ -434,8 +438,18 @@ def test_optional_keys_take_defaults(vm: Vm) -> None:
     assert env["LTXV_PROJECT"] == "project-from-metadata"
     assert env["LTXV_SHUTDOWN_GRACE_SECONDS"] == "20"
     assert env["LTXV_LOG_LEVEL"] == "INFO"
+    # A one-model deployment: the pool's model is the default one.
+    assert env["LTXV_WORKER_MODEL"] == env["LTXV_DEFAULT_MODEL"] == MODEL
     assert "LTXV_SUBSCRIPTION" not in env
     assert "LTXV_OUTPUTS_BUCKET" not in env
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("LTXV_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = Settings.from_env()
+    # Without the key, the name terraform gives the model's subscription.
+    assert settings.subscription == f"{PREFIX}-jobs-worker-{MODEL}"
 
 
 @pytest.mark.parametrize(
@@ -445,6 +459,7 @@ def test_optional_keys_take_defaults(vm: Vm) -> None:
         ({"instance/attributes/ltxv-prefix": None}, "ltxv-prefix"),
         ({"instance/attributes/ltxv-shutdown-grace-seconds": "40"}, "ltxv-shutdown-grace"),
         ({"instance/attributes/ltxv-model": "x y\nLTXV_EVIL=1"}, "ltxv-model"),
+        ({"instance/attributes/ltxv-default-model": "x y\nLTXV_EVIL=1"}, "ltxv-default-model"),
         ({"instance/attributes/ltxv-worker-package": "https://x/y.whl"}, "ltxv-worker-package"),
     ],
 )
@@ -587,7 +602,7 @@ def test_first_boot_fills_the_cache_under_a_lock(vm: Vm) -> None:
     fetch_env = dict(line.split("=", 1) for line in (vm.tmp / "fetch_env").read_text().split())
     local = vm.root / "var/lib/ltxv/models" / MODEL
     assert fetch_env["LTXV_MODEL_DIR"] == str(local)
-    assert fetch_env["LTXV_DEFAULT_MODEL"] == MODEL
+    assert fetch_env["LTXV_WORKER_MODEL"] == MODEL  # what fetch_model fetches
     assert fetch_env["HF_HOME"] == str(vm.root / "var/cache/ltxv/huggingface")
 
     cached = vm.gcs / CACHE / MODEL

@@ -15,9 +15,10 @@ one directory (`.local/` in the repository root, or `LTXV_STATE_DIR`):
     secrets/          API key, webhook secret, signing key (0600, generated once)
     stack.env         endpoints and credentials as shell `KEY=value` lines
 
-Components are declared in `COMPONENTS` below; adding one (the GPU worker, a notify
-function) is adding a `Component` entry. `LocalStack` is importable so that tests can run
-an isolated copy in a temporary directory on free ports.
+Components are declared below: `SERVICES`, a GPU worker per enabled model
+(`worker_components`) and the bridge; `components_for(settings)` lists them all. Adding
+one is adding a `Component` entry. `LocalStack` is importable so that tests can run an
+isolated copy in a temporary directory on free ports.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -50,8 +52,10 @@ from google.pubsub_v1.services.publisher.transports import PublisherGrpcTranspor
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from ltxv.auth import generate_api_key, hash_api_key
+from ltxv.dispatch import subscription_filter
 from ltxv.local.bridge import storage_events_subscription
 from ltxv.local.credentials import fake_service_account_key
+from ltxv.profiles import enabled_profiles
 from ltxv.settings import Settings
 from ltxv.webhooks import new_secret
 
@@ -69,6 +73,10 @@ POLL = 0.1  # seconds between readiness probes
 
 class StackError(RuntimeError):
     """Something the person running the stack has to act on; the message says what."""
+
+
+class StartupFailed(StackError):
+    """A component exited before it became ready (rather than being slow to)."""
 
 
 # --- component declarations ----------------------------------------------------------------
@@ -100,6 +108,9 @@ class Component:
     child_pidfile: str | None = None
     # How long `down` lets it finish after SIGTERM (a worker may want to wrap up a job).
     stop_grace: float = STOP_GRACE
+    # Whether `up` fails when it does not come up. `up` reports one that is not required
+    # (the worker of a model this machine may be unable to load) and the rest runs.
+    required: bool = True
 
 
 def _functions_framework(
@@ -245,25 +256,64 @@ def _probe_bridge(stack: LocalStack) -> None:
         raise RuntimeError("not pulling yet")
 
 
-def _worker_env(stack: LocalStack) -> dict[str, str]:
-    return {
-        **stack.service_env(),
-        "LTXV_MODEL_DIR": str(stack.state_dir / "models" / stack.settings.default_model),
-    }
+def worker_component_name(model: str, settings: Settings) -> str:
+    """`worker` for the default model (its pid in .local/worker.pid), `worker-MODEL` else."""
+    return "worker" if model == settings.default_model else f"worker-{model}"
 
 
-def _probe_worker(stack: LocalStack) -> None:
-    # Ready once the running child has loaded its model (its first log line that says so
-    # after the supervisor's latest start).
-    child = stack.state_dir / "worker.pid"
-    if not child.exists():
+def _probe_worker(stack: LocalStack, name: str, model: str) -> None:
+    # Ready once the running child has loaded its model: its log says so after the
+    # supervisor's latest start and the child's latest exit (the supervisor logs each).
+    if not (stack.state_dir / f"{name}.pid").exists():
         raise RuntimeError("not started yet")
-    text = stack.log_file("worker").read_text(errors="replace")
-    if '"message": "model loaded"' not in text.rsplit("starts:", 1)[-1]:
-        raise RuntimeError("loading the model")
+    text = stack.log_file(name).read_text(errors="replace").rsplit("starts:", 1)[-1]
+    children = re.split(r'\{"severity": "WARNING", "message": "exited with .*\n', text)
+    if '"message": "model loaded"' in children[-1]:
+        return
+    if len(children) > 1 and '"message": "model loaded"' not in children[-2]:
+        lines = [line for line in children[-2].splitlines() if line.strip()]
+        raise StartupFailed(
+            f"{name} exited before loading {model} ({lines[-1] if lines else '?'}); "
+            f"jobs for {model} stay queued until it runs"
+        )
+    raise RuntimeError("loading the model")
 
 
-COMPONENTS: tuple[Component, ...] = (
+def worker_components(settings: Settings) -> list[Component]:
+    """One GPU worker per model the API accepts (`LTXV_MODELS`), each pulling its model's
+    subscription, as each model has its own pool of VMs when deployed. Only the default
+    model's is required: another model's may not load here (no GPU, no weights)."""
+    models = sorted(settings.models, key=lambda model: model != settings.default_model)
+    return [_worker(worker_component_name(model, settings), model) for model in models]
+
+
+def _worker(name: str, model: str) -> Component:
+    def env(stack: LocalStack) -> dict[str, str]:
+        return {
+            **stack.service_env(),
+            "LTXV_WORKER_MODEL": model,
+            "LTXV_SUBSCRIPTION": stack.settings.subscription_for(model),
+            "LTXV_MODEL_DIR": str(stack.state_dir / "models" / model),
+        }
+
+    return Component(
+        name=name,
+        command=lambda stack: [sys.executable, "-m", "gpu_worker"],
+        probe=lambda stack: _probe_worker(stack, name, model),
+        marker="gpu_worker",
+        needs=("pubsub", "firestore", "gcs"),
+        env=env,
+        cwd=lambda stack: REPO_ROOT,
+        # As systemd runs it on a VM: restarted whenever it exits; pid in .local/NAME.pid.
+        restart=True,
+        child_pidfile=f"{name}.pid",
+        # Room for the worker's own shutdown grace (finish or requeue the current job).
+        stop_grace=25.0,
+        required=name == "worker",
+    )
+
+
+SERVICES: tuple[Component, ...] = (
     Component(
         name="pubsub",
         command=_pubsub_command,
@@ -298,30 +348,23 @@ COMPONENTS: tuple[Component, ...] = (
     _function("submit", "redispatch", "cloudevent", "LTXV_REDISPATCH_PORT", 8082),
     _function("notify", "result_ready", "cloudevent", "LTXV_RESULT_READY_PORT", 8083),
     _function("notify", "dead_letter", "cloudevent", "LTXV_DEAD_LETTER_PORT", 8084),
-    Component(
-        name="worker",
-        command=lambda stack: [sys.executable, "-m", "gpu_worker"],
-        probe=_probe_worker,
-        marker="gpu_worker",
-        needs=("pubsub", "firestore", "gcs"),
-        env=_worker_env,
-        cwd=lambda stack: REPO_ROOT,
-        # As systemd runs it on a VM: restarted whenever it exits; pid in .local/worker.pid.
-        restart=True,
-        child_pidfile="worker.pid",
-        # Room for the worker's own shutdown grace (finish or requeue the current job).
-        stop_grace=25.0,
-    ),
-    Component(
-        name="bridge",
-        command=lambda stack: [sys.executable, "-m", "ltxv.local.bridge"],
-        probe=_probe_bridge,
-        marker="ltxv.local.bridge",
-        # Not the functions: until one is up, its events wait in Pub/Sub (nack, redeliver).
-        needs=("pubsub", "gcs"),
-        env=_bridge_env,
-    ),
 )
+
+BRIDGE = Component(
+    name="bridge",
+    command=lambda stack: [sys.executable, "-m", "ltxv.local.bridge"],
+    probe=_probe_bridge,
+    marker="ltxv.local.bridge",
+    # Not the functions: until one is up, its events wait in Pub/Sub (nack, redeliver).
+    needs=("pubsub", "gcs"),
+    env=_bridge_env,
+)
+
+
+def components_for(settings: Settings) -> tuple[Component, ...]:
+    """Every component of a stack with these settings, in start order."""
+    return (*SERVICES, *worker_components(settings), BRIDGE)
+
 
 EMULATORS = ("pubsub", "firestore", "gcs")
 
@@ -344,15 +387,23 @@ class LocalStack:
         components: Iterable[str] | None = None,
         settings: Settings | None = None,
         functions_dir: Path | str | None = None,
-        specs: Sequence[Component] = COMPONENTS,
+        specs: Sequence[Component] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         echo: Callable[[str], None] | None = print,
     ) -> None:
-        self.specs = {spec.name: spec for spec in specs}
         self.state_dir = Path(state_dir or default_state_dir()).resolve()
         self.settings = settings or Settings.from_env()
+        # By default the components follow the settings: a worker per enabled model.
+        declared = components_for(self.settings) if specs is None else specs
+        self.specs = {spec.name: spec for spec in declared}
         self.functions_dir = Path(functions_dir or REPO_ROOT / "functions").resolve()
         self.components = self._closure(components or self.specs)
+        if specs is None:
+            # Workers this directory started with other models enabled: `down` and
+            # `status` still reach them; a plain `up` does not start them again.
+            for pidfile in (self.state_dir / "pids").glob("worker-*.pid"):
+                model = pidfile.stem.removeprefix("worker-")
+                self.specs.setdefault(pidfile.stem, _worker(pidfile.stem, model))
         # A stack started with other ports (tests, LTXV_*_PORT) keeps them for later calls.
         remembered = _read_ports(self.ports_file) if self.ports_file.is_file() else {}
         self.ports = _resolve_ports(self.specs.values(), ports or {}, remembered)
@@ -364,7 +415,7 @@ class LocalStack:
     @classmethod
     def with_free_ports(cls, state_dir: Path | str, **kwargs) -> LocalStack:
         """An isolated stack for tests: every port picked free by the kernel."""
-        specs = kwargs.get("specs", COMPONENTS)
+        specs = kwargs.get("specs") or SERVICES  # the components with ports
         named = [s.name for s in specs if s.default_port is not None]
         ports = dict(zip(named, free_ports(len(named)), strict=True))
         ports.update(kwargs.pop("ports", {}))
@@ -449,8 +500,11 @@ class LocalStack:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "LTXV_PROJECT": self.project,
             "LTXV_PREFIX": s.prefix,
+            # The API accepts exactly the models that have a worker here.
+            "LTXV_MODELS": ",".join(s.models),
+            "LTXV_DEFAULT_MODEL": s.default_model,
             "LTXV_TOPIC": s.topic,
-            "LTXV_SUBSCRIPTION": s.subscription,
+            "LTXV_SUBSCRIPTION": s.subscription_for(s.default_model),
             "LTXV_DEAD_LETTER_TOPIC": s.dead_letter_topic,
             "LTXV_PROMPTS_BUCKET": s.prompts,
             "LTXV_OUTPUTS_BUCKET": s.outputs,
@@ -481,18 +535,23 @@ class LocalStack:
             "LTXV_PROMPTS_BUCKET": s.prompts,
             "LTXV_OUTPUTS_BUCKET": s.outputs,
             "LTXV_TOPIC": s.topic,
-            "LTXV_SUBSCRIPTION": s.subscription,
+            "LTXV_SUBSCRIPTION": s.subscription_for(s.default_model),
         }
 
     # --- lifecycle ---
 
-    def up(self, components: Iterable[str] | None = None) -> dict[str, int]:
+    def up(self, components: Iterable[str] | None = None) -> dict[str, int | None]:
         """Start what is not running, wait until everything answers; returns name -> pid.
 
         Components whose pidfile names a live process are left alone but still probed.
-        If anything fails, what this call started is stopped again before the error.
+        If anything fails, what this call started is stopped again before the error; a
+        component that is not `required` is reported instead (its pid: None if stopped).
         """
         names = self._closure(components or self.components)
+        try:
+            enabled_profiles(self.settings.default_model, self.settings.enabled_models)
+        except ValueError as exc:
+            raise StackError(f"LTXV_MODELS / LTXV_DEFAULT_MODEL: {exc}") from exc
         self._make_dirs()
         self._ensure_secrets()
         self._check_ports(names)
@@ -506,7 +565,12 @@ class LocalStack:
                     started[name] = time.monotonic()
                     self._launch(self.specs[name])
             for name in names:
-                self._await(name, started, ready)
+                try:
+                    self._await(name, started, ready)
+                except StackError as exc:
+                    if self.specs[name].required:
+                        raise
+                    self._not_required(name, exc)
             self._write_stack_env()
             _write_atomic(self.ports_file, json.dumps(self.ports, sort_keys=True) + "\n")
         except BaseException:
@@ -567,8 +631,11 @@ class LocalStack:
                 _ignore_exists(publisher.create_topic, name=topic(name))
             subscriptions = [
                 {
-                    "name": s.subscription,
+                    "name": s.subscription_for(model),
                     "topic": topic(s.topic),
+                    # As terraform filters each model's subscription. The emulator keeps
+                    # the filter but delivers every message anyway: each worker re-checks.
+                    "filter": subscription_filter(model, s.default_model),
                     # The worker extends it while it renders; a crashed worker's job comes
                     # back within a minute instead of ten.
                     "ack_deadline_seconds": 60,
@@ -578,7 +645,10 @@ class LocalStack:
                     },
                     "retry_policy": _retry_policy(10, 600),
                     "enable_exactly_once_delivery": True,
-                },
+                }
+                for model in s.models
+            ]
+            subscriptions += [
                 # The bridge pulls these and holds each message while a function runs (up
                 # to 540 s), as Eventarc's push subscriptions do with a 600 s deadline.
                 {
@@ -699,7 +769,7 @@ class LocalStack:
         last_error = "no answer yet"
         while True:
             if self.pid(name) is None:
-                raise StackError(
+                raise StartupFailed(
                     f"{name} exited during start-up; see {self.log_file(name)}"
                     f"\n{_tail(self.log_file(name))}"
                 )
@@ -730,6 +800,18 @@ class LocalStack:
         else:
             note = f"(already running, pid {pid})"
         self._echo(f"{name:<12} ready    {address:<16} {note}")
+
+    def _not_required(self, name: str, error: StackError) -> None:
+        """A component the stack can run without did not come up: say so, and stop it if
+        it failed rather than being slow (a worker crash-looping on weights it cannot
+        load would only burn CPU)."""
+        if isinstance(error, StartupFailed):
+            self._stop([name], quiet=True)
+            what = f"stopped: start it again with `ltxv dev up --components {name}`"
+        else:
+            what = "left running: it may still get ready"
+        first = str(error).splitlines()[0]
+        self._echo(f"{name:<12} NOT READY: {first}\n  {what} (log: {self.log_file(name)})")
 
     def _pidfile_pid(self, name: str) -> int | None:
         with contextlib.suppress(FileNotFoundError, ValueError):

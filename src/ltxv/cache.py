@@ -46,7 +46,12 @@ class Cached(Generic[T]):
                 if not self._loaded:
                     self._store(self._load())
         elif self._clock() >= self._expires and self._refreshing.acquire(blocking=False):
-            threading.Thread(target=self._reload, name=f"reload-{self._name}", daemon=True).start()
+            if self._clock() < self._expires:  # a reload finished between the two checks
+                self._refreshing.release()
+            else:
+                threading.Thread(
+                    target=self._reload, name=f"reload-{self._name}", daemon=True
+                ).start()
         return self._value  # type: ignore[return-value]
 
     def _store(self, value: T) -> None:

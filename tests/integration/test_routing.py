@@ -131,7 +131,7 @@ def test_a_job_recorded_for_another_model_than_its_message_names_is_never_render
 ):
     # A message that names this worker's model for a job recorded for another (misrouted,
     # or forged): the job document is the truth.
-    request = service.intake.validate(OTHER_REQUEST)
+    request = service.intake.validate(OTHER_REQUEST, api_key_id="default")
     job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")
     service.store.create(job)
     service.dispatcher.publish([{**job, "model": DEFAULT}])

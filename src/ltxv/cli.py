@@ -513,7 +513,7 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     """Publish a job's message to the dead-letter topic, as Pub/Sub does after N attempts."""
     from google.cloud import pubsub_v1
 
-    from .notify import DELIVERY_COUNT_ATTRIBUTE
+    from .dead_letters import DELIVERY_COUNT_ATTRIBUTE
     from .settings import Settings
 
     if "PUBSUB_EMULATOR_HOST" not in use_local_emulators():

@@ -94,6 +94,10 @@ class UnsafeURL(ValueError):
     """The URL must not be used as a webhook target; the message says why."""
 
 
+class Unresolvable(UnsafeURL):
+    """The host did not resolve (in time): maybe only for now, unlike the other refusals."""
+
+
 class ResolveTimeout(TimeoutError):
     """The name did not resolve within the time limit (the lookup may still be running)."""
 
@@ -223,7 +227,7 @@ def check_webhook_url(
     elif host == "localhost" or host.endswith(".localhost"):
         ips = [ipaddress.ip_address(a) for a in LOOPBACK_NAME_ADDRESSES]
     else:
-        ips = _resolve(host, port, resolver, fail)
+        ips = _resolve(host, port, resolver, fail, field)
 
     for ip in ips:
         problem = _classify(ip)
@@ -278,16 +282,16 @@ def _parse_ipv4_literal(host: str, fail: Callable[[str], UnsafeURL]) -> IPAddres
 
 
 def _resolve(
-    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL]
+    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL], field: str
 ) -> list[IPAddress]:
     try:
         raw = resolver(host, port)
     except TimeoutError:  # before OSError, which it is
-        raise fail(f"host {host} does not resolve in time") from None
+        raise Unresolvable(f"{field} host {host} does not resolve in time") from None
     except (OSError, UnicodeError):  # socket.gaierror is an OSError
         raw = []
     if not raw:
-        raise fail(f"host {host} does not resolve")
+        raise Unresolvable(f"{field} host {host} does not resolve")
     ips: list[IPAddress] = []
     for address in raw:
         try:

@@ -358,8 +358,8 @@ def test_a_receiver_trickling_its_answer_is_cut_at_the_deadline(scheme, tls, ans
     # Every byte comes well within any per-read timeout; only a deadline stops this.
     # Whole, the answer would take 10 s or more; the attempt may take 1 s.
     sent, took, server = raw_post(scheme, trickle(answer), tls, timeout=1.0)
-    assert 0.9 <= took < 2.0, took
-    assert 0.9 <= sent.duration_seconds < 2.0
+    assert 0.9 <= took < 2.5, took
+    assert 0.9 <= sent.duration_seconds < 2.5
     assert sent.status_code is None and sent.error == "timed out" and sent.retryable
     assert len(server.requests) == 1
 
@@ -374,7 +374,7 @@ def test_a_tls_handshake_trickled_byte_by_byte_is_cut_at_the_deadline(tls):
                 return
 
     sent, took, _ = raw_post("https", slow_handshake, tls, timeout=1.0)
-    assert 0.9 <= took < 2.0, took
+    assert 0.9 <= took < 2.5, took
     assert sent.status_code is None and sent.error == "timed out"
 
 

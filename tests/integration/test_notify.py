@@ -29,7 +29,7 @@ from ltxv.store import JobStore, TransactionContended
 from ltxv.validation import request_hash
 from ltxv.webhook_receiver import WebhookReceiver
 from ltxv.webhook_secrets import WebhookSecrets
-from ltxv.webhook_sender import post_pinned
+from ltxv.webhook_sender import SendResult, post_pinned
 from ltxv.webhooks import new_secret
 
 from .conftest import ROOT, WEBHOOK_SECRETS
@@ -403,6 +403,28 @@ def test_an_interrupted_attempt_past_the_retry_window_ends_the_delivery(
         and "interrupted" in record["reason"]
     )
     assert receiver.deliveries == []
+
+
+def test_an_attempt_recorded_after_a_later_one_took_over_keeps_both_outcomes(
+    service, notifier, notify_settings, receiver
+):
+    # Only possible when an attempt outlives its claim (say, Firestore slow to record it):
+    # the late outcome is filled in, and the record stays the later attempt's to settle.
+    job_id = submit(service, receiver.url)
+    finish(service, job_id)
+
+    def outlived(*args, **kwargs):
+        service.store.transact(
+            job_id, lambda job, now: {"webhook.sending_until": now - timedelta(seconds=1)}
+        )
+        assert notifier.on_object(*result_object(service, job_id)) == "delivered"
+        return SendResult(503, None, 0.1)
+
+    slow = WebhookNotifier(service.store, service.storage, notify_settings, send=outlived)
+    assert slow.on_object(*result_object(service, job_id)) == "delivered"
+    record = webhook_record(service, job_id)
+    assert [a["status_code"] for a in record["attempts"]] == [503, 200]
+    assert record["state"] == "delivered" and record["next_attempt_at"] is None
 
 
 class ContendedStore(JobStore):

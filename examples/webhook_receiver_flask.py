@@ -1,8 +1,11 @@
 """A minimal receiver for ltx-video-pipeline webhooks: Flask and the standardwebhooks library.
 
     pip install flask standardwebhooks
-    LTXV_WEBHOOK_SECRET=whsec_... flask --app webhook_receiver_flask run --port 8099
+    LTXV_WEBHOOK_SECRET=$(ltxv webhook secret) flask --app webhook_receiver_flask run --port 8099
 
+The secret is your API key's own (`ltxv webhook secret`, or GET /v1/webhooks/secret).
+While it is being rotated each delivery carries two signatures, and `verify` accepts the
+delivery when either matches: switch LTXV_WEBHOOK_SECRET to the new secret at any time.
 Verify the signature over the raw body before trusting anything in it, answer 2xx fast
 (do slow work elsewhere), and use `webhook-id` to ignore a repeated delivery: a delivery
 whose answer was lost is sent again with the same id.

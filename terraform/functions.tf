@@ -32,11 +32,11 @@ locals {
       description   = "result.json -> the job's signed webhook, each attempt recorded on the job."
       memory        = "256Mi"
       cpu           = "0.167"
-      timeout       = 60 # one attempt: a 10 s POST and two Firestore transactions
+      timeout       = 60 # one attempt: a lookup (<= 5 s) and a POST (<= 10 s) between two transactions
       max_instances = 50
       bucket        = local.bucket_outputs
       env = {
-        LTXV_WEBHOOK_SECRET_NAME = "projects/${var.project_id}/secrets/${var.prefix}-webhook-secret"
+        LTXV_WEBHOOK_SECRETS_SECRET = local.webhook_secrets_secret
       }
     }
   }
@@ -69,6 +69,8 @@ locals {
 
   # Shared by both kinds: only Eventarc calls them, one event at a time.
   event_function = merge(local.storage_function, local.pubsub_function)
+
+  webhook_secrets_secret = "projects/${var.project_id}/secrets/${var.prefix}-webhook-secrets"
 }
 
 resource "google_cloudfunctions2_function" "api" {
@@ -103,7 +105,8 @@ resource "google_cloudfunctions2_function" "api" {
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
     environment_variables = merge(local.function_env, {
-      LTXV_API_KEYS_SECRET = "projects/${var.project_id}/secrets/${var.prefix}-api-keys"
+      LTXV_API_KEYS_SECRET        = "projects/${var.project_id}/secrets/${var.prefix}-api-keys"
+      LTXV_WEBHOOK_SECRETS_SECRET = local.webhook_secrets_secret # GET /v1/webhooks/secret
     })
   }
 
@@ -111,7 +114,10 @@ resource "google_cloudfunctions2_function" "api" {
     google_project_iam_member.this,
     google_project_iam_member.gcs_agent_publisher,
     google_storage_bucket_iam_member.this,
+    google_storage_bucket_iam_member.api_writes_canceled_results,
     google_secret_manager_secret_version.api_keys,
+    google_secret_manager_secret_version.webhook_secrets,
+    google_secret_manager_secret_iam_member.webhook_secrets,
   ]
 
   lifecycle {
@@ -175,8 +181,8 @@ resource "google_cloudfunctions2_function" "on_storage" {
     google_project_iam_member.this,
     google_project_iam_member.gcs_agent_publisher,
     google_storage_bucket_iam_member.this,
-    google_secret_manager_secret_version.webhook_secret,
-    google_secret_manager_secret_iam_member.webhook_secret,
+    google_secret_manager_secret_version.webhook_secrets,
+    google_secret_manager_secret_iam_member.webhook_secrets,
   ]
 }
 

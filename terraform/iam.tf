@@ -123,11 +123,32 @@ resource "google_secret_manager_secret_iam_member" "api_keys" {
   depends_on = [google_service_account.function, google_service_account.worker]
 }
 
-resource "google_secret_manager_secret_iam_member" "webhook_secret" {
-  secret_id  = google_secret_manager_secret.webhook_secret.id
+# result-ready signs each event with its owner's secrets; the API shows a key its own.
+resource "google_secret_manager_secret_iam_member" "webhook_secrets" {
+  for_each   = toset(["api", "result-ready"])
+  secret_id  = google_secret_manager_secret.webhook_secrets.id
   role       = "roles/secretmanager.secretAccessor"
-  member     = local.sa["result-ready"]
+  member     = local.sa[each.key]
   depends_on = [google_service_account.function, google_service_account.worker]
+}
+
+# A job canceled in the queue gets its result.json (and so its job.canceled webhook) from
+# the API's cancel call, not from a GPU VM booted for it: the API may create exactly those
+# objects. objectCreator holds no delete, so with the write's if_generation_match=0 nothing
+# is ever overwritten. Conditions name an object as projects/_/buckets/BUCKET/objects/NAME
+# (IAM Conditions, resource attributes: Cloud Storage); the bucket has uniform access.
+resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
+  bucket = local.bucket_outputs
+  role   = "roles/storage.objectCreator"
+  member = local.sa["api"]
+
+  condition {
+    title       = "canceled-job-results-only"
+    description = "Create jobs/JOB/result.json in the outputs bucket, nothing else."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_outputs}/objects/jobs/\") && resource.name.endsWith(\"/result.json\")"
+  }
+
+  depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
 # Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob

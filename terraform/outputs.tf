@@ -24,9 +24,15 @@ output "api_keys_secret" {
   value       = google_secret_manager_secret.api_keys.id
 }
 
-output "webhook_secret" {
-  description = "Secret Manager secret holding the whsec_ secret that signs webhooks; give it to your receivers: gcloud secrets versions access latest --secret NAME."
-  value       = google_secret_manager_secret.webhook_secret.secret_id
+output "webhook_secrets" {
+  description = "Each API key's current webhook signing secret (whsec_...) by key id: give each client its own (`terraform output -json webhook_secrets`); a client can also ask for its own with GET /v1/webhooks/secret."
+  value       = { for id, secrets in local.webhook_secrets : id => secrets[0] }
+  sensitive   = true
+}
+
+output "webhook_secrets_secret" {
+  description = "Secret Manager secret holding every API key's webhook signing secrets (JSON key id -> [current, previous])."
+  value       = google_secret_manager_secret.webhook_secrets.secret_id
 }
 
 output "worker_subscriptions" {

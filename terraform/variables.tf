@@ -66,6 +66,23 @@ variable "api_key_ids" {
   }
 }
 
+variable "webhook_secret_generations" {
+  description = "Rotation of each API key's webhook signing secret: key id -> generation (1 when absent). Raise a key's number to mint a new secret; see webhook_secret_keep_previous for the overlap (secrets.tf says how to rotate)."
+  type        = map(number)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for generation in values(var.webhook_secret_generations) : generation >= 1 && floor(generation) == generation])
+    error_message = "webhook_secret_generations: each generation must be a whole number, 1 or more."
+  }
+}
+
+variable "webhook_secret_keep_previous" {
+  description = "API key ids whose previous webhook secret generation still signs next to the current one (each delivery then carries both signatures), while their receivers switch to the new secret."
+  type        = set(string)
+  default     = []
+}
+
 variable "prompt_file_owner" {
   description = "The API key id that owns jobs from prompt files dropped into the prompts bucket (it lists and reads them)."
   type        = string

@@ -20,7 +20,8 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import jsonify
 
-from ltxv.notify import DeadLetters, RetryLater, WebhookNotifier
+from ltxv.dead_letters import DeadLetters
+from ltxv.notify import RetryLater, WebhookNotifier
 from ltxv.service import Service
 
 log = logging.getLogger("ltxv.notify")
@@ -35,7 +36,7 @@ def _service() -> Service:
 def _notifier() -> WebhookNotifier:
     service = _service()
     return WebhookNotifier(
-        service.store, service.storage, service.settings, secret=service.webhook_secret
+        service.store, service.storage, service.settings, secrets=service.webhook_secrets
     )
 
 

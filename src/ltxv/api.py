@@ -48,6 +48,7 @@ ROUTES = Map(
         Rule("/v1/jobs/<job_id>", endpoint="get_job", methods=["GET"]),
         Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
         Rule("/predict", endpoint="predict", methods=["POST"]),
+        Rule("/v1/webhooks/secret", endpoint="webhook_secret", methods=["GET"]),
     ],
     strict_slashes=False,
     # Merging would answer `//x` with a redirect (RequestRedirect); an API has no use for
@@ -481,3 +482,14 @@ class JobsApi:
             "metadata": job["request"].get("metadata") or {},
             "job_id": job["job_id"],
         }
+
+    def webhook_secret(self, request: Request) -> Response:
+        """This key's webhook signing secrets (current first), and no other key's."""
+        key_id = self._authenticate(request)
+        try:
+            secrets = self.service.webhook_secrets.for_key(key_id)
+        except BACKEND_ERRORS as exc:
+            raise unavailable("webhook secrets cannot be read right now; retry shortly") from exc
+        if not secrets:
+            raise ApiError(404, "not_found", "this API key has no webhook signing secret")
+        return json_response({"key_id": key_id, "secret": secrets[0], "secrets": list(secrets)})

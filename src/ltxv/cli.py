@@ -4,7 +4,8 @@
     ltxv status JOB_ID          ltxv list [--state running]
     ltxv cancel JOB_ID          ltxv download JOB_ID --out fox.mp4
     ltxv drop prompts.jsonl     (upload into the prompts bucket, print its receipt)
-    ltxv webhook verify|listen  ltxv dev up|down|status|logs|dead-letter
+    ltxv webhook verify|listen|secret
+    ltxv dev up|down|status|logs|dead-letter
 
 Settings come from flags, then the environment (LTXV_API_URL, LTXV_API_KEY, ...), then
 `.local/stack.env` (written by `make dev`), so against the local stack nothing needs to
@@ -67,8 +68,8 @@ def _secret(args: argparse.Namespace) -> str:
     secret = setting("LTXV_WEBHOOK_SECRET", args.secret)
     if not secret:
         raise UserError(
-            "no webhook secret: pass --secret, set LTXV_WEBHOOK_SECRET, or run `make dev` "
-            "(which writes it to .local/stack.env)"
+            "no webhook secret: pass --secret, set LTXV_WEBHOOK_SECRET (`ltxv webhook secret` "
+            "prints your key's), or run `make dev` (which writes it to .local/stack.env)"
         )
     return secret
 
@@ -453,6 +454,20 @@ def cmd_webhook_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    body = _client(args).webhook_secret()
+    if args.json:
+        out(json.dumps(body, indent=2))
+        return 0
+    if len(body["secrets"]) > 1:
+        err(
+            f"a rotation is under way: each delivery carries {len(body['secrets'])} signatures; "
+            "this is the current secret (--json lists every one)"
+        )
+    out(body["secret"])
+    return 0
+
+
 # --- ltxv dev ---------------------------------------------------------------------------------
 
 
@@ -513,7 +528,7 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     """Publish a job's message to the dead-letter topic, as Pub/Sub does after N attempts."""
     from google.cloud import pubsub_v1
 
-    from .notify import DELIVERY_COUNT_ATTRIBUTE
+    from .dead_letters import DELIVERY_COUNT_ATTRIBUTE
     from .settings import Settings
 
     if "PUBSUB_EMULATOR_HOST" not in use_local_emulators():
@@ -651,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, metavar="N", help="exit after N verified deliveries (scripts)"
     )
     listen.set_defaults(run=cmd_webhook_listen)
+
+    secret = webhook_commands.add_parser(
+        "secret", parents=service, help="print this API key's webhook signing secret"
+    )
+    secret.set_defaults(run=cmd_webhook_secret)
 
     dev = commands.add_parser("dev", help="the local stack: up, down, status, logs")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)

@@ -279,6 +279,13 @@ class Client:
             partial.unlink(missing_ok=True)
         return path
 
+    # --- webhooks ---
+
+    def webhook_secret(self) -> dict[str, Any]:
+        """This key's webhook signing secrets: `secret` (the current one, to verify with)
+        and `secrets` (every one that signs, current first; two during a rotation)."""
+        return self._call("GET", "/v1/webhooks/secret")
+
     # --- service ---
 
     def health(self) -> dict[str, Any]:

@@ -1,31 +1,40 @@
-"""Outcomes to clients: result.json → signed webhook, dead letter → failed job.
+"""Outcomes to clients: result.json → a signed webhook, each attempt recorded on the job.
 
-Both run as event-driven functions (functions/notify) and lean on their trigger for
+Runs as the `result_ready` event function (functions/notify) and leans on its trigger for
 retries: raising :class:`RetryLater` makes the function answer non-2xx, Eventarc delivers
 the event again after its backoff (10 s to 10 min, for 24 h), and the handler decides
 afresh from the job document. So no timer, queue or process of our own has to survive.
+(Dead letters, the other notify entry point, are in `dead_letters`.)
 
 Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 
-1. In a transaction: nothing to do if the job has no webhook or its delivery is settled
-   (`delivered`/`failed`); retry later if another invocation is sending right now
-   (`sending_until`) or the next attempt is not due (`next_attempt_at`); else mark
-   `sending_until` and go on. A repeated trigger therefore never sends a delivered event
-   again, and two concurrent triggers never send it twice.
-2. Check the URL again (DNS may have changed since intake) and POST to the checked address.
-3. In a transaction: append the attempt and settle the record: `delivered` on 2xx,
-   `failed` on 410/other 4xx/3xx/an unsafe URL/the retry window passed, else `retrying`
-   with `next_attempt_at` from exponential backoff with jitter (or `Retry-After`, if later),
-   and ask the trigger to come back.
+1. Claim, in a transaction: nothing to do if the job has no webhook or its delivery is
+   settled (`delivered`/`failed`); retry later if an attempt is in flight
+   (`sending_until`) or the next one is not due (`next_attempt_at`). Else append the
+   attempt, marked `in_flight`, and hold `sending_until` for longer than the attempt can
+   possibly take (DNS and the send each have a deadline; a margin on top), so two
+   triggers never send at once. The attempt counts from here on: an invocation killed
+   mid-send (the function's own timeout) leaves it in flight, and the first claim after
+   `sending_until` records it as `interrupted`, counts it toward the retry window and goes
+   on. A job whose owner (its API key) has no signing secret fails here, unsent.
+2. Check the URL again (DNS may have changed since intake) and POST to the checked
+   address, signed with each of the owner's secrets (several during a rotation). Nothing
+   here raises: whatever happens is the attempt's outcome.
+3. Record, in a transaction: fill in the attempt and settle the record: `delivered` on
+   2xx, `failed` on 410/other 4xx/3xx/an unsafe URL/the retry window passed, else
+   `retrying` with `next_attempt_at` from exponential backoff with jitter (or
+   `Retry-After`, if later), and ask the trigger to come back. A contended or failing
+   Firestore is tried again; if the outcome still cannot be written it is logged as an
+   error, and the attempt, left in flight, is taken as interrupted by a later trigger.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,22 +43,36 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .dispatch import parse_job_id
-from .jobs import State, check_transition, utcnow
-from .results import RESULT_NAME, build_result, write_result_once
+from .intake import BACKEND_ERRORS
+from .jobs import utcnow
+from .results import RESULT_NAME
 from .settings import Settings
 from .store import JobStore
-from .urlsafety import Resolver, UnsafeURL, check_webhook_url, system_resolver
-from .webhook_sender import SendResult, post_pinned
+from .urlsafety import (
+    RESOLVE_TIMEOUT_SECONDS,
+    Resolver,
+    Unresolvable,
+    UnsafeURL,
+    check_webhook_url,
+    system_resolver,
+)
+from .webhook_secrets import Secrets, WebhookSecrets
+from .webhook_sender import INTERNAL_ERROR, TIMED_OUT, SendResult, post_pinned
 from .webhooks import build_event, encode_event, event_id, sign_headers
 
 log = logging.getLogger(__name__)
 
 RESULT_OBJECT = re.compile(rf"^jobs/([a-z0-9]{{1,64}})/{re.escape(RESULT_NAME)}$")
-# Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
-DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
-# How long past a send's own timeout its `sending_until` mark still holds off others.
+# How long past an attempt's own deadlines (DNS, then the POST) its `sending_until` mark
+# still holds off other triggers: room for the claim's commit and the clocks of two
+# function instances.
 SENDING_MARGIN_SECONDS = 30.0
+INTERRUPTED = "interrupted"
+SETTLED = ("delivered", "failed")
+# Recording an outcome: tries, and the pause before the next (doubled each time).
+RECORD_TRIES = 3
+RECORD_PAUSE_SECONDS = 0.5
+BACKEND_RETRY = timedelta(seconds=10)
 
 
 class RetryLater(Exception):
@@ -84,8 +107,27 @@ class RetrySchedule:
         delay = backoff * (0.5 + rng / 2)
         return max(delay, retry_after) if retry_after is not None else delay
 
+    def window_passed(self, first_attempt: datetime, when: datetime) -> bool:
+        return (when - first_attempt).total_seconds() > self.window_seconds
+
+    def gave_up(self, attempts: list[dict[str, Any]], last: str) -> str:
+        hours = self.window_seconds / 3600
+        return f"gave up after {len(attempts)} attempts over {hours:g} h; last: {last}"
+
 
 Send = Callable[..., SendResult]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt, claimed: where it goes, signed with what, and when it must be over."""
+
+    job_id: str
+    event_id: str
+    index: int  # its place in webhook.attempts
+    url: str
+    secrets: tuple[str, ...]
+    send_by: float  # the notifier's clock: the POST must have ended by then
 
 
 class WebhookNotifier:
@@ -95,16 +137,13 @@ class WebhookNotifier:
         storage_client: storage.Client,
         settings: Settings,
         *,
-        secret: str | None = None,
+        secrets: WebhookSecrets | None = None,
         resolver: Resolver = system_resolver,
         send: Send = post_pinned,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.secret = secret or settings.webhook_secret
-        if not self.secret:
-            raise RuntimeError(
-                "set LTXV_WEBHOOK_SECRET (whsec_...) or LTXV_WEBHOOK_SECRET_NAME to sign webhooks"
-            )
+        self.secrets = secrets or WebhookSecrets.from_settings(settings)
         self.store = store
         self.storage = storage_client
         self.settings = settings
@@ -112,6 +151,11 @@ class WebhookNotifier:
         self.resolver = resolver
         self.send = send
         self.rng = rng
+        self.clock = clock
+        # The most an attempt takes once claimed (a lookup, then the POST), and how long
+        # its claim keeps other triggers off: longer by a margin.
+        self.budget = RESOLVE_TIMEOUT_SECONDS + settings.webhook_timeout_seconds
+        self.hold = timedelta(seconds=self.budget + SENDING_MARGIN_SECONDS)
 
     def on_object(self, bucket: str, name: str, generation: str | None) -> str:
         """A finalized object in some bucket; only the outputs' result.json files matter."""
@@ -130,54 +174,56 @@ class WebhookNotifier:
 
     def deliver(self, result: dict[str, Any]) -> str:
         """Send the event for `result` unless done or not due; the delivery state after."""
-        job_id = result["job_id"]
-        msg_id = event_id(job_id)
-        stop, url = self._begin(job_id, msg_id)
-        if stop is not None:
-            return stop
-        fields = {"job_id": job_id, "event_id": msg_id}
         try:
-            checked = check_webhook_url(
-                url,
-                allow_http_loopback=self.settings.allow_http_loopback_webhooks,
-                resolver=self.resolver,
+            job_id = result["job_id"]
+            body = encode_event(build_event(result))  # before claiming: it cannot change
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error(
+                "result.json is no settled job's result; no webhook", extra={"error": str(exc)}
             )
-        except UnsafeURL as exc:
-            sent = SendResult(None, str(exc), 0.0)
-            state = self._record(job_id, utcnow(), sent, final=str(exc))
-            log.warning("webhook refused", extra={**fields, "reason": str(exc)})
-            return state
-        body = encode_event(build_event(result))
-        at = utcnow()
-        sent = self.send(
-            checked,
-            body,
-            sign_headers(self.secret, msg_id, body, at),
-            timeout=self.settings.webhook_timeout_seconds,
-        )
-        state = self._record(job_id, at, sent)
+            return "unreadable"
+        msg_id = event_id(job_id)
+        try:
+            secrets = self.secrets.all()  # before claiming: an outage leaves nothing half-done
+        except BACKEND_ERRORS as exc:
+            raise RetryLater(
+                job_id, utcnow() + BACKEND_RETRY, "webhook secrets unreadable"
+            ) from exc
+        claim = self._begin(job_id, msg_id, secrets)
+        if isinstance(claim, str):
+            return claim
+        sent, final = self._attempt(claim, body)
+        state, next_at = self._record(claim, sent, final)
         log.info(
             "webhook attempt",
             extra={
-                **fields,
+                "job_id": job_id,
+                "event_id": msg_id,
                 "status_code": sent.status_code,
                 "error": sent.error,
+                "detail": sent.detail,
                 "duration_seconds": sent.duration_seconds,
                 "delivery_state": state,
             },
         )
+        if state == "retrying" and next_at is not None:
+            raise RetryLater(job_id, next_at, "the receiver did not take the event")
         return state
 
-    def _begin(self, job_id: str, msg_id: str) -> tuple[str | None, str]:
-        """Claim the next attempt: (None, url); (why not, "") to stop; or raise RetryLater."""
-        seen: dict[str, str] = {}
+    # --- 1. claim ---------------------------------------------------------------------------
+
+    def _begin(self, job_id: str, msg_id: str, secrets: Secrets) -> Claim | str:
+        """Claim the next attempt, or say why there is none (or raise RetryLater)."""
+        seen: dict[str, Any] = {}
+        started = self.clock()
 
         def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+            seen.clear()
             webhook = job.get("webhook")
             if not webhook:
                 seen["outcome"] = "no_webhook"
                 return None
-            if webhook["state"] in ("delivered", "failed"):
+            if webhook["state"] in SETTLED:
                 seen["outcome"] = webhook["state"]
                 return None
             sending_until = webhook.get("sending_until")
@@ -186,47 +232,124 @@ class WebhookNotifier:
             due = webhook.get("next_attempt_at")
             if due and due > now:
                 raise RetryLater(job_id, due, "the next attempt is not due yet")
-            seen["url"] = webhook["url"]
-            hold = self.settings.webhook_timeout_seconds + SENDING_MARGIN_SECONDS
+            attempts = list(webhook.get("attempts") or [])
+            if attempts and attempts[-1].get("in_flight"):
+                # Its invocation ended before recording it (killed at the function's
+                # timeout, or Firestore failed it): a failed attempt, and it counts.
+                attempts[-1] = {"at": attempts[-1]["at"], "status_code": None, "error": INTERRUPTED}
+                seen["interrupted"] = True
+                if self.schedule.window_passed(attempts[0]["at"], now):
+                    seen["outcome"] = "failed"
+                    reason = self.schedule.gave_up(attempts, INTERRUPTED)
+                    return {"webhook.attempts": attempts, **_settle("failed", reason)}
+            owner = job.get("api_key_id")
+            keys = secrets.get(owner or "", ())
+            if not keys:
+                seen["outcome"] = "failed"
+                reason = f"no webhook signing secret for API key {owner!r}; nothing was sent"
+                return {"webhook.attempts": attempts, **_settle("failed", reason)}
+            seen.update(url=webhook["url"], index=len(attempts), secrets=keys)
+            attempt = {"at": now, "status_code": None, "error": None, "in_flight": True}
             return {
-                "webhook.sending_until": now + timedelta(seconds=hold),
+                "webhook.attempts": [*attempts, attempt],
+                "webhook.sending_until": now + self.hold,
                 "webhook.event_id": msg_id,
             }
 
-        job = self.store.transact(job_id, decide)
+        try:
+            job = self.store.transact(job_id, decide)
+        except BACKEND_ERRORS as exc:  # TransactionContended among them: nothing was claimed
+            raise RetryLater(job_id, utcnow() + BACKEND_RETRY, "the job store is busy") from exc
         if job is None:
             log.warning("result.json for a job that does not exist", extra={"job_id": job_id})
-            return "missing", ""
-        return seen.get("outcome"), seen.get("url", "")
+            return "missing"
+        if seen.get("interrupted"):
+            log.warning("a webhook attempt was interrupted unrecorded", extra={"job_id": job_id})
+        if "outcome" in seen:
+            if seen["outcome"] == "failed":
+                log.warning("webhook delivery failed", extra={"job_id": job_id})
+            return seen["outcome"]
+        return Claim(
+            job_id, msg_id, seen["index"], seen["url"], seen["secrets"], started + self.budget
+        )
 
-    def _record(self, job_id: str, at: datetime, sent: SendResult, final: str | None = None) -> str:
-        """Append the attempt and settle the record; raise RetryLater when it must go on."""
-        attempt = {
-            "at": at,
+    # --- 2. send ----------------------------------------------------------------------------
+
+    def _attempt(self, claim: Claim, body: bytes) -> tuple[SendResult, str | None]:
+        """Check the URL and POST; the outcome, and why it is final if it is a refusal.
+        Never raises: whatever happens must be recorded."""
+        started = self.clock()
+        try:
+            checked = check_webhook_url(
+                claim.url,
+                allow_http_loopback=self.settings.allow_http_loopback_webhooks,
+                resolver=self.resolver,
+            )
+            timeout = min(self.settings.webhook_timeout_seconds, claim.send_by - self.clock())
+            if timeout <= 0:
+                return SendResult(None, TIMED_OUT, self._since(started)), None
+            headers = sign_headers(claim.secrets, claim.event_id, body)
+            return self.send(checked, body, headers, timeout=timeout), None
+        except Unresolvable as exc:  # DNS may answer next time
+            return SendResult(None, str(exc), self._since(started)), None
+        except UnsafeURL as exc:
+            return SendResult(None, str(exc), self._since(started)), str(exc)
+        except Exception as exc:
+            log.exception("webhook attempt failed unexpectedly", extra={"job_id": claim.job_id})
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            return SendResult(None, INTERNAL_ERROR, self._since(started), detail=detail), None
+
+    def _since(self, started: float) -> float:
+        return round(max(0.0, self.clock() - started), 3)
+
+    # --- 3. record --------------------------------------------------------------------------
+
+    def _record(
+        self, claim: Claim, sent: SendResult, final: str | None
+    ) -> tuple[str, datetime | None]:
+        """Fill in the claimed attempt and settle the record: (state, next attempt at)."""
+        rng = self.rng()
+        outcome = {
             "status_code": sent.status_code,
             "error": sent.error,
             "duration_seconds": sent.duration_seconds,
         }
-        rng = self.rng()
         decided: dict[str, Any] = {}
 
         def decide(job: dict[str, Any], now: datetime) -> dict[str, Any]:
             webhook = job["webhook"]
-            attempts = [*webhook.get("attempts", []), attempt]
+            attempts = list(webhook.get("attempts") or [])
+            if claim.index < len(attempts):
+                attempts[claim.index] = {"at": attempts[claim.index]["at"], **outcome}
+            else:  # the record was rewritten meanwhile; what happened is kept all the same
+                attempts.append({"at": now, **outcome})
+            if claim.index < len(attempts) - 1 or webhook["state"] in SETTLED:
+                # A later trigger took over (this one outlived its claim): the record is
+                # its to settle; this attempt's outcome is only filled in.
+                decided.update(state=webhook["state"], next_at=webhook.get("next_attempt_at"))
+                return {"webhook.attempts": attempts}
             state, reason, next_at = self._next_step(attempts, sent, final, now, rng)
             decided.update(state=state, next_at=next_at)
-            return {
-                "webhook.attempts": attempts,
-                "webhook.state": state,
-                "webhook.reason": reason,
-                "webhook.next_attempt_at": next_at,
-                "webhook.sending_until": None,
-            }
+            return {"webhook.attempts": attempts, **_settle(state, reason, next_at)}
 
-        self.store.transact(job_id, decide)
-        if decided["state"] == "retrying":
-            raise RetryLater(job_id, decided["next_at"], "the receiver did not take the event")
-        return decided["state"]
+        for attempt in range(RECORD_TRIES):
+            try:
+                job = self.store.transact(claim.job_id, decide)
+                break
+            except BACKEND_ERRORS as exc:
+                if attempt + 1 == RECORD_TRIES:
+                    log.error(
+                        "webhook attempt not recorded; a later trigger takes it as interrupted",
+                        extra={"job_id": claim.job_id, "error": str(exc), **outcome},
+                    )
+                    raise RetryLater(
+                        claim.job_id, utcnow() + self.hold, "the attempt could not be recorded"
+                    ) from exc
+                time.sleep(RECORD_PAUSE_SECONDS * 2**attempt)
+        if job is None:
+            log.warning("job gone before its webhook attempt was recorded", extra=outcome)
+            return "missing", None
+        return decided["state"], decided["next_at"]
 
     def _next_step(
         self,
@@ -246,83 +369,19 @@ class WebhookNotifier:
             return "failed", f"the receiver answered {code}; {why}", None
         delay = self.schedule.delay(len(attempts), sent.retry_after_seconds, rng)
         next_at = now + timedelta(seconds=delay)
-        first = attempts[0]["at"]
-        if (next_at - first).total_seconds() > self.schedule.window_seconds:
-            hours = self.schedule.window_seconds / 3600
-            reason = f"gave up after {len(attempts)} attempts over {hours:g} h"
-            return "failed", f"{reason}; last: {sent.error or sent.status_code}", None
+        if self.schedule.window_passed(attempts[0]["at"], next_at):
+            return (
+                "failed",
+                self.schedule.gave_up(attempts, sent.error or str(sent.status_code)),
+                None,
+            )
         return "retrying", None, next_at
 
 
-class DeadLetters:
-    """A job message the subscription gave up on: fail the job and write its result.json.
-
-    The result.json then reaches the client through the webhook path like any outcome.
-    Dead-lettering is best effort (a message may come twice), so this is idempotent: a
-    settled job only gets a missing result.json written.
-    """
-
-    CODE = "attempts_exhausted"
-
-    def __init__(self, store: JobStore, storage_client: storage.Client, outputs_bucket: str):
-        self.store = store
-        self.storage = storage_client
-        self.outputs_bucket = outputs_bucket
-
-    def on_message(self, message: dict[str, Any]) -> str:
-        """A dead-lettered job message as a `messagePublished` event carries it."""
-        attributes = message.get("attributes") or {}
-        try:
-            payload = base64.b64decode(message.get("data") or "")
-        except ValueError:
-            payload = b""
-        job_id = parse_job_id(payload, attributes)
-        if job_id is None:
-            # Nothing names a job: retrying cannot help, so take it off the topic.
-            log.error(
-                "dead letter names no job; dropped", extra={"message_id": message.get("messageId")}
-            )
-            return "no_job"
-        count = attributes.get(DELIVERY_COUNT_ATTRIBUTE, "")
-        return self.handle(job_id, int(count) if count.isdigit() else None)
-
-    def handle(self, job_id: str, delivery_attempts: int | None = None) -> str:
-        seen: dict[str, str] = {}
-
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            state = State(job["state"])
-            if state.terminal:
-                seen["outcome"] = "already_" + state.value
-                return None
-            lease = job.get("lease") or {}
-            if state == State.RUNNING and lease.get("expires_at") and lease["expires_at"] > now:
-                # A worker is still on it (its last delivery outlived the message): let it
-                # finish; the job is decided when its lease ends, one way or the other.
-                raise RetryLater(job_id, lease["expires_at"], "a worker holds a live lease")
-            check_transition(state, State.FAILED)
-            seen["outcome"] = "failed"
-            return {
-                "state": State.FAILED.value,
-                f"state_times.{State.FAILED.value}": now,
-                "lease": None,
-                "error": self._error(job, delivery_attempts),
-            }
-
-        job = self.store.transact(job_id, decide)
-        if job is None:
-            log.error("dead letter for a job that does not exist", extra={"job_id": job_id})
-            return "missing"
-        wrote = write_result_once(self.storage, self.outputs_bucket, build_result(job))
-        log.warning(
-            "dead letter",
-            extra={"job_id": job_id, "outcome": seen["outcome"], "result_written": wrote},
-        )
-        return seen["outcome"]
-
-    def _error(self, job: dict[str, Any], delivery_attempts: int | None) -> dict[str, Any]:
-        tries = delivery_attempts or job.get("attempts") or 0
-        message = f"gave up after {tries} deliveries of the job without it finishing"
-        last = job.get("error") or {}
-        if last.get("message"):
-            message += f"; last error: {last['message']}"
-        return {"code": self.CODE, "message": message, "retryable": False}
+def _settle(state: str, reason: str | None, next_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "webhook.state": state,
+        "webhook.reason": reason,
+        "webhook.next_attempt_at": next_at,
+        "webhook.sending_until": None,
+    }

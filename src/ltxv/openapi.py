@@ -91,6 +91,26 @@ def document(
             "next_page_token": {"type": ["string", "null"]},
         },
     }
+    components["WebhookSecret"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["key_id", "secret", "secrets"],
+        "properties": {
+            "key_id": {"type": "string", "description": "The API key these secrets belong to."},
+            "secret": {
+                "type": "string",
+                "pattern": "^whsec_",
+                "description": "The current secret: verify deliveries with it.",
+            },
+            "secrets": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "pattern": "^whsec_"},
+                "description": "Every secret that signs this key's events, current first "
+                "(two during a rotation: each delivery carries a signature by each).",
+            },
+        },
+    }
     components["Health"] = {
         "type": "object",
         "required": ["status"],
@@ -210,6 +230,17 @@ def document(
                     "responses": {
                         "200": _json("#/components/schemas/PredictResponse", "The video"),
                         **_errors(400, 401, 409, 413, 415, 422, 429, 503, 504),
+                    },
+                }
+            },
+            "/v1/webhooks/secret": {
+                "get": {
+                    "operationId": "getWebhookSecret",
+                    "summary": "This key's webhook signing secret (Standard Webhooks, whsec_)",
+                    "responses": {
+                        "200": _json("#/components/schemas/WebhookSecret", "The secrets"),
+                        "404": _json("#/components/schemas/Error", "This key has no secret"),
+                        **_errors(401, 503),
                     },
                 }
             },

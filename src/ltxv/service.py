@@ -16,6 +16,7 @@ from .settings import Settings, get_settings
 from .signing import UrlSigner
 from .store import JobStore
 from .validation import IntakePolicy
+from .webhook_secrets import WebhookSecrets
 
 
 @dataclass
@@ -86,12 +87,9 @@ class Service:
         raise RuntimeError("set LTXV_API_KEY_HASHES or LTXV_API_KEYS_SECRET")
 
     @cached_property
-    def webhook_secret(self) -> str | None:
-        """The whsec_ secret: inline locally, from Secret Manager when deployed."""
-        settings = self.settings
-        if settings.webhook_secret:
-            return settings.webhook_secret
-        return read_secret(settings.webhook_secret_name) if settings.webhook_secret_name else None
+    def webhook_secrets(self) -> WebhookSecrets:
+        """Each API key's whsec_ secrets: inline locally, from Secret Manager when deployed."""
+        return WebhookSecrets.from_settings(self.settings)
 
     @cached_property
     def signer(self) -> UrlSigner:

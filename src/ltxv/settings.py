@@ -98,9 +98,12 @@ class Settings:
     signing_credentials_file: str | None = None
     # fake-gcs-server locally (the client libraries' own variable); unset in the cloud.
     storage_emulator_host: str | None = None
-    webhook_secret: str | None = None
-    # Deployed: the Secret Manager secret holding it (projects/P/secrets/S), read at start.
-    webhook_secret_name: str | None = None
+    # Webhook signing secrets per API key: inline JSON {key_id: ["whsec_current", ...]}
+    # (local stack and tests) or the Secret Manager secret holding it (deployed), re-read
+    # after webhook_secrets_cache_seconds (see webhook_secrets.py).
+    webhook_secrets_json: str | None = None
+    webhook_secrets_secret: str | None = None
+    webhook_secrets_cache_seconds: int = 300
     # Webhook delivery (functions/notify). Each retry waits base * 2^(n-1) with jitter,
     # at most retry_max, or longer if the receiver's Retry-After says so; after
     # retry_window since the first attempt the delivery is recorded as failed. The window
@@ -156,8 +159,11 @@ class Settings:
             log_level=_env("LOG_LEVEL", cls.log_level),
             signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
             storage_emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None,
-            webhook_secret=_env("WEBHOOK_SECRET"),
-            webhook_secret_name=_env("WEBHOOK_SECRET_NAME"),
+            webhook_secrets_json=_env("WEBHOOK_SECRETS"),
+            webhook_secrets_secret=_env("WEBHOOK_SECRETS_SECRET"),
+            webhook_secrets_cache_seconds=_env_int(
+                "WEBHOOK_SECRETS_CACHE_SECONDS", cls.webhook_secrets_cache_seconds
+            ),
             webhook_timeout_seconds=_env_float(
                 "WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
             ),

@@ -25,6 +25,15 @@ below closes one way of pointing that connection somewhere internal:
   rejects the URL. ``ipaddress.is_global`` misses some ranges (multicast, site-local,
   6to4), and IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo, NAT64) could
   smuggle a private IPv4 target, so those are checked explicitly.
+- **Only the ports webhooks use: 443 and 8443.** Any other port would let a client aim
+  the sender at whatever else listens on a public host (mail, databases, admin panels)
+  and learn from the recorded outcome whether it is open: a port scanner run by us.
+  The local http-loopback mode keeps any port, for loopback addresses only.
+- **Resolve within a time limit.** A lookup runs on a small shared thread pool and is
+  given up after a few seconds (``RESOLVE_TIMEOUT_SECONDS``): a stuck resolver must not
+  hold a request, a prompt-file line or a delivery. :func:`caching` memoises lookups for
+  the duration of one batch (a prompt file), so a thousand lines naming one slow host
+  cost one lookup.
 - **Pin the connection.** Checking a name and then letting the HTTP client resolve it
   again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses and the
   sender must connect to one of them (see :func:`pinned_connection_target`), sending the
@@ -33,9 +42,11 @@ below closes one way of pointing that connection somewhere internal:
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import re
 import socket
+import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +57,8 @@ Resolver = Callable[[str, int], list[str]]
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"https": 443, "http": 80}
+ALLOWED_HTTPS_PORTS = frozenset({443, 8443})
+RESOLVE_TIMEOUT_SECONDS = 5.0
 METADATA_NAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
 METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ["169.254.169.254", "fd00:ec2::254"]))
 LOOPBACK_NAME_ADDRESSES = ("127.0.0.1", "::1")
@@ -81,6 +94,14 @@ class UnsafeURL(ValueError):
     """The URL must not be used as a webhook target; the message says why."""
 
 
+class Unresolvable(UnsafeURL):
+    """The host did not resolve (in time): maybe only for now, unlike the other refusals."""
+
+
+class ResolveTimeout(TimeoutError):
+    """The name did not resolve within the time limit (the lookup may still be running)."""
+
+
 @dataclass(frozen=True)
 class CheckedURL:
     url: str  # the original URL
@@ -91,10 +112,54 @@ class CheckedURL:
     addresses: tuple[str, ...]  # every resolved address, all checked
 
 
-def system_resolver(host: str, port: int) -> list[str]:
-    """Resolve ``host`` for TCP over IPv4 and IPv6; addresses deduplicated, in resolver order."""
-    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+# getaddrinfo has no timeout of its own: lookups run here and callers wait a bounded time.
+# A lookup stuck in the system resolver keeps its thread until the resolver gives up; with
+# every thread stuck, new lookups queue and time out for their callers all the same.
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
+
+
+def system_resolver(host: str, port: int, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> list[str]:
+    """Resolve ``host`` for TCP over IPv4 and IPv6; addresses deduplicated, in resolver order.
+
+    Raises :class:`ResolveTimeout` after ``timeout`` seconds, ``socket.gaierror`` for a name
+    that does not resolve.
+    """
+    lookup = _LOOKUPS.submit(
+        socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )
+    try:
+        infos = lookup.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        lookup.cancel()  # still queued: never runs; running: its answer is dropped
+        raise ResolveTimeout(f"{host} did not resolve within {timeout:g} s") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def caching(resolver: Resolver) -> Resolver:
+    """``resolver`` with each (host, port) looked up once, failures included.
+
+    For one batch of checks that belong together (the lines of one prompt file), not for
+    a process's lifetime: DNS answers change, and delivery must see the current one.
+    """
+    answers: dict[tuple[str, int], list[str] | OSError | UnicodeError] = {}
+    lock = threading.Lock()
+
+    def cached(host: str, port: int) -> list[str]:
+        key = (host, port)
+        with lock:
+            answer = answers.get(key)
+        if answer is None:
+            try:
+                answer = list(resolver(host, port))
+            except (OSError, UnicodeError) as exc:  # what check_webhook_url turns into a refusal
+                answer = exc
+            with lock:
+                answer = answers.setdefault(key, answer)
+        if isinstance(answer, BaseException):
+            raise answer
+        return list(answer)
+
+    return cached
 
 
 def pinned_connection_target(checked: CheckedURL) -> tuple[str, int]:
@@ -148,6 +213,10 @@ def check_webhook_url(
         port = DEFAULT_PORTS[scheme]
     elif not 1 <= port <= 65535:
         raise fail(f"port {port} is out of range 1-65535")
+    port_allowed = scheme == "https" and port in ALLOWED_HTTPS_PORTS
+    if not port_allowed and not allow_http_loopback:
+        # Refused before any lookup: a scan of ports must not even cost a DNS query.
+        raise fail(_port_problem(port))
 
     host = _normalize_host(parts.hostname, fail)
     literal = _parse_ipv4_literal(host, fail)
@@ -158,7 +227,7 @@ def check_webhook_url(
     elif host == "localhost" or host.endswith(".localhost"):
         ips = [ipaddress.ip_address(a) for a in LOOPBACK_NAME_ADDRESSES]
     else:
-        ips = _resolve(host, port, resolver, fail)
+        ips = _resolve(host, port, resolver, fail, field)
 
     for ip in ips:
         problem = _classify(ip)
@@ -168,6 +237,8 @@ def check_webhook_url(
         raise fail(f"{where} {problem}")
     if scheme == "http" and not all(ip.is_loopback for ip in ips):
         raise fail("must use https (http is allowed only for loopback hosts)")
+    if not port_allowed and not all(ip.is_loopback for ip in ips):
+        raise fail(_port_problem(port))
 
     path_and_query = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return CheckedURL(
@@ -178,6 +249,11 @@ def check_webhook_url(
         path_and_query=path_and_query,
         addresses=tuple(str(ip) for ip in ips),
     )
+
+
+def _port_problem(port: int) -> str:
+    allowed = " or ".join(str(p) for p in sorted(ALLOWED_HTTPS_PORTS))
+    return f"port {port} is not allowed; webhooks go to https on port {allowed}"
 
 
 def _normalize_host(hostname: str, fail: Callable[[str], UnsafeURL]) -> str:
@@ -206,14 +282,16 @@ def _parse_ipv4_literal(host: str, fail: Callable[[str], UnsafeURL]) -> IPAddres
 
 
 def _resolve(
-    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL]
+    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL], field: str
 ) -> list[IPAddress]:
     try:
         raw = resolver(host, port)
+    except TimeoutError:  # before OSError, which it is
+        raise Unresolvable(f"{field} host {host} does not resolve in time") from None
     except (OSError, UnicodeError):  # socket.gaierror is an OSError
         raw = []
     if not raw:
-        raise fail(f"host {host} does not resolve")
+        raise Unresolvable(f"{field} host {host} does not resolve")
     ips: list[IPAddress] = []
     for address in raw:
         try:

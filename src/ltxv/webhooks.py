@@ -7,6 +7,10 @@ so what one signs the other checks byte for byte:
     webhook-timestamp: Unix seconds of this attempt (receivers refuse stale ones)
     webhook-signature: v1,base64(HMAC-SHA256(secret, "<id>.<timestamp>.<body>"))
 
+Each API key has its own secrets (`webhook_secrets`); an event is signed with every
+secret of the job's owner, the signatures space-separated in one header as the standard
+allows, so that a receiver keeps verifying while its secret is rotated.
+
 Receivers: `verify_webhook(secret, headers, body)` returns the event or raises
 `WebhookVerificationError`; `ltxv webhook verify` does the same from a shell.
 """
@@ -17,7 +21,7 @@ import base64
 import hmac
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,15 +75,19 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 
 def sign_headers(
-    secret: str, msg_id: str, body: bytes, at: datetime | None = None
+    secrets: str | Sequence[str], msg_id: str, body: bytes, at: datetime | None = None
 ) -> dict[str, str]:
-    """The Standard Webhooks headers for one delivery attempt of `body`."""
+    """The Standard Webhooks headers for one delivery attempt of `body`, signed with each
+    of `secrets` (one secret, or the current one and those still valid during a rotation)."""
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not keys:
+        raise ValueError("no secret to sign with")
     at = (at or datetime.now(UTC)).astimezone(UTC)
-    signature = Webhook(secret).sign(msg_id, at, body.decode("utf-8"))
+    text = body.decode("utf-8")
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": signature,
+        "webhook-signature": " ".join(Webhook(key).sign(msg_id, at, text) for key in keys),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }

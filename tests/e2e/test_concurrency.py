@@ -1,11 +1,20 @@
-"""Bursts of concurrent clients against the local stack over real HTTP: the API under
-functions-framework (threaded, as Cloud Run serves it), the GPU worker on tiny-random, the
-Eventarc bridge and the notify function. Nothing may answer 5xx, no job may be lost, and
-none may be published, rendered or announced twice."""
+"""Concurrency over real HTTP on the local stack: what many clients, triggers and slow
+peers doing things at once must never break.
+
+The stack here runs the API (threaded under functions-framework, as Cloud Run serves it),
+the notify function (`result_ready`), the GPU worker on tiny-random and the Eventarc bridge
+next to the session's emulators. Nothing may answer 5xx, no job may be lost, and none may be
+published, rendered or announced twice.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import secrets
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,12 +25,15 @@ import requests
 from google.cloud import pubsub_v1
 
 from ltxv.local.stack import LocalStack
+from ltxv.service import Service
+from ltxv.webhooks import verify_webhook
 
 from .conftest import running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
 
 COMPONENTS = ["api", "result_ready", "worker", "bridge"]
+WEBHOOK_TIMEOUT = 2.0  # each attempt's whole deadline, on this stack
 SMALL = {"prompt": "a paper boat on a pond", "num_frames": 9, "height": 64, "width": 96}
 # Several seconds of denoising on two cores: long enough to be caught running.
 SLOW = {
@@ -35,7 +47,13 @@ SLOW = {
 
 @pytest.fixture(scope="module")
 def stack(emulators) -> Iterator[LocalStack]:
-    with running_stack(emulators, COMPONENTS) as running:
+    settings = dataclasses.replace(
+        emulators.settings,
+        webhook_timeout_seconds=WEBHOOK_TIMEOUT,
+        webhook_retry_base_seconds=0.5,
+        webhook_retry_max_seconds=2.0,
+    )
+    with running_stack(emulators, COMPONENTS, settings) as running:
         yield running
 
 
@@ -48,6 +66,190 @@ def api(stack, clean_firestore) -> Iterator[requests.Session]:
     session.mount("http://", adapter)
     yield session
     session.close()
+
+
+def job(stack, api, job_id) -> dict:
+    response = api.get(f"{stack.api_url}/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def parked_topic(stack) -> Iterator[str]:
+    """A jobs topic no worker pulls: its jobs stay queued until canceled."""
+    publisher = pubsub_v1.PublisherClient()
+    topic = f"jobs-{uuid.uuid4().hex[:8]}"
+    publisher.create_topic(name=publisher.topic_path(stack.project, topic))
+    yield topic
+    publisher.delete_topic(topic=publisher.topic_path(stack.project, topic))
+
+
+def parked_job(stack, topic: str, body: dict) -> str:
+    """A job accepted as the API would (by the stack's `default` key), on `topic`."""
+    settings = dataclasses.replace(
+        stack.settings, topic_name=topic, allow_http_loopback_webhooks=True
+    )
+    return Service(settings).intake.submit_http(body, api_key_id="default").job["job_id"]
+
+
+# --- a slow webhook receiver ------------------------------------------------------------------
+
+
+class TricklingReceiver:
+    """A raw HTTP receiver that answers its first `slow` deliveries one byte every `every`
+    seconds (all within any per-read timeout), the rest at once with 200. It verifies each
+    delivery's signature and keeps, per connection, when it was open; `most_at_once` is
+    the most deliveries it ever had open together."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, secret: str, slow: int, every: float = 0.4) -> None:
+        self.secret, self.slow, self.every = secret, slow, every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.lock = threading.Lock()
+        self.deliveries: list[dict] = []
+        self.open_now = self.most_at_once = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            headers, body = self._read(conn)
+            with self.lock:
+                number = len(self.deliveries) + 1
+                delivery = {"opened": time.monotonic(), "closed": None, "verified": False}
+                self.deliveries.append(delivery)
+                self.open_now += 1
+                self.most_at_once = max(self.most_at_once, self.open_now)
+            try:
+                delivery["verified"] = bool(verify_webhook(self.secret, headers, body))
+                if number > self.slow:
+                    conn.sendall(self.ANSWER)
+                    return
+                for i in range(len(self.ANSWER)):
+                    if self._client_gone(conn):
+                        return
+                    conn.sendall(self.ANSWER[i : i + 1])
+                    if self.stop.wait(self.every):
+                        return
+            except OSError:
+                pass  # cut by the sender: what the test wants
+            finally:
+                with self.lock:
+                    delivery["closed"] = time.monotonic()
+                    self.open_now -= 1
+
+    @staticmethod
+    def _read(conn: socket.socket) -> tuple[dict[str, str], bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        while len(body) < int(headers.get("content-length", 0)):
+            body += conn.recv(65536)
+        return headers, body
+
+    @staticmethod
+    def _client_gone(conn: socket.socket) -> bool:
+        conn.setblocking(False)
+        try:
+            return conn.recv(1) == b""
+        except BlockingIOError:
+            return False
+        finally:
+            conn.setblocking(True)
+            conn.settimeout(10)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def _result_ready_event(stack, job_id: str) -> tuple[dict[str, str], str]:
+    """The CloudEvent Eventarc would deliver (again) for the job's result.json."""
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": secrets.token_hex(8),
+        "ce-source": f"//storage.googleapis.com/projects/_/buckets/{stack.settings.outputs}",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "ce-subject": f"objects/jobs/{job_id}/result.json",
+        "Content-Type": "application/json",
+    }
+    data = {"bucket": stack.settings.outputs, "name": f"jobs/{job_id}/result.json"}
+    return headers, json.dumps(data)
+
+
+def test_a_slow_receiver_is_cut_at_each_deadline_retried_and_never_sent_twice_at_once(
+    stack, api, parked_topic
+):
+    receiver = TricklingReceiver(stack.webhook_secret, slow=2)
+    try:
+        job_id = parked_job(
+            stack, parked_topic, {"prompt": "a slow pond", "webhook_url": receiver.url}
+        )
+        # Canceled in the queue: the API writes result.json, the bridge hands it to notify.
+        assert api.post(f"{stack.api_url}/v1/jobs/{job_id}/cancel").status_code == 200
+
+        # While the first attempt trickles, Eventarc "redelivers" the event five times at
+        # once: each trigger must see the attempt in flight and send nothing.
+        deadline = time.monotonic() + 60
+        while not receiver.deliveries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.deliveries, "the first attempt never arrived"
+        headers, body = _result_ready_event(stack, job_id)
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: requests.post(
+                        stack.url("result_ready"), data=body, headers=headers, timeout=30
+                    ),
+                    range(5),
+                )
+            )
+        assert [a.status_code for a in answers] == [503] * 5
+        assert {a.json()["reason"] for a in answers} == {"another attempt is in flight"}
+
+        while time.monotonic() < deadline:
+            record = job(stack, api, job_id)["webhook"]
+            if record["state"] in ("delivered", "failed"):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # room for a stray send, were there one
+    finally:
+        receiver.close()
+
+    assert record["state"] == "delivered", record
+    attempts = record["attempts"]
+    assert [(a["status_code"], a["error"]) for a in attempts] == [
+        (None, "timed out"),
+        (None, "timed out"),
+        (200, None),
+    ]
+    for cut in attempts[:2]:  # cut at the deadline, not after the 7 s the answer takes
+        assert WEBHOOK_TIMEOUT - 0.2 <= cut["duration_seconds"] < WEBHOOK_TIMEOUT + 1.5, cut
+    assert not any(a.get("in_flight") for a in attempts)
+    # Exactly one connection per recorded attempt, each signed, and never two at once.
+    assert len(receiver.deliveries) == len(attempts)
+    assert all(d["verified"] for d in receiver.deliveries)
+    assert receiver.most_at_once == 1
+    spans = sorted((d["opened"], d["closed"]) for d in receiver.deliveries)
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+# --- many clients on one job --------------------------------------------------------
 
 
 def burst(count: int, call) -> list[requests.Response]:

@@ -25,12 +25,15 @@ from ltxv.jobs import utcnow
 from ltxv.local.credentials import fake_service_account_key
 from ltxv.service import Service
 from ltxv.settings import Settings
+from ltxv.webhooks import new_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMIT_SOURCE = str(ROOT / "functions" / "submit" / "main.py")
 API_KEY = generate_api_key()
 OTHER_KEY = generate_api_key()
 KEY_HASHES = json.dumps({"default": hash_api_key(API_KEY), "other": hash_api_key(OTHER_KEY)})
+# Each key signs its webhooks with its own secret.
+WEBHOOK_SECRETS = {"default": [new_secret()], "other": [new_secret()]}
 
 
 @contextlib.contextmanager
@@ -74,6 +77,7 @@ def env(emulators, clean_firestore, topic_names, signing_key_file, monkeypatch) 
         "LTXV_TOPIC": topic,
         "LTXV_SUBSCRIPTION": subscription,
         "LTXV_API_KEY_HASHES": KEY_HASHES,
+        "LTXV_WEBHOOK_SECRETS": json.dumps(WEBHOOK_SECRETS),
         "LTXV_SIGNING_CREDENTIALS_FILE": str(signing_key_file),
         "LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS": "true",
         "LTXV_MAX_WAIT_SECONDS": "5",

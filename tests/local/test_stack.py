@@ -125,6 +125,9 @@ def test_secrets_are_private_stable_and_usable(emulators):
     assert set(env) >= {"LTXV_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"}
     hashes = json.loads(stack.service_env()["LTXV_API_KEY_HASHES"])
     assert hashes == {"default": hash_api_key(stack.api_key)}
+    # The functions sign the key's webhooks with the secret stack.env gives its receivers.
+    secrets = json.loads(stack.service_env()["LTXV_WEBHOOK_SECRETS"])
+    assert secrets == {"default": [env["LTXV_WEBHOOK_SECRET"]]}
 
     # Generated once: another object on the same state dir reads the same values.
     same = LocalStack(emulators.state_dir, settings=emulators.settings, echo=None)

@@ -164,12 +164,12 @@ def test_function_settings_are_ones_the_code_reads(tf):
         assert env["LTXV_PREFIX"] == PREFIX and env["LTXV_PROJECT"] == PROJECT
     api = _functions(tf)["api"]["service_config"]["environment_variables"]
     assert api["LTXV_API_KEYS_SECRET"] == f"projects/{PROJECT}/secrets/{PREFIX}-api-keys"
+    webhook_secrets = f"projects/{PROJECT}/secrets/{PREFIX}-webhook-secrets"
     notify = _functions(tf)["result-ready"]["service_config"]["environment_variables"]
-    assert (
-        notify["LTXV_WEBHOOK_SECRET_NAME"] == f"projects/{PROJECT}/secrets/{PREFIX}-webhook-secret"
-    )
+    assert notify["LTXV_WEBHOOK_SECRETS_SECRET"] == webhook_secrets
+    assert api["LTXV_WEBHOOK_SECRETS_SECRET"] == webhook_secrets  # GET /v1/webhooks/secret
     secrets = {s["secret_id"] for s in tf["google_secret_manager_secret"]}
-    assert secrets == {f"{PREFIX}-api-keys", f"{PREFIX}-webhook-secret"}
+    assert secrets == {f"{PREFIX}-api-keys", f"{PREFIX}-webhook-secrets"}
 
 
 def _all_strings(value):
@@ -298,6 +298,7 @@ def test_every_variable_is_typed_and_described(tf):
 def test_outputs_give_what_a_first_request_needs(tf):
     outputs = by_address(tf, "output")
     for name in ("api_url", "api_keys", "prompts_bucket", "outputs_bucket", "api_keys_secret",
-                 "webhook_secret", "example_request"):  # fmt: skip
+                 "webhook_secrets", "example_request"):  # fmt: skip
         assert f"output.{name}" in outputs
     assert outputs["output.api_keys"]["sensitive"] is True
+    assert outputs["output.webhook_secrets"]["sensitive"] is True

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+import threading
+import time
 
 import pytest
 
 from ltxv.urlsafety import (
     CheckedURL,
+    ResolveTimeout,
     UnsafeURL,
+    caching,
     check_webhook_url,
     pinned_connection_target,
     system_resolver,
@@ -73,8 +78,8 @@ def test_public_https_name_is_accepted_with_all_addresses():
     [
         ("HTTPS://hooks.example.com", "hooks.example.com", 443, "/"),
         ("https://hooks.example.com:8443/x", "hooks.example.com", 8443, "/x"),
-        ("https://hooks.example.com.:1/", "hooks.example.com", 1, "/"),
-        ("https://hooks.example.com:65535/?q", "hooks.example.com", 65535, "/?q"),
+        ("https://hooks.example.com.:8443/", "hooks.example.com", 8443, "/"),
+        ("https://hooks.example.com:443/?q", "hooks.example.com", 443, "/?q"),
         ("https://bücher.example/hook", "xn--bcher-kva.example", 443, "/hook"),
         (f"https://{PUBLIC_V4}/hook", PUBLIC_V4, 443, "/hook"),
     ],
@@ -170,6 +175,33 @@ def test_non_string_rejected():
 def test_field_name_is_used_in_messages():
     with pytest.raises(UnsafeURL, match=r"^callback\.url must use https$"):
         check_webhook_url("http://x.example/", field="callback.url", resolver=fake_resolver)
+
+
+# --- ports: 443 and 8443 only (a webhook must not become a port scanner) ------------------
+
+
+@pytest.mark.parametrize("port", [1, 22, 25, 80, 444, 3306, 6379, 8080, 9200, 65535])
+def test_other_ports_are_refused_before_any_lookup(port):
+    def resolver(host, port):
+        raise AssertionError("a refused port must not cost a DNS query")
+
+    rejects(
+        f"https://hooks.example.com:{port}/x",
+        f"webhook_url port {port} is not allowed; webhooks go to https on port 443 or 8443",
+        resolver=resolver,
+    )
+
+
+def test_loopback_mode_keeps_any_port_for_loopback_only():
+    assert check("http://127.0.0.1:9000/hook", allow_http_loopback=True).port == 9000
+    assert check("https://localhost:9443/hook", allow_http_loopback=True).port == 9443
+    assert check("http://local.example.com:1/", allow_http_loopback=True).port == 1
+    rejects(
+        "https://hooks.example.com:9000/hook",
+        "port 9000 is not allowed",
+        allow_http_loopback=True,
+    )
+    assert check("https://hooks.example.com:8443/", allow_http_loopback=True).port == 8443
 
 
 # --- IP literals ---------------------------------------------------------------------------
@@ -368,6 +400,54 @@ def test_resolver_errors_mean_does_not_resolve(error):
     rejects(
         "https://hooks.example.com/", "host hooks.example.com does not resolve", resolver=resolver
     )
+
+
+def test_a_resolver_timing_out_means_does_not_resolve_in_time():
+    def resolver(host, port):
+        raise ResolveTimeout("slow")
+
+    rejects(
+        "https://hooks.example.com/",
+        "host hooks.example.com does not resolve in time",
+        resolver=resolver,
+    )
+
+
+def test_a_stuck_system_lookup_is_given_up_at_the_timeout(monkeypatch):
+    release = threading.Event()
+
+    def stuck_getaddrinfo(*args, **kwargs):
+        release.wait(10)  # a resolver that never answers (until the test ends)
+        raise socket.gaierror(socket.EAI_AGAIN, "too late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck_getaddrinfo)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnsafeURL, match="does not resolve in time"):
+            check_webhook_url(
+                "https://hooks.example.com/",
+                resolver=functools.partial(system_resolver, timeout=0.3),
+            )
+        assert time.monotonic() - started < 2.0
+    finally:
+        release.set()
+
+
+def test_caching_looks_each_host_up_once_failures_included():
+    calls = []
+
+    def resolver(host, port):
+        calls.append(host)
+        return fake_resolver(host, port)
+
+    cached = caching(resolver)
+    for _ in range(3):
+        assert check("https://hooks.example.com/", resolver=cached).addresses
+        rejects("https://nowhere.example/", "does not resolve", resolver=cached)
+    assert sorted(calls) == ["hooks.example.com", "nowhere.example"]
+    # A fresh cache (the next prompt file) asks again.
+    check("https://hooks.example.com/", resolver=caching(resolver))
+    assert calls.count("hooks.example.com") == 2
 
 
 def test_resolver_returning_garbage_rejected():

@@ -152,6 +152,14 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
 
 
 @pytest.mark.parametrize(
+    "raw", ["\u00b2", "\u0663", "\uff17", "1\u00b2", "1e3", "3.5", "+7", "", "   ", "Mon, 99 Foo"]
+)
+def test_retry_after_takes_ascii_digits_only_and_never_raises(raw):
+    # "²", Arabic-Indic and fullwidth digits pass str.isdigit() but not float().
+    assert _retry_after(raw) is None
+
+
+@pytest.mark.parametrize(
     ("status", "retryable"),
     [
         (429, True),

@@ -12,7 +12,7 @@ one directory (`.local/` in the repository root, or `LTXV_STATE_DIR`):
     logs/<name>.log   output of each component (appended across restarts)
     pids/<name>.pid   pid of each running component; `up` and `down` trust only these
     gcs/              fake-gcs-server's filesystem backend (survives restarts)
-    secrets/          API key, webhook secret, signing key (0600, generated once)
+    secrets/          API key, its webhook secret, signing key (0600, generated once)
     stack.env         endpoints and credentials as shell `KEY=value` lines
 
 Components are declared below: `SERVICES`, a GPU worker per enabled model
@@ -482,6 +482,8 @@ class LocalStack:
 
     @property
     def webhook_secret(self) -> str:
+        """The local `default` key's webhook signing secret (stack.env's LTXV_WEBHOOK_SECRET,
+        what a receiver verifies with)."""
         return _read_or_create(self.secrets_dir / "webhook_secret", new_secret)
 
     @property
@@ -510,7 +512,8 @@ class LocalStack:
             "LTXV_OUTPUTS_BUCKET": s.outputs,
             "LTXV_API_KEY_HASHES": json.dumps({"default": hash_api_key(self.api_key)}),
             "LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS": "true",
-            "LTXV_WEBHOOK_SECRET": self.webhook_secret,
+            # Each API key's signing secrets (the stack has one key).
+            "LTXV_WEBHOOK_SECRETS": json.dumps({"default": [self.webhook_secret]}),
             "LTXV_WEBHOOK_RETRY_BASE_SECONDS": str(s.webhook_retry_base_seconds),
             "LTXV_WEBHOOK_RETRY_MAX_SECONDS": str(s.webhook_retry_max_seconds),
             "LTXV_WEBHOOK_TIMEOUT_SECONDS": str(s.webhook_timeout_seconds),

@@ -100,8 +100,10 @@ class Intake:
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
 
-    def validate(self, body: Any, *, api_key_id: str) -> dict[str, Any]:
-        return validate_request(body, self.policy, api_key_id=api_key_id)
+    def validate(
+        self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
+    ) -> dict[str, Any]:
+        return validate_request(body, policy or self.policy, api_key_id=api_key_id)
 
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None

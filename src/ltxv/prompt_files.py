@@ -7,6 +7,7 @@ delivered twice creates each job once. What became of every line is written to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from .intake import (
     Unavailable,
 )
 from .jobs import job_id_for_prompt_line, to_json, utcnow
-from .validation import FieldError, JsonSyntaxError, RequestInvalid, parse_json
+from .urlsafety import caching
+from .validation import FieldError, IntakePolicy, JsonSyntaxError, RequestInvalid, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,14 @@ class PromptFiles:
             log.info("object gone before it was read", extra={"object": receipt.source})
             return None
         room = self.intake.room_for(self.owner) if entries else 0
+        # Each webhook host is looked up once per file, not once per line: 5000 lines naming
+        # one slow name server would otherwise wait on it 5000 times.
+        policy = self.intake.policy
+        policy = dataclasses.replace(policy, resolver=caching(policy.resolver))
         for entry in entries:
-            room -= self._accept_line(receipt, bucket, name, str(generation), entry, room < 1)
+            room -= self._accept_line(
+                receipt, bucket, name, str(generation), entry, full=room < 1, policy=policy
+            )
         self._write_receipt(bucket, name, receipt)
         return receipt
 
@@ -163,7 +171,15 @@ class PromptFiles:
         return parse_lines(name, raw, self.max_lines)
 
     def _accept_line(
-        self, receipt: Receipt, bucket: str, name: str, generation: str, entry: Entry, full: bool
+        self,
+        receipt: Receipt,
+        bucket: str,
+        name: str,
+        generation: str,
+        entry: Entry,
+        *,
+        full: bool,
+        policy: IntakePolicy,
     ) -> int:
         """Make the line's job, or reject the line: whatever is wrong with one line is
         that line's rejection, never the file's. Only an outage propagates (the event is
@@ -180,7 +196,7 @@ class PromptFiles:
         try:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
-            request = self.intake.validate(entry.value, api_key_id=self.owner)
+            request = self.intake.validate(entry.value, api_key_id=self.owner, policy=policy)
             if full and not self.intake.exists(job_id):
                 full_up = TooManyJobs(self.intake.max_in_flight)
                 raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])

@@ -235,3 +235,37 @@ def test_lines_past_the_owners_limit_of_jobs_in_flight_are_rejected_by_line(
     assert rejected["line"] == 3
     assert "2 jobs queued or running" in rejected["errors"][0]["message"]
     assert len(list(service.firestore.collection("jobs").stream())) == 2
+
+
+def test_each_webhook_host_of_a_file_is_looked_up_once(settings, service):
+    """DNS per line made a 5000-line file wait on a slow name server 5000 times."""
+    import dataclasses
+
+    from ltxv.prompt_files import PromptFiles
+
+    asked = []
+
+    def resolver(host, port):  # the seam: name resolution (there is no DNS here)
+        asked.append(host)
+        return ["93.184.216.34"]
+
+    intake = service.intake
+    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
+    lines = [
+        json.dumps({"prompt": f"line {n}", "webhook_url": f"https://hooks.example.com/{n}"})
+        for n in range(40)
+    ]
+    blob = upload(settings, "incoming/hooks.jsonl", "\n".join(lines).encode())
+    files = PromptFiles(
+        intake,
+        service.storage,
+        prompts_bucket=settings.prompts,
+        owner="default",
+        max_bytes=settings.prompt_file_max_bytes,
+        max_lines=settings.prompt_file_max_lines,
+    )
+    receipt = files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
+    assert len(receipt.accepted) == 40
+    assert asked == ["hooks.example.com"]
+    files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
+    assert asked == ["hooks.example.com"] * 2  # a new file (or delivery) looks up afresh

@@ -28,6 +28,7 @@ from ltxv.local.stack import LocalStack
 from ltxv.service import Service
 from ltxv.webhooks import verify_webhook
 
+from ..raw_http import RawServer
 from .conftest import running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
@@ -105,62 +106,42 @@ class TricklingReceiver:
 
     def __init__(self, secret: str, slow: int, every: float = 0.4) -> None:
         self.secret, self.slow, self.every = secret, slow, every
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
         self.lock = threading.Lock()
         self.deliveries: list[dict] = []
         self.open_now = self.most_at_once = 0
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.server = RawServer(self._serve)
+        self.stop = self.server.stop
+        self.url = f"http://127.0.0.1:{self.server.port}/hook"
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            headers, body = self._read(conn)
-            with self.lock:
-                number = len(self.deliveries) + 1
-                delivery = {"opened": time.monotonic(), "closed": None, "verified": False}
-                self.deliveries.append(delivery)
-                self.open_now += 1
-                self.most_at_once = max(self.most_at_once, self.open_now)
-            try:
-                delivery["verified"] = bool(verify_webhook(self.secret, headers, body))
-                if number > self.slow:
-                    conn.sendall(self.ANSWER)
+    def _serve(self, server: RawServer, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        request = server.read_request(conn)
+        if request is None:
+            return
+        headers, body = request
+        with self.lock:
+            number = len(self.deliveries) + 1
+            delivery = {"opened": time.monotonic(), "closed": None, "verified": False}
+            self.deliveries.append(delivery)
+            self.open_now += 1
+            self.most_at_once = max(self.most_at_once, self.open_now)
+        try:
+            delivery["verified"] = bool(verify_webhook(self.secret, headers, body))
+            if number > self.slow:
+                conn.sendall(self.ANSWER)
+                return
+            for i in range(len(self.ANSWER)):
+                if self._client_gone(conn):
                     return
-                for i in range(len(self.ANSWER)):
-                    if self._client_gone(conn):
-                        return
-                    conn.sendall(self.ANSWER[i : i + 1])
-                    if self.stop.wait(self.every):
-                        return
-            except OSError:
-                pass  # cut by the sender: what the test wants
-            finally:
-                with self.lock:
-                    delivery["closed"] = time.monotonic()
-                    self.open_now -= 1
-
-    @staticmethod
-    def _read(conn: socket.socket) -> tuple[dict[str, str], bytes]:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")[1:]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-        while len(body) < int(headers.get("content-length", 0)):
-            body += conn.recv(65536)
-        return headers, body
+                conn.sendall(self.ANSWER[i : i + 1])
+                if self.stop.wait(self.every):
+                    return
+        except OSError:
+            pass  # cut by the sender: what the test wants
+        finally:
+            with self.lock:
+                delivery["closed"] = time.monotonic()
+                self.open_now -= 1
 
     @staticmethod
     def _client_gone(conn: socket.socket) -> bool:
@@ -174,8 +155,7 @@ class TricklingReceiver:
             conn.settimeout(10)
 
     def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
+        self.server.close()
 
 
 def _result_ready_event(stack, job_id: str) -> tuple[dict[str, str], str]:

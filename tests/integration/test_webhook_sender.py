@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 from ltxv.urlsafety import CheckedURL
 from ltxv.webhook_sender import MAX_HEADER_BYTES, post_pinned
 
+from ..raw_http import RawServer
+
 BODY = b'{"type":"job.succeeded"}'
 
 
@@ -238,59 +240,6 @@ def test_https_to_the_pinned_address_verifies_the_certificate_for_the_name(recor
 # --- hostile receivers: one deadline per attempt, capped headers ------------------------------
 
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-
-
-class RawServer:
-    """A TCP server whose connections `answer(conn, stop)` handles byte by byte; TLS first
-    when given a server context."""
-
-    def __init__(self, answer, context: ssl.SSLContext | None = None) -> None:
-        self.answer, self.context = answer, context
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.requests: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            conn.settimeout(30)
-            if self.context:
-                conn = self.context.wrap_socket(conn, server_side=True)
-            self.answer(self, conn)
-        except OSError:
-            pass  # the client cut the connection: what the tests want
-        finally:
-            conn.close()
-
-    def read_request(self, conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next(
-            (line.split(b":")[1] for line in head.split(b"\r\n")
-             if line.lower().startswith(b"content-length:")), b"0"
-        ))  # fmt: skip
-        while len(body) < length:
-            body += conn.recv(65536)
-        self.requests.append(head)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
 
 
 def trickle(data: bytes, every: float = 0.5):

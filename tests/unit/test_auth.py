@@ -31,7 +31,6 @@ class Source:
 
     def load(self) -> str:
         self.calls += 1
-        self.finished.clear()
         try:
             self.gate.wait(10)
             if self.error:
@@ -57,6 +56,7 @@ def test_keyring_reloads_after_its_ttl_without_making_a_request_wait():
     clock.now = 301
     source.document = json.dumps({"k": hash_api_key(new)})
     source.gate.clear()  # Secret Manager is slow now
+    source.finished.clear()
     assert ring.authenticate(old) == "k"  # answered from the cache, not after the reload
     assert ring.authenticate(old) == "k" and source.calls == 2  # one reload at a time
     source.gate.set()
@@ -74,10 +74,12 @@ def test_a_failing_reload_keeps_the_cached_keys_and_is_tried_again_later():
     ring.authenticate(key)
     clock.now = 400
     source.error = RuntimeError("Secret Manager is down")
+    source.finished.clear()  # (set by the first load; the reload sets it again)
     assert ring.authenticate(key) == "k"
     assert source.finished.wait(5)
     assert ring.authenticate(key) == "k" and source.calls == 2  # not again before 10 s
     clock.now = 411
+    source.finished.clear()
     assert ring.authenticate(key) == "k"
     assert source.finished.wait(5) and source.calls == 3
 

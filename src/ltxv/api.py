@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 from flask import Request, Response
@@ -19,10 +20,10 @@ from werkzeug.routing import Map, Rule
 
 from . import openapi
 from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
+from .job_views import JobViews
 from .jobs import State, to_json
-from .results import build_result, output_prefix, write_result_once
+from .results import build_result, write_result_once
 from .service import Service
-from .signing import split_gs_uri
 from .store import BadPageToken, JobNotFound
 from .validation import JsonSyntaxError, RequestInvalid, parse_json
 from .web import PAGE, WebPage
@@ -133,6 +134,11 @@ class JobsApi:
         self.sleep = sleep
         self.clock = clock
         self.web = WebPage(self.settings.storage_origin)
+
+    @cached_property
+    def views(self) -> JobViews:
+        # Built at first use: the signer's storage client is not needed to answer most calls.
+        return JobViews(self.service.signer, self.settings.signed_url_minutes)
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -266,38 +272,6 @@ class JobsApi:
             job = self.service.store.get(job["job_id"]) or job
         return job
 
-    def _present(self, job: dict[str, Any]) -> dict[str, Any]:
-        body = to_json(job)
-        if job["state"] != State.SUCCEEDED:
-            return body
-        video = self._signable(job, "video")
-        if video:
-            body["video_url"] = self._sign(*video)
-            body["download_url"] = self._sign(*video, attachment=f"{job['job_id']}.mp4")
-        poster = self._signable(job, "poster")
-        if poster:
-            body["poster_url"] = self._sign(*poster)
-        return body
-
-    @staticmethod
-    def _signable(job: dict[str, Any], name: str) -> tuple[str, int | None] | None:
-        """(URI, generation) of an output to sign a URL for: only the generation the job
-        itself wrote, so a URL never shows what someone wrote to that name later. Jobs
-        from before generations were recorded: only what lies in their own jobs/ tree."""
-        outputs = job.get("outputs") or {}
-        uri, generation = outputs.get(name), outputs.get(f"{name}_generation")
-        if not uri:
-            return None
-        if generation:
-            return uri, int(generation)
-        _, object_name = split_gs_uri(uri)
-        return (uri, None) if object_name.startswith(output_prefix(job["job_id"])) else None
-
-    def _sign(self, uri: str, generation: int | None, attachment: str | None = None) -> str:
-        return self.service.signer.sign(
-            uri, self.settings.signed_url_minutes, attachment=attachment, generation=generation
-        )
-
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
         key_id = self._authenticate(request)
         idempotency_key = self._idempotency_key(request)
@@ -362,11 +336,11 @@ class JobsApi:
             job = self._wait_until_settled(job, wait)
             headers["Preference-Applied"] = f"wait={wait}"
         status = 200 if State(job["state"]).terminal else 202
-        return json_response(self._present(job), status, headers)
+        return json_response(self.views.job(job), status, headers)
 
     def get_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
-        return json_response(self._present(self._owned_job(job_id, key_id)))
+        return json_response(self.views.job(self._owned_job(job_id, key_id)))
 
     def list_jobs(self, request: Request) -> Response:
         key_id = self._authenticate(request)
@@ -416,7 +390,7 @@ class JobsApi:
             self._write_canceled_result(job)
         # A running job stops between denoising steps: accepted, not yet done.
         status = 202 if job["state"] == State.RUNNING else 200
-        return json_response(self._present(job), status)
+        return json_response(self.views.job(job), status)
 
     def _write_canceled_result(self, job: dict[str, Any]) -> None:
         """result.json (and so the job.canceled webhook) for a job canceled in the queue.
@@ -441,7 +415,7 @@ class JobsApi:
         job_id = job["job_id"]
         state = job["state"]
         if state == State.SUCCEEDED:
-            return json_response(self._predict_response(job))
+            return json_response(self.views.predict(job))
         if state == State.FAILED:
             error = job.get("error") or {}
             retryable = bool(error.get("retryable"))
@@ -464,24 +438,6 @@ class JobsApi:
             headers={"Location": f"/v1/jobs/{job_id}"},
             job_id=job_id,
         )
-
-    def _predict_response(self, job: dict[str, Any]) -> dict[str, Any]:
-        video = job["outputs"]["video"]
-        bucket, blob = split_gs_uri(video)
-        timings = job.get("timings") or {}
-        signable = self._signable(job, "video")
-        return {
-            "video_url": self._sign(*signable) if signable else None,
-            "video_path": blob,
-            "seed": job["request"]["seed"],
-            "gcs_bucket": bucket,
-            "gcs_blob": blob,
-            "generation_time_seconds": timings.get(
-                "generate_seconds", timings.get("total_seconds")
-            ),
-            "metadata": job["request"].get("metadata") or {},
-            "job_id": job["job_id"],
-        }
 
     def webhook_secret(self, request: Request) -> Response:
         """This key's webhook signing secrets (current first), and no other key's."""

@@ -174,6 +174,7 @@ class Intake:
         if job.get("request_hash") != digest:
             raise IdempotencyConflict(job)
         give_up = time.monotonic() + REPLAY_WAIT_SECONDS
+        pause = 0.05  # growing: a burst of replays must not poll the job flat out
         while not job.get("published") and job["state"] == State.QUEUED:
             # An earlier request created it and has not published it yet: it is doing so
             # now (wait), or it stopped between create and publish (finish its work).
@@ -190,7 +191,8 @@ class Intake:
                 break
             if time.monotonic() > give_up:
                 raise Unavailable("another request is publishing this job right now")
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
         return Accepted(job, created=False)
 
     def _claim_publish(self, job_id: str) -> tuple[bool, dict[str, Any] | None]:
@@ -200,6 +202,9 @@ class Intake:
 
         def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
             nonlocal claimed
+            # `transact` decides again when its write lost to another: only the decision
+            # that was written counts.
+            claimed = False
             held_until = job.get("publish_claim_until")
             if job.get("published") or job["state"] != State.QUEUED:
                 return None

@@ -110,14 +110,18 @@ class LeaseKeeper:
                 self.control.lost.set()
                 return
             except Exception as exc:
-                # Whatever went wrong (an outage, a contended transaction, a bug), the
-                # thread must live: a lease nobody renews lets another worker take the
-                # job over and render it a second time.
+                # Whatever went wrong (an outage, a contended write, a bug), the thread
+                # must live: a lease nobody renews lets another worker take the job over.
                 log.warning(
                     "lease not renewed",
                     extra={"job_id": self.control.job_id, "error": repr(exc)},
                     exc_info=not isinstance(exc, BACKEND_ERRORS),
                 )
+                if time.monotonic() - last_renewal > self.lifecycle.lease_seconds * 0.9:
+                    # The lease is about to run out unrenewed: another worker may take the
+                    # job now, so stop rendering it rather than spend the GPU twice.
+                    self.control.lost.set()
+                    return
                 continue
             written_step, last_renewal = step, time.monotonic()
             if job.get("cancel_requested"):
@@ -306,8 +310,11 @@ class Worker:
             self.messages.ack(received)
             log.info("job succeeded", extra={"job_id": job_id, "timings": timings})
         except LeaseLost:
+            # Taken over (the new owner holds the message now, and this nack is refused),
+            # or the lease lapsed while Firestore was out of reach: then the message comes
+            # back and its next claim takes the job over. An ack would strand that job.
             log.warning("job taken from this worker before it finished", extra={"job_id": job_id})
-            self.messages.ack(received)
+            self.messages.nack(received)
         except DestinationTaken as exc:
             lease.stop()
             self._fail_destination_taken(job_id, received, exc)
@@ -352,7 +359,7 @@ class Worker:
     def _after_interrupt(self, job_id: str, received: Received, control: JobControl) -> None:
         if control.lost.is_set():
             log.warning("lease lost mid-render; stopped", extra={"job_id": job_id})
-            self.messages.ack(received)
+            self.messages.nack(received)  # as in _finish: whoever owns the job decides
         elif control.cancel.is_set():
             self._settle_with_result(received, lambda: self.lifecycle.cancel(job_id))
             log.info("job canceled mid-render", extra={"job_id": job_id})
@@ -364,7 +371,8 @@ class Worker:
             job = settle()
             write_result_once(self.storage, self.settings.outputs, build_result(job))
         except LeaseLost:
-            pass
+            self.messages.nack(received)  # no longer ours to settle: its redelivery decides
+            return
         except BACKEND_ERRORS as exc:
             log.warning("could not settle; nacked", extra={"error": str(exc)})
             self.messages.nack(received)

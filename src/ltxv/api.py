@@ -381,13 +381,13 @@ class JobsApi:
         if not JOB_ID.match(job_id):
             raise ApiError(404, "not_found", f"job {job_id} not found")
         try:
-            job = self.service.store.request_cancel(job_id, key_id)
+            job, changed = self.service.store.request_cancel(job_id, key_id)
         except JobNotFound as exc:
             raise ApiError(404, "not_found", f"job {job_id} not found") from exc
         if job["state"] in (State.SUCCEEDED, State.FAILED):
             raise ApiError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
-        if job["state"] == State.CANCELED:
-            self._write_canceled_result(job)
+        if job["state"] == State.CANCELED and changed:
+            self._write_canceled_result(job)  # once, by the call that canceled it
         # A running job stops between denoising steps: accepted, not yet done.
         status = 202 if job["state"] == State.RUNNING else 200
         return json_response(self.views.job(job), status)

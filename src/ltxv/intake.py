@@ -30,6 +30,7 @@ from google.api_core import exceptions as gexc
 from .dispatch import Dispatcher
 from .jobs import State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
 from .store import JobExists, JobStore
+from .urlsafety import LookupTimedOut
 from .validation import FieldError, IntakePolicy, RequestInvalid, request_hash, validate_request
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,17 @@ class Intake:
     def validate(
         self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
     ) -> dict[str, Any]:
+        """The resolved request, or RequestInvalid; LookupTimedOut when the webhook host's
+        name server did not answer in time (no verdict either way)."""
         return validate_request(body, policy or self.policy, api_key_id=api_key_id)
 
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
     ) -> Accepted:
-        request = self.validate(body, api_key_id=api_key_id)
+        try:
+            request = self.validate(body, api_key_id=api_key_id)
+        except LookupTimedOut as exc:
+            raise Unavailable(str(exc)) from exc  # the client may retry; nothing accepted
         job_id = (
             job_id_for_idempotency_key(api_key_id, idempotency_key)
             if idempotency_key

@@ -25,7 +25,7 @@ from .intake import (
     Unavailable,
 )
 from .jobs import job_id_for_prompt_line, to_json, utcnow
-from .urlsafety import caching
+from .urlsafety import LookupTimedOut, caching
 from .validation import FieldError, IntakePolicy, JsonSyntaxError, RequestInvalid, parse_json
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,12 @@ class PromptFiles:
             created = self.intake.accept(request, job_id=job_id, origin=origin).created
         except RequestInvalid as exc:
             receipt.rejected.append({"line": line, "errors": [e.as_dict() for e in exc.errors]})
+            return 0
+        except LookupTimedOut as exc:
+            # A file cannot be half retried, and one name server that never answers must
+            # not hold up the lines after it for a day: the line says why; upload it again.
+            error = FieldError("$.webhook_url", f"{exc}; upload this line again later")
+            receipt.rejected.append({"line": line, "errors": [error.as_dict()]})
             return 0
         except IdempotencyConflict:
             # An earlier delivery made this line's job from a request that validates

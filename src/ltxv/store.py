@@ -175,11 +175,18 @@ class JobStore:
         The precondition holds nothing, so the first writer wins and the others decide
         again on what it wrote (e.g. a second cancel finds the first one's flag)."""
         ref = self.ref(job_id)
+        tried: datetime | None = None  # `updated_at` of the last write that did not answer
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             snapshot = ref.get(retry=self.retry, timeout=self.timeout)
             if not snapshot.exists:
                 return None
             job = snapshot.to_dict()
+            if tried is not None and job.get("updated_at") == tried:
+                # Our write landed after all: its answer was lost, and the client's retry
+                # of it then failed on its own precondition. Deciding again would read our
+                # own change as someone else's (a lease we hold as "busy", a job we just
+                # settled as "not ours").
+                return job
             now = utcnow()
             changes = decide(job, now)
             if not changes:
@@ -190,6 +197,7 @@ class JobStore:
                 ref.update(changes, option=unchanged, retry=self.retry, timeout=self.timeout)
             except (gexc.FailedPrecondition, gexc.NotFound):
                 # Written (or deleted) since the read: spread the writers out a little.
+                tried = changes["updated_at"]
                 time.sleep(random.uniform(0.0, 0.02) * attempt)
                 continue
             return _apply_changes(job, changes)
@@ -197,12 +205,13 @@ class JobStore:
             f"job {job_id} changed under each of {WRITE_ATTEMPTS} attempts to write it"
         )
 
-    def request_cancel(self, job_id: str, api_key_id: str) -> dict[str, Any]:
+    def request_cancel(self, job_id: str, api_key_id: str) -> tuple[dict[str, Any], bool]:
         """queued -> canceled at once; running -> cancel requested (the worker stops it).
+        Returns the job and whether this call changed it.
 
         Terminal jobs are returned unchanged; the caller decides what that means. A cancel
         that finds nothing left to change is a plain read: a client repeating its cancel,
-        or many cancelling at once, do not queue up transactions on a job whose worker is
+        or many cancelling at once, do not queue up writes on a job whose worker is
         writing its progress to it.
         """
 
@@ -213,8 +222,12 @@ class JobStore:
                 job["state"] == State.RUNNING and not job["cancel_requested"]
             )
 
+        wrote = False  # whether the decision `transact` wrote was ours to make
+
         def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            if not needs(job):
+            nonlocal wrote
+            wrote = needs(job)
+            if not wrote:
                 return None
             if job["state"] == State.QUEUED:
                 check_transition(job["state"], State.CANCELED)
@@ -230,18 +243,19 @@ class JobStore:
         if job is None:
             raise JobNotFound(job_id)
         if not needs(job):
-            return job
+            return job, False
         try:
-            job = self.transact(job_id, decide)
+            changed = self.transact(job_id, decide)
         except TransactionContended:
             # Others wrote the job meanwhile (another cancel, its worker): what matters
             # is whether a cancel now stands.
             job = self.get(job_id)
             if job is None or needs(job):
                 raise
-        if job is None:
+            return job, False
+        if changed is None:
             raise JobNotFound(job_id)
-        return job
+        return changed, wrote
 
 
 def _apply_changes(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

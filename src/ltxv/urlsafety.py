@@ -42,7 +42,6 @@ below closes one way of pointing that connection somewhere internal:
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import re
 import socket
@@ -98,6 +97,11 @@ class Unresolvable(UnsafeURL):
     """The host did not resolve (in time): maybe only for now, unlike the other refusals."""
 
 
+class LookupTimedOut(Unresolvable):
+    """The name server did not answer in time: no verdict on the URL at all. Intake answers
+    503 (retry), notify tries the delivery again later, a prompt-file line is rejected."""
+
+
 class ResolveTimeout(TimeoutError):
     """The name did not resolve within the time limit (the lookup may still be running)."""
 
@@ -112,27 +116,35 @@ class CheckedURL:
     addresses: tuple[str, ...]  # every resolved address, all checked
 
 
-# getaddrinfo has no timeout of its own: lookups run here and callers wait a bounded time.
-# A lookup stuck in the system resolver keeps its thread until the resolver gives up; with
-# every thread stuck, new lookups queue and time out for their callers all the same.
-_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
-
-
 def system_resolver(host: str, port: int, *, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> list[str]:
     """Resolve ``host`` for TCP over IPv4 and IPv6; addresses deduplicated, in resolver order.
 
     Raises :class:`ResolveTimeout` after ``timeout`` seconds, ``socket.gaierror`` for a name
-    that does not resolve.
+    that does not resolve. getaddrinfo has no timeout of its own, so each lookup runs on a
+    thread of its own and the caller waits a bounded time. Not a shared pool: names under a
+    name server that never answers would fill it, and every other tenant's lookup would
+    queue behind them and time out. A stuck lookup keeps its thread until the system
+    resolver gives up (seconds), so their number is bounded by the requests in flight.
     """
-    lookup = _LOOKUPS.submit(
-        socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP
-    )
-    try:
-        infos = lookup.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        lookup.cancel()  # still queued: never runs; running: its answer is dropped
-        raise ResolveTimeout(f"{host} did not resolve within {timeout:g} s") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    answer: dict[str, object] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer["infos"] = socket.getaddrinfo(
+                host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP
+            )
+        except BaseException as exc:  # handed to the caller below
+            answer["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve-{host}"[:60], daemon=True).start()
+    if not done.wait(timeout):
+        raise ResolveTimeout(f"{host} did not resolve within {timeout:g} s")
+    if "error" in answer:
+        raise answer["error"]  # type: ignore[misc]
+    return list(dict.fromkeys(str(info[4][0]) for info in answer["infos"]))  # type: ignore[union-attr]
 
 
 def caching(resolver: Resolver) -> Resolver:
@@ -287,7 +299,7 @@ def _resolve(
     try:
         raw = resolver(host, port)
     except TimeoutError:  # before OSError, which it is
-        raise Unresolvable(f"{field} host {host} does not resolve in time") from None
+        raise LookupTimedOut(f"{field} host {host} did not resolve in time") from None
     except (OSError, UnicodeError):  # socket.gaierror is an OSError
         raw = []
     if not raw:

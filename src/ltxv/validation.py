@@ -20,7 +20,7 @@ from jsonschema import ValidationError
 from . import schemas
 from .profiles import ModelProfile
 from .results import destination_prefix
-from .urlsafety import Resolver, UnsafeURL, check_webhook_url, system_resolver
+from .urlsafety import LookupTimedOut, Resolver, UnsafeURL, check_webhook_url, system_resolver
 
 REQUEST_FIELDS = (
     "prompt",
@@ -351,6 +351,10 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
                 allow_http_loopback=policy.allow_http_loopback_webhooks,
                 resolver=policy.resolver,
             )
+        except LookupTimedOut:
+            if errors:  # what is certainly wrong is worth knowing before any retry
+                raise RequestInvalid(errors) from None
+            raise  # no verdict: the caller decides (503 for a client, a line's rejection)
         except UnsafeURL as exc:
             errors.append(FieldError("$.webhook_url", str(exc)))
     if errors:

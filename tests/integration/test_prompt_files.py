@@ -269,3 +269,40 @@ def test_each_webhook_host_of_a_file_is_looked_up_once(settings, service):
     assert asked == ["hooks.example.com"]
     files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
     assert asked == ["hooks.example.com"] * 2  # a new file (or delivery) looks up afresh
+
+
+def test_a_line_whose_webhook_host_does_not_resolve_in_time_is_rejected_alone(settings, service):
+    import dataclasses
+
+    from ltxv.prompt_files import PromptFiles
+    from ltxv.urlsafety import ResolveTimeout
+
+    asked = []
+
+    def resolver(host, port):  # the seam: name resolution; one name server never answers
+        asked.append(host)
+        if host == "stuck.example.com":
+            raise ResolveTimeout(host)
+        return ["93.184.216.34"]
+
+    intake = service.intake
+    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
+    lines = [
+        json.dumps({"prompt": "a", "webhook_url": "https://stuck.example.com/1"}),
+        json.dumps({"prompt": "b", "webhook_url": "https://hooks.example.com/2"}),
+        json.dumps({"prompt": "c", "webhook_url": "https://stuck.example.com/3"}),
+    ]
+    blob = upload(settings, "incoming/stuck.jsonl", "\n".join(lines).encode())
+    files = PromptFiles(
+        intake,
+        service.storage,
+        prompts_bucket=settings.prompts,
+        owner="default",
+        max_bytes=settings.prompt_file_max_bytes,
+        max_lines=settings.prompt_file_max_lines,
+    )
+    receipt = files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
+    assert [entry["line"] for entry in receipt.accepted] == [2]
+    assert [entry["line"] for entry in receipt.rejected] == [1, 3]
+    assert "upload this line again later" in receipt.rejected[0]["errors"][0]["message"]
+    assert asked.count("stuck.example.com") == 1  # not waited on once per line

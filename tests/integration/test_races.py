@@ -13,6 +13,7 @@ import pytest
 from ltxv.intake import Unavailable
 from ltxv.lifecycle import JobLifecycle
 from ltxv.store import TransactionContended
+from ltxv.validation import RequestInvalid
 
 from .conftest import pull_job_ids
 
@@ -58,10 +59,14 @@ def test_parallel_cancels_are_idempotent_and_cheap(service):
     job_id = service.intake.submit_http(BODY, api_key_id="default").job["job_id"]
     JobLifecycle(service.store, "worker-1", lease_seconds=60, model="tiny-random").claim(job_id)
     with ThreadPoolExecutor(8) as pool:
-        jobs = list(pool.map(lambda _: service.store.request_cancel(job_id, "default"), range(8)))
-    assert all(job["cancel_requested"] and job["state"] == "running" for job in jobs)
+        answers = list(
+            pool.map(lambda _: service.store.request_cancel(job_id, "default"), range(8))
+        )
+    assert all(job["cancel_requested"] and job["state"] == "running" for job, _ in answers)
+    assert [changed for _, changed in answers].count(True) == 1  # one of them requested it
     first = service.store.get(job_id)
-    again = service.store.request_cancel(job_id, "default")
+    again, changed = service.store.request_cancel(job_id, "default")
+    assert changed is False
     # Once requested, another cancel changes nothing (not even updated_at).
     assert again["updated_at"] == first["updated_at"] == service.store.get(job_id)["updated_at"]
 
@@ -129,3 +134,48 @@ def test_a_replay_is_not_accepted_when_the_creators_publish_failed_and_undid_the
     assert isinstance(creator, Unavailable) and isinstance(replay, Unavailable)
     assert list(service.firestore.collection("jobs").stream()) == []
     assert pull_job_ids(settings, timeout=0.5) == []
+
+
+def test_a_write_whose_answer_was_lost_is_not_mistaken_for_someone_elses(service, monkeypatch):
+    """The client library retries a write whose answer it lost; the retry then fails its
+    own precondition. Deciding again would read the job as another worker's."""
+    from google.api_core import exceptions as gexc
+    from google.cloud.firestore_v1.document import DocumentReference
+
+    job_id = service.intake.submit_http(BODY, api_key_id="default").job["job_id"]
+    real_update = DocumentReference.update
+    lost = []
+
+    def update_answer_lost(self, *args, **kwargs):
+        result = real_update(self, *args, **kwargs)  # it lands ...
+        if not lost:
+            lost.append(1)
+            raise gexc.FailedPrecondition("the retried commit found its own write")  # ... then
+        return result
+
+    monkeypatch.setattr(DocumentReference, "update", update_answer_lost)
+    lifecycle = JobLifecycle(service.store, "worker-1", lease_seconds=60, model="tiny-random")
+    claim = lifecycle.claim(job_id)
+    assert claim.outcome.value == "claimed" and lost == [1]
+    assert claim.job["lease"]["owner"] == "worker-1" and claim.job["attempts"] == 1
+
+
+def test_a_webhook_host_that_does_not_resolve_in_time_is_retryable_not_invalid(service):
+    """A name server that does not answer says nothing about the URL: the client is told
+    to retry (503), not that its request is wrong (422); nothing is stored."""
+    import dataclasses
+
+    from ltxv.urlsafety import ResolveTimeout
+
+    def stuck(host, port):  # the seam: system_resolver giving up after its timeout
+        raise ResolveTimeout(host)
+
+    service.intake.policy = dataclasses.replace(service.intake.policy, resolver=stuck)
+    body = {**BODY, "webhook_url": "https://hooks.example.com/x"}
+    with pytest.raises(Unavailable, match="did not resolve in time"):
+        service.intake.submit_http(body, api_key_id="default")
+    assert list(service.firestore.collection("jobs").stream()) == []
+    # A request wrong for other reasons too is told so (its mistakes need fixing anyway).
+    with pytest.raises(RequestInvalid) as caught:
+        service.intake.submit_http({**body, "height": 100}, api_key_id="default")
+    assert [e.path for e in caught.value.errors] == ["$.height"]

@@ -105,3 +105,15 @@ def test_an_unexpected_error_while_handling_a_message_stops_its_ack_extender(tmp
     time.sleep(0.2)  # ten extension periods
     # Left running, it would keep the message from every other worker until this exits.
     assert messages.calls == extended
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_render_before_it_runs_out():
+    """Firestore out of reach for a whole lease: another worker may take the job over, so
+    this one stops rather than render it a second time on another GPU."""
+    lifecycle = FlakyLifecycle([RuntimeError("unavailable")] * 1000)
+    control = JobControl("job-1", total_steps=10)
+    started = time.monotonic()
+    keeper = LeaseKeeper(lifecycle, control, interval=0.01).start()
+    assert control.lost.wait(5)
+    assert time.monotonic() - started < lifecycle.lease_seconds
+    keeper.stop()

@@ -278,9 +278,14 @@ class Renderer:
             if index + 1 == total:
                 _sync(device)
                 marks["denoised"] = time.perf_counter()
-            if on_step is not None:
-                on_step(index + 1, total)
-            if should_stop is not None and should_stop():
+            try:
+                if on_step is not None:
+                    on_step(index + 1, total)
+                stop = should_stop is not None and should_stop()
+            except Exception as exc:
+                # Ours, not the request's: kept out of DETERMINISTIC_ERRORS' reach.
+                raise RuntimeError("a render callback failed") from exc
+            if stop:
                 pipeline._interrupt = True
                 # Raised here rather than letting the pipeline run on: it would still VAE
                 # decode the half-denoised latents, seconds of GPU time nobody wants.

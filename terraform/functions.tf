@@ -118,6 +118,8 @@ resource "google_cloudfunctions2_function" "api" {
     google_secret_manager_secret_version.api_keys,
     google_secret_manager_secret_version.webhook_secrets,
     google_secret_manager_secret_iam_member.webhook_secrets,
+    # Its queries (the per-key list, the in-flight count) fail until their indexes exist.
+    google_firestore_index.jobs,
   ]
 
   lifecycle {

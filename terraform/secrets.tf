@@ -61,12 +61,9 @@ resource "random_bytes" "webhook_secret" {
   length   = 32
 }
 
-# The one secret of before becomes the default key's first generation: receivers of an
-# existing deployment keep verifying through the upgrade.
-moved {
-  from = random_bytes.webhook_secret
-  to   = random_bytes.webhook_secret["default/1"]
-}
+# No `moved` from the one shared secret of earlier versions: every tenant knew it, so no
+# key may keep it (any tenant could forge events its receivers accept). An upgrade mints a
+# fresh secret for every key; receivers switch to their own (README, "Updates, keys").
 
 resource "google_secret_manager_secret" "webhook_secrets" {
   secret_id = "${var.prefix}-webhook-secrets"

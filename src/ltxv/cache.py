@@ -3,7 +3,8 @@
 Requests must not queue behind a reload: once a value is loaded, an expired one is still
 served while a single background thread loads the next, and a failed reload keeps the old
 value (and is tried again after `retry_seconds`). Only the very first load makes callers
-wait, since there is nothing to serve yet; its failure is theirs.
+wait, since there is nothing to serve yet; its failure is theirs, and for `retry_seconds`
+the callers after them get the same failure at once instead of each waiting on the source.
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ class Cached(Generic[T]):
         self._value: T | None = None
         self._loaded = False
         self._expires = 0.0
+        self._first_failure: tuple[float, Exception] | None = None
 
     def get(self) -> T:
         if not self._loaded:
             with self._lock:
+                failed = self._first_failure
+                if failed is not None and self._clock() < failed[0]:
+                    raise failed[1]  # the source just failed: fail fast, not one by one
                 if not self._loaded:
-                    self._store(self._load())
+                    try:
+                        self._store(self._load())
+                    except Exception as exc:
+                        self._first_failure = (self._clock() + self._retry, exc)
+                        raise
         elif self._clock() >= self._expires and self._refreshing.acquire(blocking=False):
             if self._clock() < self._expires:  # a reload finished between the two checks
                 self._refreshing.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -120,7 +121,11 @@ def new_job(
 
 
 def to_json(value: Any) -> Any:
-    """A job document with Firestore timestamps turned into RFC 3339 strings."""
+    """A job document with Firestore timestamps turned into RFC 3339 strings. A number
+    that is not finite (stored before validation refused them) becomes null: JSON has no
+    spelling for it, and one such value would break every answer that lists the job."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, dict):

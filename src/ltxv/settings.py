@@ -230,6 +230,11 @@ class Settings:
         return f"{self.prefix}-model-cache"
 
     @property
+    def function_source(self) -> str:
+        """Where terraform keeps the function and worker archives."""
+        return f"{self.prefix}-function-source"
+
+    @property
     def storage_events_topic(self) -> str:
         """Where Cloud Storage announces finalized objects (fake-gcs-server locally)."""
         return f"{self.prefix}-storage-events"
@@ -269,7 +274,8 @@ class Settings:
             for keys in raw.values()
         ):
             raise ValueError(f'{name} must be a JSON object {{"bucket": ["key id", ...]}}')
-        ours = {self.outputs, self.prompts, self.model_cache}.intersection(raw)
+        ours = {self.outputs, self.prompts, self.model_cache, self.function_source}
+        ours = ours.intersection(raw)
         if ours:
             raise ValueError(f"{name} must not name the deployment's own buckets {sorted(ours)}")
         return {bucket: frozenset(keys) for bucket, keys in raw.items()}

@@ -10,6 +10,8 @@ import google.auth.transport.requests
 from google.cloud import storage
 from google.oauth2 import service_account
 
+REFRESH_TIMEOUT_SECONDS = 10.0
+
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("gs://") or "/" not in uri[5:]:
@@ -81,5 +83,13 @@ class UrlSigner:
                 self._runtime_credentials, _ = google.auth.default()
             credentials = self._runtime_credentials
             if not credentials.valid:
-                credentials.refresh(google.auth.transport.requests.Request())
+                credentials.refresh(_BoundedRequest())
             return credentials.service_account_email, credentials.token
+
+
+class _BoundedRequest(google.auth.transport.requests.Request):
+    """google.auth's transport, with a timeout fit for a request path: its default is
+    120 s, and every signing in the process waits behind a refresh."""
+
+    def __call__(self, *args, timeout: float = REFRESH_TIMEOUT_SECONDS, **kwargs):
+        return super().__call__(*args, timeout=timeout, **kwargs)

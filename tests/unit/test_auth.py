@@ -102,3 +102,16 @@ def test_malformed_hash_documents_are_refused():
         except ValueError:
             continue
         raise AssertionError(raw)
+
+
+def test_after_a_failed_first_load_callers_fail_fast_until_the_retry_time():
+    source, clock = Source(generate_api_key()), Clock()
+    source.error = RuntimeError("Secret Manager is down")
+    ring = KeyRing(source.load, clock=clock, retry_seconds=10)
+    for _ in range(3):  # a cold instance's burst: one wait on the source, not three
+        with pytest.raises(RuntimeError):
+            ring.authenticate("ltxv_anything")
+    assert source.calls == 1
+    clock.now = 11
+    source.error = None
+    assert ring.authenticate("ltxv_anything") is None and source.calls == 2

@@ -50,7 +50,7 @@ def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch
             return self.token is not None
 
         def refresh(self, request):
-            refreshed.append(1)
+            refreshed.append(request)
             self.token = "ya29.token"
 
     monkeypatch.setattr(signing.google.auth, "default", lambda: (RuntimeCredentials(), "proj"))
@@ -77,3 +77,5 @@ def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch
         signer.sign("gs://proj-outputs/jobs/abc/video.mp4")
     # One token for all of them: the URL signing does not ask the metadata server each time.
     assert len(refreshed) == 2  # one per signer
+    # And not with google.auth's default of 120 s: every signing waits behind a refresh.
+    assert refreshed[0].__call__.__kwdefaults__["timeout"] == signing.REFRESH_TIMEOUT_SECONDS

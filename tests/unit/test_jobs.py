@@ -76,3 +76,12 @@ def test_a_new_job_document_matches_the_job_schema():
 
 def test_request_hash_ignores_key_order():
     assert request_hash(dict(reversed(list(REQUEST.items())))) == request_hash(REQUEST)
+
+
+def test_a_stored_number_json_cannot_spell_is_shown_as_null():
+    """Documents stored before validation refused 1e999 must not break every answer."""
+    import json
+
+    body = to_json({"metadata": {"far": float("inf"), "nan": float("nan"), "ok": 1.5}})
+    assert body == {"metadata": {"far": None, "nan": None, "ok": 1.5}}
+    json.dumps(body, allow_nan=False)

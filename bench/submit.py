@@ -28,6 +28,7 @@ from ltxv.dispatch import Dispatcher, make_publisher
 from ltxv.jobs import new_job, new_job_id
 from ltxv.local.stack import LocalStack
 from ltxv.settings import Settings
+from ltxv.store import JobStore
 from ltxv.validation import request_hash
 
 BODY = schemas.old_predict_example()
@@ -88,7 +89,7 @@ def main() -> int:
                 job_id=new_job_id(), request=request, request_hash=digest, api_key_id="bench"
             )
             collection.document(job["job_id"]).create(job)
-            dispatcher.publish([job["job_id"]])
+            dispatcher.publish([job])
 
         def floor_and_mark(_i: int) -> None:
             """The floor plus the `published` mark intake writes after Pub/Sub has the job."""
@@ -97,8 +98,15 @@ def main() -> int:
             )
             ref = collection.document(job["job_id"])
             ref.create(job)
-            dispatcher.publish([job["job_id"]])
+            dispatcher.publish([job])
             ref.update({"published": True, "published_at": firestore.SERVER_TIMESTAMP})
+
+        in_flight = JobStore(client, "bench-floor")
+
+        def floor_mark_and_count(_i: int) -> None:
+            """Plus the per-key in-flight count intake takes before it creates a job."""
+            in_flight.count_in_flight("bench", up_to=1000)
+            floor_and_mark(_i)
 
         results = {
             "floor (Firestore create + Pub/Sub publish)": run(
@@ -106,6 +114,9 @@ def main() -> int:
             ),
             "floor + published mark (one more write)": run(
                 floor_and_mark, args.requests, args.concurrency
+            ),
+            "floor + mark + in-flight count (one query)": run(
+                floor_mark_and_count, args.requests, args.concurrency
             ),
             "POST /v1/jobs over HTTP": run(submit, args.requests, args.concurrency),
         }
@@ -119,7 +130,7 @@ def main() -> int:
                 f"{name:45} {numbers['p50_ms']:8.1f} {numbers['p99_ms']:8.1f} "
                 f"{numbers['per_s']:8.1f}"
             )
-        base, _, api = results.values()
+        base, *_, api = results.values()
         print(
             f"\nAPI / floor: p50 x{api['p50_ms'] / base['p50_ms']:.2f}, "
             f"p99 x{api['p99_ms'] / base['p99_ms']:.2f}, "

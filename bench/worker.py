@@ -103,7 +103,7 @@ def main() -> int:
                 messages=JobMessages(pubsub_v1.SubscriberClient(), settings.subscription_path),
                 renderer=renderer,
             )
-            worker._upload = clock.wrap("upload", worker._upload)
+            worker.outputs.upload = clock.wrap("upload", worker.outputs.upload)
 
             job_ids = [
                 service.intake.submit_http(REQUEST, api_key_id="bench").job["job_id"]

@@ -131,7 +131,9 @@ class Intake:
         if not self.max_in_flight:
             return float("inf")
         try:
-            return self.max_in_flight - self.store.count_in_flight(api_key_id)
+            return self.max_in_flight - self.store.count_in_flight(
+                api_key_id, up_to=self.max_in_flight
+            )
         except BACKEND_ERRORS as exc:
             raise Unavailable(f"job store unavailable: {exc}") from exc
 

@@ -124,12 +124,15 @@ class JobStore:
         )
         return [s.to_dict() for s in query.stream(retry=self.retry, timeout=self.timeout)]
 
-    def count_in_flight(self, api_key_id: str) -> int:
-        """How many of a key's jobs are queued or running: one count aggregation (billed
-        as one read per 1000 index entries), not a scan."""
+    def count_in_flight(self, api_key_id: str, up_to: int | None = None) -> int:
+        """How many of a key's jobs are queued or running, counting no further than
+        `up_to`: one count aggregation (billed as one read per 1000 index entries), whose
+        work the limit bounds however deep the key's backlog is."""
         query = self.collection.where(
             filter=firestore.FieldFilter("api_key_id", "==", api_key_id)
         ).where(filter=firestore.FieldFilter("state", "in", [State.QUEUED, State.RUNNING]))
+        if up_to is not None:
+            query = query.limit(up_to)
         (result,) = query.count().get(retry=self.retry, timeout=self.timeout)[0]
         return int(result.value)
 

@@ -179,3 +179,13 @@ def test_a_webhook_host_that_does_not_resolve_in_time_is_retryable_not_invalid(s
     with pytest.raises(RequestInvalid) as caught:
         service.intake.submit_http({**body, "height": 100}, api_key_id="default")
     assert [e.path for e in caught.value.errors] == ["$.height"]
+
+
+def test_the_in_flight_count_stops_at_the_limit(service):
+    """What the per-submit count reads is bounded by the limit, not by the key's backlog."""
+    for _ in range(6):
+        service.intake.submit_http(BODY, api_key_id="default")
+    service.intake.submit_http(BODY, api_key_id="other")
+    assert service.store.count_in_flight("default") == 6
+    assert service.store.count_in_flight("default", up_to=4) == 4
+    assert service.store.count_in_flight("other", up_to=4) == 1

@@ -6,6 +6,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import requests
+
 from ltxv.local.stack import LocalStack
 from ltxv.settings import Settings
 
@@ -39,3 +41,17 @@ def user_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def key_session(stack: LocalStack, connections: int = 10) -> Iterator[requests.Session]:
+    """An HTTP session that sends the stack's API key; `connections` pooled per host (a
+    burst of parallel requests needs as many to really arrive at once)."""
+    session = requests.Session()
+    session.headers["X-API-Key"] = stack.api_key
+    adapter = requests.adapters.HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
+    session.mount("http://", adapter)
+    try:
+        yield session
+    finally:
+        session.close()

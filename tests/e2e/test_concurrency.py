@@ -29,7 +29,7 @@ from ltxv.service import Service
 from ltxv.webhooks import verify_webhook
 
 from ..raw_http import RawServer
-from .conftest import running_stack
+from .conftest import key_session, running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
 
@@ -60,13 +60,8 @@ def stack(emulators) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def api(stack, clean_firestore) -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.headers["X-API-Key"] = stack.api_key
-    # Enough pooled connections that a burst really arrives at once.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=64, pool_maxsize=64)
-    session.mount("http://", adapter)
-    yield session
-    session.close()
+    with key_session(stack, connections=64) as session:
+        yield session
 
 
 def job(stack, api, job_id) -> dict:

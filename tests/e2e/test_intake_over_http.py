@@ -16,7 +16,7 @@ from google.cloud import pubsub_v1, storage
 from ltxv import schemas
 from ltxv.local.stack import LocalStack
 
-from .conftest import running_stack
+from .conftest import key_session, running_stack
 
 pytestmark = pytest.mark.emulators
 
@@ -34,10 +34,8 @@ def stack(emulators) -> Iterator[LocalStack]:
 @pytest.fixture
 def api(stack, clean_firestore) -> Iterator[requests.Session]:
     _drain(stack)
-    session = requests.Session()
-    session.headers["X-API-Key"] = stack.api_key
-    yield session
-    session.close()
+    with key_session(stack) as session:
+        yield session
 
 
 def _drain(stack: LocalStack) -> list[str]:

@@ -21,7 +21,7 @@ from ltxv.local.stack import LocalStack
 from ltxv.service import Service
 from ltxv.webhook_receiver import WebhookReceiver
 
-from .conftest import running_stack
+from .conftest import key_session, running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
 
@@ -41,10 +41,8 @@ def stack(emulators) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def api(stack, clean_firestore) -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.headers["X-API-Key"] = stack.api_key
-    yield session
-    session.close()
+    with key_session(stack) as session:
+        yield session
 
 
 @pytest.fixture

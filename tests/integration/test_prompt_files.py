@@ -239,31 +239,18 @@ def test_lines_past_the_owners_limit_of_jobs_in_flight_are_rejected_by_line(
 
 def test_each_webhook_host_of_a_file_is_looked_up_once(settings, service):
     """DNS per line made a 5000-line file wait on a slow name server 5000 times."""
-    import dataclasses
-
-    from ltxv.prompt_files import PromptFiles
-
     asked = []
 
     def resolver(host, port):  # the seam: name resolution (there is no DNS here)
         asked.append(host)
         return ["93.184.216.34"]
 
-    intake = service.intake
-    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
     lines = [
         json.dumps({"prompt": f"line {n}", "webhook_url": f"https://hooks.example.com/{n}"})
         for n in range(40)
     ]
     blob = upload(settings, "incoming/hooks.jsonl", "\n".join(lines).encode())
-    files = PromptFiles(
-        intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner="default",
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
+    files = prompt_files_resolving_with(service, settings, resolver)
     receipt = files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
     assert len(receipt.accepted) == 40
     assert asked == ["hooks.example.com"]
@@ -272,9 +259,6 @@ def test_each_webhook_host_of_a_file_is_looked_up_once(settings, service):
 
 
 def test_a_line_whose_webhook_host_does_not_resolve_in_time_is_rejected_alone(settings, service):
-    import dataclasses
-
-    from ltxv.prompt_files import PromptFiles
     from ltxv.urlsafety import ResolveTimeout
 
     asked = []
@@ -285,15 +269,30 @@ def test_a_line_whose_webhook_host_does_not_resolve_in_time_is_rejected_alone(se
             raise ResolveTimeout(host)
         return ["93.184.216.34"]
 
-    intake = service.intake
-    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
     lines = [
         json.dumps({"prompt": "a", "webhook_url": "https://stuck.example.com/1"}),
         json.dumps({"prompt": "b", "webhook_url": "https://hooks.example.com/2"}),
         json.dumps({"prompt": "c", "webhook_url": "https://stuck.example.com/3"}),
     ]
     blob = upload(settings, "incoming/stuck.jsonl", "\n".join(lines).encode())
-    files = PromptFiles(
+    files = prompt_files_resolving_with(service, settings, resolver)
+    receipt = files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
+    assert [entry["line"] for entry in receipt.accepted] == [2]
+    assert [entry["line"] for entry in receipt.rejected] == [1, 3]
+    assert "upload this line again later" in receipt.rejected[0]["errors"][0]["message"]
+    assert asked.count("stuck.example.com") == 1  # not waited on once per line
+
+
+def prompt_files_resolving_with(service, settings, resolver):
+    """The prompt-file handler in-process, with `resolver` as its name resolution (the seam:
+    there is no DNS here)."""
+    import dataclasses
+
+    from ltxv.prompt_files import PromptFiles
+
+    intake = service.intake
+    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
+    return PromptFiles(
         intake,
         service.storage,
         prompts_bucket=settings.prompts,
@@ -301,8 +300,3 @@ def test_a_line_whose_webhook_host_does_not_resolve_in_time_is_rejected_alone(se
         max_bytes=settings.prompt_file_max_bytes,
         max_lines=settings.prompt_file_max_lines,
     )
-    receipt = files.handle(settings.prompts, blob.name, str(blob.generation), blob.size)
-    assert [entry["line"] for entry in receipt.accepted] == [2]
-    assert [entry["line"] for entry in receipt.rejected] == [1, 3]
-    assert "upload this line again later" in receipt.rejected[0]["errors"][0]["message"]
-    assert asked.count("stuck.example.com") == 1  # not waited on once per line

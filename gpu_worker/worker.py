@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from ltxv.settings import Settings
 
 from .encoding import encode_mp4, write_poster
 from .generation import Renderer, RenderInterrupted, RenderRefused, TransientRenderError
+from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
 from .outputs import DestinationTaken, JobOutputs
 
@@ -61,71 +61,6 @@ FOREIGN_RETRY_SECONDS = 60
 def worker_id() -> str:
     """Unique per process: a restarted worker on the same VM is another lease owner."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class JobControl:
-    """What the background lease keeper and the render loop share for one job."""
-
-    job_id: str
-    total_steps: int
-    step: int = 0
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
-
-
-class LeaseKeeper:
-    """Renews the job's Firestore lease and writes progress, at a throttled rate.
-
-    It also learns of a cancel request from the renewed document, which is how a cancel
-    reaches the render between steps without an extra read per step.
-    """
-
-    def __init__(self, lifecycle: JobLifecycle, control: JobControl, interval: float) -> None:
-        self.lifecycle = lifecycle
-        self.control = control
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-
-    def start(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        renew_every = max(self.interval, self.lifecycle.lease_seconds / 3)
-        last_renewal = time.monotonic()
-        written_step = 0
-        while not self._stop.wait(self.interval):
-            step = self.control.step
-            if step == written_step and time.monotonic() - last_renewal < renew_every:
-                continue
-            try:
-                job = self.lifecycle.renew(self.control.job_id, (step, self.control.total_steps))
-            except LeaseLost:
-                self.control.lost.set()
-                return
-            except Exception as exc:
-                # Whatever went wrong (an outage, a contended write, a bug), the thread
-                # must live: a lease nobody renews lets another worker take the job over.
-                log.warning(
-                    "lease not renewed",
-                    extra={"job_id": self.control.job_id, "error": repr(exc)},
-                    exc_info=not isinstance(exc, BACKEND_ERRORS),
-                )
-                if time.monotonic() - last_renewal > self.lifecycle.lease_seconds * 0.9:
-                    # The lease is about to run out unrenewed: another worker may take the
-                    # job now, so stop rendering it rather than spend the GPU twice.
-                    self.control.lost.set()
-                    return
-                continue
-            written_step, last_renewal = step, time.monotonic()
-            if job.get("cancel_requested"):
-                self.control.cancel.set()
 
 
 class Worker:

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from gpu_worker.lease import JobControl, LeaseKeeper
 from gpu_worker.messages import AckKeeper, Received
-from gpu_worker.worker import JobControl, LeaseKeeper, Worker
+from gpu_worker.worker import Worker
 from ltxv.lifecycle import LeaseLost
 from ltxv.store import TransactionContended
 

@@ -1,0 +1,79 @@
+"""A render's hold on its job: the Firestore lease, renewed in the background with the
+job's progress, and the flags the render loop checks between denoising steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ltxv.intake import BACKEND_ERRORS
+from ltxv.lifecycle import JobLifecycle, LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobControl:
+    """What the background lease keeper and the render loop share for one job."""
+
+    job_id: str
+    total_steps: int
+    step: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class LeaseKeeper:
+    """Renews the job's Firestore lease and writes progress, at a throttled rate.
+
+    It also learns of a cancel request from the renewed document, which is how a cancel
+    reaches the render between steps without an extra read per step.
+    """
+
+    def __init__(self, lifecycle: JobLifecycle, control: JobControl, interval: float) -> None:
+        self.lifecycle = lifecycle
+        self.control = control
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        renew_every = max(self.interval, self.lifecycle.lease_seconds / 3)
+        last_renewal = time.monotonic()
+        written_step = 0
+        while not self._stop.wait(self.interval):
+            step = self.control.step
+            if step == written_step and time.monotonic() - last_renewal < renew_every:
+                continue
+            try:
+                job = self.lifecycle.renew(self.control.job_id, (step, self.control.total_steps))
+            except LeaseLost:
+                self.control.lost.set()
+                return
+            except Exception as exc:
+                # Whatever went wrong (an outage, a contended write, a bug), the thread
+                # must live: a lease nobody renews lets another worker take the job over.
+                log.warning(
+                    "lease not renewed",
+                    extra={"job_id": self.control.job_id, "error": repr(exc)},
+                    exc_info=not isinstance(exc, BACKEND_ERRORS),
+                )
+                if time.monotonic() - last_renewal > self.lifecycle.lease_seconds * 0.9:
+                    # The lease is about to run out unrenewed: another worker may take the
+                    # job now, so stop rendering it rather than spend the GPU twice.
+                    self.control.lost.set()
+                    return
+                continue
+            written_step, last_renewal = step, time.monotonic()
+            if job.get("cancel_requested"):
+                self.control.cancel.set()

@@ -2,7 +2,7 @@
 
     while not stopping:
         message = pull one
-        claim the job (Firestore transaction)  -> missing / settled / busy: ack or defer
+        claim the job (conditional Firestore write) -> missing / settled / busy: ack or defer
         render (lease and progress kept in the background, cancel checked between steps)
         finisher: encode mp4 + poster, upload, mark succeeded, write result.json, ack
 

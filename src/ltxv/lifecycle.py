@@ -1,6 +1,6 @@
 """A job's life after intake: claimed, leased, progressing, and settled, each step a
-Firestore transaction on `jobs/{job_id}` so that two workers (or a worker and a cancel)
-can never both win.
+conditional write on `jobs/{job_id}` (`JobStore.transact`) so that two workers (or a
+worker and a cancel) can never both win.
 
 The lease is what makes "exactly one video per job" hold through crashes: a worker owns a
 running job only while its lease is live; a redelivered message for a job whose lease

@@ -8,9 +8,10 @@ afresh from the job document. So no timer, queue or process of our own has to su
 
 Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 
-1. Claim, in a transaction: nothing to do if the job has no webhook or its delivery is
-   settled (`delivered`/`failed`); retry later if an attempt is in flight
-   (`sending_until`) or the next one is not due (`next_attempt_at`). Else append the
+1. Claim, in one `transact` (read, decide, conditional write): nothing to do if the job
+   has no webhook or its delivery is settled (`delivered`/`failed`); retry later if an
+   attempt is in flight (`sending_until`) or the next one is not due (`next_attempt_at`).
+   Else append the
    attempt, marked `in_flight`, and hold `sending_until` for longer than the attempt can
    possibly take (DNS and the send each have a deadline; a margin on top), so two
    triggers never send at once. The attempt counts from here on: an invocation killed
@@ -20,7 +21,7 @@ Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 2. Check the URL again (DNS may have changed since intake) and POST to the checked
    address, signed with each of the owner's secrets (several during a rotation). Nothing
    here raises: whatever happens is the attempt's outcome.
-3. Record, in a transaction: fill in the attempt and settle the record: `delivered` on
+3. Record, in another `transact`: fill in the attempt and settle the record: `delivered` on
    2xx, `failed` on 410/other 4xx/3xx/an unsafe URL/the retry window passed, else
    `retrying` with `next_attempt_at` from exponential backoff with jitter (or
    `Retry-After`, if later), and ask the trigger to come back. A contended or failing

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ltxv.intake import BACKEND_ERRORS
 from ltxv.lifecycle import JobLifecycle, LeaseLost
 
+from .keeper import Keeper
+
 log = logging.getLogger(__name__)
 
 
@@ -25,27 +27,21 @@ class JobControl:
     lost: threading.Event = field(default_factory=threading.Event)
 
 
-class LeaseKeeper:
+class LeaseKeeper(Keeper):
     """Renews the job's Firestore lease and writes progress, at a throttled rate.
 
     It also learns of a cancel request from the renewed document, which is how a cancel
     reaches the render between steps without an extra read per step.
     """
 
+    thread_name = "lease-keeper"
+    join_seconds = 10.0
+
     def __init__(self, lifecycle: JobLifecycle, control: JobControl, interval: float) -> None:
+        super().__init__()
         self.lifecycle = lifecycle
         self.control = control
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-
-    def start(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         renew_every = max(self.interval, self.lifecycle.lease_seconds / 3)

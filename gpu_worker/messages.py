@@ -11,7 +11,6 @@ background, so a render may take as long as it takes.
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from ltxv.dispatch import MODEL_ATTRIBUTE, parse_job_id
+
+from .keeper import Keeper
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "The return_immediately flag is deprecated")
@@ -92,24 +93,16 @@ class JobMessages:
             )
 
 
-class AckKeeper:
+class AckKeeper(Keeper):
     """Sets one message's ack deadline to the extension now, then every half extension,
     until stopped; a crashed worker's message comes back within one extension."""
 
+    thread_name = "ack-keeper"
+
     def __init__(self, messages: JobMessages, received: Received) -> None:
+        super().__init__()
         self.messages = messages
         self.received = received
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ack-keeper", daemon=True)
-
-    def start(self) -> AckKeeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         # The first extension goes out at once: until then the message has the

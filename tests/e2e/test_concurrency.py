@@ -28,6 +28,7 @@ from ltxv.local.stack import LocalStack
 from ltxv.service import Service
 from ltxv.webhooks import verify_webhook
 
+from ..bodies import SLOW, SMALL
 from ..raw_http import RawServer
 from .conftest import key_session, running_stack
 
@@ -35,15 +36,6 @@ pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
 
 COMPONENTS = ["api", "result_ready", "worker", "bridge"]
 WEBHOOK_TIMEOUT = 2.0  # each attempt's whole deadline, on this stack
-SMALL = {"prompt": "a paper boat on a pond", "num_frames": 9, "height": 64, "width": 96}
-# Several seconds of denoising on two cores: long enough to be caught running.
-SLOW = {
-    "prompt": "waves at dusk",
-    "height": 512,
-    "width": 768,
-    "num_frames": 49,
-    "num_inference_steps": 50,
-}
 
 
 @pytest.fixture(scope="module")

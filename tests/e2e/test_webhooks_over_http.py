@@ -21,12 +21,12 @@ from ltxv.local.stack import LocalStack
 from ltxv.service import Service
 from ltxv.webhook_receiver import WebhookReceiver
 
+from ..bodies import SMALL
 from .conftest import key_session, running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
 
 COMPONENTS = ["api", "result_ready", "dead_letter", "worker", "bridge"]
-SMALL = {"prompt": "a paper boat on a pond", "num_frames": 9, "height": 64, "width": 96}
 
 
 @pytest.fixture(scope="module")

@@ -454,7 +454,9 @@ def test_a_contended_claim_is_retried_by_the_trigger_with_nothing_claimed(
     assert notifier.on_object(*result_object(service, job_id)) == "delivered"
 
 
-def test_a_contended_record_is_tried_again_and_the_outcome_kept(service, notify_settings, receiver):
+def contended_after_sending(service, notify_settings, receiver, times: int):
+    """A settled job with a webhook, and a notifier whose store gives up `times` writes
+    once the event has been sent (the record's, not the claim's)."""
     job_id = submit(service, receiver.url)
     finish(service, job_id)
     store = ContendedStore(service.store, times=0)
@@ -462,10 +464,16 @@ def test_a_contended_record_is_tried_again_and_the_outcome_kept(service, notify_
 
     def send_then_contend(*args, **kwargs):
         sent = post_pinned(*args, **kwargs)
-        store.times = 2  # the record's first two transactions give up
+        store.times = times
         return sent
 
     notifier.send = send_then_contend
+    return job_id, notifier
+
+
+def test_a_contended_record_is_tried_again_and_the_outcome_kept(service, notify_settings, receiver):
+    # The record's first two writes give up.
+    job_id, notifier = contended_after_sending(service, notify_settings, receiver, times=2)
     assert notifier.on_object(*result_object(service, job_id)) == "delivered"
     assert [a["status_code"] for a in webhook_record(service, job_id)["attempts"]] == [200]
 
@@ -473,17 +481,7 @@ def test_a_contended_record_is_tried_again_and_the_outcome_kept(service, notify_
 def test_an_outcome_that_cannot_be_recorded_is_logged_and_retried(
     service, notify_settings, receiver, caplog
 ):
-    job_id = submit(service, receiver.url)
-    finish(service, job_id)
-    store = ContendedStore(service.store, times=0)
-    notifier = WebhookNotifier(store, service.storage, notify_settings)
-
-    def send_then_contend(*args, **kwargs):
-        sent = post_pinned(*args, **kwargs)
-        store.times = 99
-        return sent
-
-    notifier.send = send_then_contend
+    job_id, notifier = contended_after_sending(service, notify_settings, receiver, times=99)
     with pytest.raises(RetryLater, match="could not be recorded"):
         notifier.on_object(*result_object(service, job_id))
     (error,) = [r for r in caplog.records if r.levelname == "ERROR"]

@@ -24,19 +24,10 @@ from google.cloud import pubsub_v1, storage
 
 from ltxv import schemas
 
+from ..bodies import SLOW, SMALL
 from .conftest import ROOT, fresh_topic
 
 pytestmark = pytest.mark.emulators
-
-SMALL = {"prompt": "a red fox in snow", "height": 64, "width": 96, "num_frames": 9}
-# About 6 s of denoising steps on two cores: slow enough to be caught mid-render.
-SLOW = {
-    "prompt": "waves at dusk",
-    "height": 512,
-    "width": 768,
-    "num_frames": 49,
-    "num_inference_steps": 50,
-}
 
 
 @pytest.fixture(scope="session")

@@ -407,12 +407,7 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
     assert env["LTXV_SUBSCRIPTION"] == f"demo-jobs-worker-{MODEL}"
     assert env["HF_HOME"] == "/var/cache/ltxv/huggingface"
     # The worker reads these names as the script meant them.
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [n for n in os.environ if n.startswith("LTXV_")]:
-            patch.delenv(name)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        settings = Settings.from_env()
+    settings = _settings_from(env)
     assert (settings.project, settings.prefix) == ("ltxv-prod-1", PREFIX)
     # The worker loads and renders its pool's model; the default one only decides whether
     # it also takes messages that name no model (ltxv.dispatch.passes_filter).
@@ -442,12 +437,7 @@ def test_optional_keys_take_defaults(vm: Vm) -> None:
     assert env["LTXV_WORKER_MODEL"] == env["LTXV_DEFAULT_MODEL"] == MODEL
     assert "LTXV_SUBSCRIPTION" not in env
     assert "LTXV_OUTPUTS_BUCKET" not in env
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [n for n in os.environ if n.startswith("LTXV_")]:
-            patch.delenv(name)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        settings = Settings.from_env()
+    settings = _settings_from(env)
     # Without the key, the name terraform gives the model's subscription.
     assert settings.subscription == f"{PREFIX}-jobs-worker-{MODEL}"
 
@@ -682,3 +672,13 @@ def test_ops_agent_pipeline_parses_the_worker_units() -> None:
     assert processors[0]["match_any"] == ['NOT jsonPayload._SYSTEMD_UNIT =~ "^ltxv-worker@"']
     assert processors[1]["field"] == "MESSAGE"
     assert processors[2]["fields"]["severity"] == {"move_from": "jsonPayload.severity"}
+
+
+def _settings_from(env: dict[str, str]) -> Settings:
+    """What the worker reads from the env file the script wrote, and nothing else."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("LTXV_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return Settings.from_env()

@@ -6,7 +6,7 @@ resource "google_firestore_database" "this" {
   point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
   delete_protection_state           = "DELETE_PROTECTION_ENABLED"
   deletion_policy                   = "ABANDON"
-  depends_on                        = [google_project_service.apis]
+  depends_on                        = [time_sleep.apis_ready]
 }
 
 # The queries of src/ltxv/store.py: a key's jobs newest first (GET /v1/jobs), optionally

@@ -111,13 +111,10 @@ resource "google_cloudfunctions2_function" "api" {
   }
 
   depends_on = [
-    google_project_iam_member.this,
-    google_project_iam_member.gcs_agent_publisher,
-    google_storage_bucket_iam_member.this,
-    google_storage_bucket_iam_member.api_writes_canceled_results,
+    # Its build, its secrets and its first calls need its grants in effect.
+    time_sleep.iam_ready,
     google_secret_manager_secret_version.api_keys,
     google_secret_manager_secret_version.webhook_secrets,
-    google_secret_manager_secret_iam_member.webhook_secrets,
     # Its queries (the per-key list, the in-flight count) fail until their indexes exist.
     google_firestore_index.jobs,
   ]
@@ -180,11 +177,10 @@ resource "google_cloudfunctions2_function" "on_storage" {
   }
 
   depends_on = [
-    google_project_iam_member.this,
-    google_project_iam_member.gcs_agent_publisher,
-    google_storage_bucket_iam_member.this,
+    # Eventarc checks the storage agent's publisher grant and the trigger account's
+    # eventReceiver grant when it creates the trigger.
+    time_sleep.iam_ready,
     google_secret_manager_secret_version.webhook_secrets,
-    google_secret_manager_secret_iam_member.webhook_secrets,
   ]
 }
 
@@ -230,7 +226,7 @@ resource "google_cloudfunctions2_function" "on_pubsub" {
   }
 
   depends_on = [
-    google_project_iam_member.this,
+    time_sleep.iam_ready,
     google_pubsub_topic.sweep,
     google_pubsub_topic.dead_letter,
   ]

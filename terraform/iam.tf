@@ -19,20 +19,20 @@ resource "google_service_account" "function" {
   for_each     = local.function_accounts
   account_id   = "${var.prefix}-${each.value}"
   display_name = "ltx-video-pipeline function ${each.key}"
-  depends_on   = [google_project_service.apis]
+  depends_on   = [time_sleep.apis_ready]
 }
 
 resource "google_service_account" "worker" {
   account_id   = "${var.prefix}-worker"
   display_name = "ltx-video-pipeline GPU worker"
-  depends_on   = [google_project_service.apis]
+  depends_on   = [time_sleep.apis_ready]
 }
 
 # Builds the functions' containers instead of the default compute service account.
 resource "google_service_account" "build" {
   account_id   = "${var.prefix}-build"
   display_name = "ltx-video-pipeline function builds"
-  depends_on   = [google_project_service.apis]
+  depends_on   = [time_sleep.apis_ready]
 }
 
 locals {
@@ -73,7 +73,7 @@ locals {
 }
 
 data "google_storage_project_service_account" "gcs" {
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_project_iam_member" "this" {
@@ -178,4 +178,22 @@ resource "google_cloud_run_v2_service_iam_member" "api_public" {
   location = var.region
   role     = "roles/run.invoker"
   member   = "allUsers"
+}
+
+# IAM grants take effect after the call returns ("typically within 2 minutes", IAM docs,
+# Access change propagation). Builds, Eventarc triggers and the functions' first calls
+# fail on a fresh project if they start before their grants do, so they wait for this.
+resource "time_sleep" "iam_ready" {
+  create_duration = "120s"
+  depends_on = [
+    google_project_iam_member.this,
+    google_project_iam_member.gcs_agent_publisher,
+    google_storage_bucket_iam_member.this,
+    google_storage_bucket_iam_member.api_writes_canceled_results,
+    google_pubsub_topic_iam_member.jobs_publisher,
+    google_pubsub_subscription_iam_member.worker_subscriber,
+    google_secret_manager_secret_iam_member.api_keys,
+    google_secret_manager_secret_iam_member.webhook_secrets,
+    google_service_account_iam_member.api_signs_as_itself,
+  ]
 }

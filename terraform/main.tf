@@ -79,3 +79,12 @@ resource "google_project_service" "apis" {
   # Other things in the project may use these too: destroying the pipeline leaves them on.
   disable_on_destroy = false
 }
+
+# A service reports enabled before every API behind it answers: calls in the first
+# minute of a fresh project can fail with 403 "API has not been used in project …
+# or it is disabled". Everything that calls a Google API depends on this gate (the
+# provider's own cloudfunctions2_function example waits 60 s the same way).
+resource "time_sleep" "apis_ready" {
+  create_duration = "60s"
+  depends_on      = [time_sleep.apis_ready]
+}

@@ -4,7 +4,7 @@
 resource "google_compute_network" "workers" {
   name                    = "${var.prefix}-workers"
   auto_create_subnetworks = false
-  depends_on              = [google_project_service.apis]
+  depends_on              = [time_sleep.apis_ready]
 }
 
 resource "google_compute_subnetwork" "workers" {

@@ -3,7 +3,7 @@ resource "google_pubsub_topic" "jobs" {
   name                       = local.topic_jobs
   labels                     = local.labels
   message_retention_duration = "604800s"
-  depends_on                 = [google_project_service.apis]
+  depends_on                 = [time_sleep.apis_ready]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
@@ -11,7 +11,7 @@ resource "google_pubsub_topic" "dead_letter" {
   name                       = local.topic_dead_letter
   labels                     = local.labels
   message_retention_duration = "604800s"
-  depends_on                 = [google_project_service.apis]
+  depends_on                 = [time_sleep.apis_ready]
 }
 
 # Cloud Scheduler's tick for the redispatch sweep (functions/submit `redispatch`).
@@ -19,7 +19,7 @@ resource "google_pubsub_topic" "sweep" {
   # checkov:skip=CKV_GCP_83:Messages carry only job ids (no prompts or user data); Google-managed encryption suffices.
   name       = local.topic_sweep
   labels     = local.labels
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # What each model's GPU workers pull: one subscription per model, filtered on the message's
@@ -99,5 +99,5 @@ resource "google_cloud_scheduler_job" "sweep" {
     data       = base64encode("sweep")
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }

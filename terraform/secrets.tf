@@ -19,7 +19,7 @@ resource "google_secret_manager_secret" "api_keys" {
     auto {}
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_secret_manager_secret_version" "api_keys" {
@@ -73,7 +73,7 @@ resource "google_secret_manager_secret" "webhook_secrets" {
     auto {}
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_secret_manager_secret_version" "webhook_secrets" {

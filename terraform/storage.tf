@@ -44,7 +44,7 @@ resource "google_storage_bucket" "this" {
     }
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 # Archives built by tools/package.py (the same step as `make package`): the two function

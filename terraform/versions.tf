@@ -2,9 +2,16 @@ terraform {
   required_version = ">= 1.6, < 2.0"
 
   required_providers {
+    # Exactly the version whose schema tests/terraform checks every resource against
+    # (tools/tf_schema); move both together.
     google = {
       source  = "hashicorp/google"
-      version = ">= 6.20, < 8.0"
+      version = "8.7.0"
+    }
+    # time_sleep: service enablement and IAM grants propagate after they report done.
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.13"
     }
     random = {
       source  = "hashicorp/random"

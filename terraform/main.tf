@@ -60,12 +60,14 @@ resource "google_project_service" "apis" {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudquotas.googleapis.com",
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "eventarc.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
+    "iap.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",
@@ -86,5 +88,5 @@ resource "google_project_service" "apis" {
 # provider's own cloudfunctions2_function example waits 60 s the same way).
 resource "time_sleep" "apis_ready" {
   create_duration = "60s"
-  depends_on      = [time_sleep.apis_ready]
+  depends_on      = [google_project_service.apis]
 }

@@ -73,6 +73,36 @@ locals {
   webhook_secrets_secret = "projects/${var.project_id}/secrets/${var.prefix}-webhook-secrets"
 }
 
+# The functions' images, in a repository of the deployment's own (build_config
+# docker_repository) rather than the project-wide gcf-artifacts one: the build account may
+# push here and nowhere else, and old images are cleaned up.
+resource "google_artifact_registry_repository" "functions" {
+  # checkov:skip=CKV_GCP_84:The images hold this open-source project's code and its public dependencies, no data; Google-managed encryption suffices.
+  location      = var.region
+  repository_id = "${var.prefix}-functions"
+  description   = "ltx-video-pipeline function images (Cloud Build output)."
+  format        = "DOCKER"
+  labels        = local.labels
+
+  cleanup_policy_dry_run = false
+  cleanup_policies {
+    id     = "keep-recent"
+    action = "KEEP"
+    most_recent_versions {
+      keep_count = 10
+    }
+  }
+  cleanup_policies {
+    id     = "delete-old"
+    action = "DELETE"
+    condition {
+      older_than = "2592000s" # 30 days; the ten newest are kept whatever their age
+    }
+  }
+
+  depends_on = [time_sleep.apis_ready]
+}
+
 resource "google_cloudfunctions2_function" "api" {
   # checkov:skip=CKV_GCP_124:The jobs API is a public HTTPS API like the /predict it replaces; every route but /healthz and /openapi.json checks an API key.
   name        = "${var.prefix}-api"
@@ -81,9 +111,10 @@ resource "google_cloudfunctions2_function" "api" {
   labels      = local.labels
 
   build_config {
-    runtime         = local.runtime
-    entry_point     = "api"
-    service_account = google_service_account.build.id
+    runtime           = local.runtime
+    entry_point       = "api"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.this[local.bucket_source].name
@@ -152,9 +183,10 @@ resource "google_cloudfunctions2_function" "on_storage" {
   }
 
   build_config {
-    runtime         = local.runtime
-    entry_point     = each.value.entry_point
-    service_account = google_service_account.build.id
+    runtime           = local.runtime
+    entry_point       = each.value.entry_point
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.this[local.bucket_source].name
@@ -201,9 +233,10 @@ resource "google_cloudfunctions2_function" "on_pubsub" {
   }
 
   build_config {
-    runtime         = local.runtime
-    entry_point     = each.value.entry_point
-    service_account = google_service_account.build.id
+    runtime           = local.runtime
+    entry_point       = each.value.entry_point
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.this[local.bucket_source].name

@@ -1,7 +1,7 @@
 # One service account per function and one for the workers, each with only what its code
-# calls; bucket-, topic-, subscription- and secret-level bindings wherever the resource takes
-# them. Project-level: Firestore (datastore.user: no finer IAM exists), logging and
-# monitoring writers, Eventarc's receiver role, and the build role Cloud Build requires.
+# calls; bucket-, topic-, subscription-, repository- and secret-level bindings wherever the
+# resource takes them. Project-level: Firestore (datastore.user: no finer IAM exists),
+# logging and monitoring writers, and Eventarc's receiver role.
 
 locals {
   # function key => service account id suffix
@@ -50,7 +50,13 @@ locals {
       "worker/datastore"  = { member = local.worker_sa, role = "roles/datastore.user" }
       "worker/logging"    = { member = local.worker_sa, role = "roles/logging.logWriter" }
       "worker/monitoring" = { member = local.worker_sa, role = "roles/monitoring.metricWriter" }
-      "build/builder"     = { member = local.build_sa, role = "roles/cloudbuild.builds.builder" }
+      # The build account writes build logs; it pushes images only to the functions'
+      # repository (google_artifact_registry_repository_iam_member.build_pushes) and reads
+      # only the source bucket. roles/cloudbuild.builds.builder would also let it publish
+      # to any topic, read any bucket and deploy to Cloud Run and App Engine. What a custom
+      # build account needs: "Custom service account for Cloud Build" in the Cloud Run
+      # functions docs (Logs Writer, Artifact Registry Writer, read on the source).
+      "build/logging" = { member = local.build_sa, role = "roles/logging.logWriter" }
     },
   )
 
@@ -152,12 +158,39 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
 }
 
 # Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob
-# as itself.
+# as itself, and may do nothing else as itself: roles/iam.serviceAccountTokenCreator would
+# add access tokens, ID tokens and signJwt. Custom roles are soft-deleted for 7 days and
+# their ids stay taken for up to 37 (provider docs, google_project_iam_custom_role), so the
+# id carries a random suffix: a destroy and re-apply within that window gets a fresh one.
+resource "random_id" "sign_blob_role" {
+  byte_length = 3
+  prefix      = "${replace(var.prefix, "-", "_")}_sign_blob_"
+}
+
+resource "google_project_iam_custom_role" "sign_blob" {
+  project     = var.project_id
+  role_id     = random_id.sign_blob_role.hex
+  title       = "${var.prefix} sign blobs as a service account"
+  description = "iam.serviceAccounts.signBlob only: the ltx-video-pipeline API signs video URLs as itself."
+  permissions = ["iam.serviceAccounts.signBlob"]
+  depends_on  = [time_sleep.apis_ready]
+}
+
 resource "google_service_account_iam_member" "api_signs_as_itself" {
   service_account_id = google_service_account.function["api"].name
-  role               = "roles/iam.serviceAccountTokenCreator"
+  role               = google_project_iam_custom_role.sign_blob.name
   member             = local.sa["api"]
   depends_on         = [google_service_account.function, google_service_account.worker]
+}
+
+# Cloud Build pushes the functions' images to the deployment's own repository only.
+resource "google_artifact_registry_repository_iam_member" "build_pushes" {
+  project    = var.project_id
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = local.build_sa
+  depends_on = [google_service_account.build]
 }
 
 # Eventarc delivers to each event function as that function's own service account.
@@ -192,8 +225,42 @@ resource "time_sleep" "iam_ready" {
     google_storage_bucket_iam_member.api_writes_canceled_results,
     google_pubsub_topic_iam_member.jobs_publisher,
     google_pubsub_subscription_iam_member.worker_subscriber,
+    google_pubsub_topic_iam_member.dead_letter_publisher,
+    google_pubsub_subscription_iam_member.dead_letter_source_subscriber,
     google_secret_manager_secret_iam_member.api_keys,
     google_secret_manager_secret_iam_member.webhook_secrets,
     google_service_account_iam_member.api_signs_as_itself,
+    google_artifact_registry_repository_iam_member.build_pushes,
+    google_project_iam_member.operators,
+    google_service_account_iam_member.operators_act_as_worker,
   ]
+}
+
+# Operators (var.operators) reach the workers over IAP SSH (`gcloud compute ssh VM
+# --tunnel-through-iap`): an IAP tunnel into the project (the firewall admits only IAP's
+# range, network.tf), an OS Login account on the VMs, and acting as the VMs' service
+# account, which OS Login requires for VMs that run as one ("Connect to VMs that use
+# service accounts", OS Login docs).
+locals {
+  operator_roles = merge([
+    for member in var.operators : {
+      "${member}/iap"     = { member = member, role = "roles/iap.tunnelResourceAccessor" }
+      "${member}/oslogin" = { member = member, role = "roles/compute.osLogin" }
+    }
+  ]...)
+}
+
+resource "google_project_iam_member" "operators" {
+  for_each   = local.operator_roles
+  project    = var.project_id
+  role       = each.value.role
+  member     = each.value.member
+  depends_on = [time_sleep.apis_ready]
+}
+
+resource "google_service_account_iam_member" "operators_act_as_worker" {
+  for_each           = toset(var.operators)
+  service_account_id = google_service_account.worker.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
 }

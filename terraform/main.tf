@@ -51,8 +51,10 @@ locals {
   }
 }
 
+# Read through Cloud Resource Manager, which a fresh project may not have on yet.
 data "google_project" "this" {
   project_id = var.project_id
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_project_service" "apis" {
@@ -61,6 +63,7 @@ resource "google_project_service" "apis" {
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudquotas.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "eventarc.googleapis.com",

@@ -1,7 +1,21 @@
+# Alerts go to var.alert_notification_channels and to an email channel per var.alert_emails.
+resource "google_monitoring_notification_channel" "email" {
+  for_each     = toset(var.alert_emails)
+  display_name = "${var.prefix} alerts: ${each.value}"
+  type         = "email"
+  labels       = { email_address = each.value }
+  user_labels  = local.labels
+  depends_on   = [time_sleep.apis_ready]
+}
+
+locals {
+  alert_channels = concat(var.alert_notification_channels, [for c in google_monitoring_notification_channel.email : c.id])
+}
+
 resource "google_monitoring_alert_policy" "dead_letters" {
   display_name          = "${var.prefix}: jobs dead-lettered"
   combiner              = "OR"
-  notification_channels = var.alert_notification_channels
+  notification_channels = local.alert_channels
   user_labels           = local.labels
 
   documentation {
@@ -27,7 +41,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 resource "google_monitoring_alert_policy" "oldest_job" {
   display_name          = "${var.prefix}: oldest job waiting too long"
   combiner              = "OR"
-  notification_channels = var.alert_notification_channels
+  notification_channels = local.alert_channels
   user_labels           = local.labels
 
   documentation {

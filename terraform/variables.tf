@@ -296,9 +296,25 @@ variable "worker_secure_boot" {
 # --- monitoring -----------------------------------------------------------------------------
 
 variable "alert_notification_channels" {
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to."
+  description = "Existing Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to, besides alert_emails."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for c in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "alert_notification_channels must be ids such as projects/my-project/notificationChannels/1234567890."
+  }
+}
+
+variable "alert_emails" {
+  description = "Email addresses that get the alerts (terraform creates one email notification channel each). Without these or alert_notification_channels, alerts only show in the console."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for e in var.alert_emails : can(regex("^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$", e))])
+    error_message = "alert_emails must be email addresses."
+  }
 }
 
 variable "oldest_job_alert_seconds" {
@@ -309,5 +325,33 @@ variable "oldest_job_alert_seconds" {
   validation {
     condition     = var.oldest_job_alert_seconds >= 300
     error_message = "oldest_job_alert_seconds must be at least 300."
+  }
+}
+
+# --- access and quota -----------------------------------------------------------------------
+
+variable "operators" {
+  description = "Who may SSH into the worker VMs through IAP (`gcloud compute ssh VM --tunnel-through-iap`): IAM members such as user:alice@example.com or group:ml-oncall@example.com. Each gets IAP tunnel access, OS Login, and use of the workers' service account."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.operators : can(regex("^(user|group|serviceAccount|domain):[^[:space:]]+$", m))])
+    error_message = "operators must be IAM members: user:EMAIL, group:EMAIL, serviceAccount:EMAIL or domain:DOMAIN."
+  }
+}
+
+variable "gpu_quota_request" {
+  description = "File GPU quota requests from terraform (Cloud Quotas quota preferences): the region's L4 quota (preemptible when worker_spot) and the project's all-regions GPU quota, each to `gpus`. Google reviews them; approval can take from minutes to days and is not part of the apply. null: request nothing (see the README's prerequisites for the gcloud commands)."
+  type = object({
+    gpus          = number
+    contact_email = string
+    justification = optional(string, "ltx-video-pipeline: text-to-video rendering on NVIDIA L4 GPU workers that scale to zero.")
+  })
+  default = null
+
+  validation {
+    condition     = var.gpu_quota_request == null || try(var.gpu_quota_request.gpus >= 1 && floor(var.gpu_quota_request.gpus) == var.gpu_quota_request.gpus, false)
+    error_message = "gpu_quota_request.gpus must be a whole number of GPUs, at least 1."
   }
 }

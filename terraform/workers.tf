@@ -81,6 +81,8 @@ resource "google_compute_health_check" "worker" {
   log_config {
     enable = false
   }
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_compute_region_instance_group_manager" "workers" {

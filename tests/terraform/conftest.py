@@ -7,6 +7,7 @@ resource they name, which is what several checks look at.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,15 @@ def evaluate(var_file: Path) -> dict[str, list[dict[str, Any]]]:
 
     # tfparse reads var files relative to the module directory.
     return tfparse.load_from_path(TERRAFORM, vars_paths=[os.path.relpath(var_file, TERRAFORM)])
+
+
+def evaluate_with(tmp_path: Path, **variables) -> dict[str, list[dict[str, Any]]]:
+    """The configuration evaluated with the CI project and prefix and these variables."""
+    lines = [f'project_id = "{PROJECT}"', f'prefix = "{PREFIX}"']
+    lines += [f"{name} = {json.dumps(value)}" for name, value in variables.items()]
+    tfvars = tmp_path / "test.tfvars"
+    tfvars.write_text("\n".join(lines) + "\n")
+    return evaluate(tfvars)
 
 
 @pytest.fixture(scope="session")

@@ -6,26 +6,15 @@ preconditions, so what they refuse can be checked without a provider)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from .conftest import PREFIX, PROJECT, TERRAFORM, address, by_address, references
+from .conftest import PREFIX, PROJECT, address, by_address, references
+from .conftest import evaluate_with as evaluate
 
 API_SA = f"serviceAccount:{PREFIX}-api@{PROJECT}.iam.gserviceaccount.com"
 RESULTS_SA = f"serviceAccount:{PREFIX}-results@{PROJECT}.iam.gserviceaccount.com"
 OUTPUTS = f"{PREFIX}-outputs"
-
-
-def evaluate(tmp_path: Path, **variables) -> dict:
-    import tfparse
-
-    lines = [f'project_id = "{PROJECT}"', f'prefix = "{PREFIX}"']
-    lines += [f"{name} = {json.dumps(value)}" for name, value in variables.items()]
-    tfvars = tmp_path / "test.tfvars"
-    tfvars.write_text("\n".join(lines) + "\n")
-    return tfparse.load_from_path(TERRAFORM, vars_paths=[os.path.relpath(tfvars, TERRAFORM)])
 
 
 def secret_versions(tf) -> set[str]:

@@ -1,10 +1,10 @@
 Feature: Least privilege
   No primitive roles, and no service account but the deployment's own.
 
-  Scenario Outline: No primitive roles
+  Scenario Outline: No primitive roles, no project-wide builder, no token minting
     Given I have <resource> defined
     When it contains role
-    Then its value must not match the "roles/(owner|editor|viewer)" regex
+    Then its value must not match the "roles/(owner|editor|viewer|cloudbuild\.builds\.builder|iam\.serviceAccountTokenCreator)" regex
 
     Examples:
       | resource                                |
@@ -15,6 +15,7 @@ Feature: Least privilege
       | google_secret_manager_secret_iam_member |
       | google_service_account_iam_member       |
       | google_cloud_run_v2_service_iam_member  |
+      | google_artifact_registry_repository_iam_member |
 
   Scenario: Workers run as their own service account
     Given I have google_compute_instance_template defined

@@ -216,6 +216,10 @@ resource "google_cloud_run_v2_service_iam_member" "api_public" {
 # IAM grants take effect after the call returns ("typically within 2 minutes", IAM docs,
 # Access change propagation). Builds, Eventarc triggers and the functions' first calls
 # fail on a fresh project if they start before their grants do, so they wait for this.
+# Eventarc's own service agent gets its role when the API is enabled, and a trigger
+# created before that propagated fails with "Permission denied while using the Eventarc
+# Service Agent … it may take a few minutes" (hashicorp/terraform-provider-google#25294,
+# open): the functions come at least 60 + 120 s after the API was enabled.
 resource "time_sleep" "iam_ready" {
   create_duration = "120s"
   depends_on = [

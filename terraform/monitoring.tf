@@ -64,3 +64,49 @@ resource "google_monitoring_alert_policy" "oldest_job" {
     }
   }
 }
+
+# A worker VM whose boot fails powers itself off and the group recreates it
+# (gpu_worker/vm/README.md): without this alert a bad template, a missing quota of disk or
+# a broken package would loop VMs through boots quietly, each one billed.
+resource "google_logging_metric" "worker_boot_failures" {
+  name        = "${var.prefix}-worker-boot-failures"
+  description = "Worker VM boots that ended in an ltxv-startup ERROR line (the VM then powers off and is recreated)."
+  # The boot script logs through the guest agent's metadata script runner; the log name
+  # differs between guest agent versions, the text does not.
+  filter = "resource.type=\"gce_instance\" AND (log_id(\"GCEMetadataScripts\") OR log_id(\"google_metadata_script_runner\")) AND \"ltxv-startup: ERROR\""
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+  }
+
+  depends_on = [time_sleep.apis_ready]
+}
+
+resource "google_monitoring_alert_policy" "worker_boot_failures" {
+  display_name          = "${var.prefix}: worker VMs failing to boot"
+  combiner              = "OR"
+  notification_channels = local.alert_channels
+  user_labels           = local.labels
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A worker VM's boot script failed (no GPU, bad metadata, no package, the worker never became ready); the VM powered off and its instance group recreates it, so this repeats until fixed. The reason is the `ltxv-startup: ERROR` line: `gcloud logging read '\"ltxv-startup: ERROR\"' --freshness 1h`."
+  }
+
+  conditions {
+    display_name = "ltxv-startup ERROR lines"
+    condition_threshold {
+      filter          = "resource.type = \"gce_instance\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.worker_boot_failures.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+}

@@ -3,7 +3,7 @@ emails, each only when asked for (issue 13, findings 8 and 10)."""
 
 from __future__ import annotations
 
-from .conftest import PREFIX, PROJECT, address, by_address, evaluate_with
+from .conftest import PREFIX, PROJECT, ROOT, address, by_address, evaluate_with
 
 BUILD_SA = f"serviceAccount:{PREFIX}-build@{PROJECT}.iam.gserviceaccount.com"
 API_SA = f"serviceAccount:{PREFIX}-api@{PROJECT}.iam.gserviceaccount.com"
@@ -121,3 +121,14 @@ def test_alert_emails_become_channels_every_alert_notifies(tmp_path):
         assert _points_to(
             tf, policy["notification_channels"], "google_monitoring_notification_channel"
         )
+
+
+def test_a_failing_boot_alerts_on_the_line_the_boot_script_writes(tf):
+    (metric,) = tf["google_logging_metric"]
+    assert '"ltxv-startup: ERROR"' in metric["filter"]
+    startup = (ROOT / "gpu_worker" / "vm" / "startup.sh").read_text()
+    assert 'echo "ltxv-startup: ${level}: $*"' in startup and "log ERROR" in startup
+    policies = by_address(tf, "google_monitoring_alert_policy")
+    boot = policies["google_monitoring_alert_policy.worker_boot_failures"]
+    condition = boot["conditions"]["condition_threshold"]
+    assert f"logging.googleapis.com/user/{PREFIX}-worker-boot-failures" in condition["filter"]

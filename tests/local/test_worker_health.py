@@ -82,7 +82,7 @@ def test_a_worker_whose_pulls_fail_says_unready(emulators, tmp_path):
     try:
         # Loaded and pulling (ready), until the failures have lasted 3 s.
         _wait(port, lambda code, body: body.get("state") == "pulling")
-        code, body = _wait(port, lambda code, body: code == 503)
+        _, body = _wait(port, lambda code, body: code == 503)
         assert body["status"] == "unready"
         assert body["reason"].startswith("pulls failing for")
         assert "Subscription does not exist" in body["reason"]

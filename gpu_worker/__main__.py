@@ -14,6 +14,7 @@ from ltxv.profiles import all_profiles
 from ltxv.settings import get_settings
 from ltxv.store import JobStore
 
+from . import health
 from .generation import Renderer
 from .messages import JobMessages
 from .worker import Worker, worker_id
@@ -22,6 +23,15 @@ from .worker import Worker, worker_id
 def main() -> int:
     settings = get_settings()
     logs.setup("gpu_worker", settings.log_level)
+    # Up before the model loads, so that a probe hears "loading" (503), not silence.
+    status = health.Health(
+        model=settings.worker_model,
+        stall_seconds=settings.health_stall_seconds,
+        busy_seconds=settings.health_busy_seconds,
+        failing_seconds=settings.health_failing_seconds,
+    )
+    if settings.worker_health_port:
+        health.serve(status, settings.health_host, settings.worker_health_port)
     store = JobStore(
         firestore.Client(project=settings.project),
         settings.jobs_collection,
@@ -43,6 +53,7 @@ def main() -> int:
             all_profiles()[settings.worker_model],
             model_dir=Path(settings.model_dir) if settings.model_dir else None,
         ),
+        health=status,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())

@@ -40,6 +40,7 @@ from ltxv.settings import Settings
 
 from .encoding import encode_mp4, write_poster
 from .generation import Renderer, RenderInterrupted, RenderRefused, TransientRenderError
+from .health import Health, device_problem
 from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
 from .outputs import DestinationTaken, JobOutputs
@@ -72,12 +73,15 @@ class Worker:
         storage_client: storage.Client,
         messages: JobMessages,
         renderer: Renderer,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.storage = storage_client
         self.messages = messages
         self.renderer = renderer
+        # What GET /healthz answers from (gpu_worker/health.py); kept up to date either way.
+        self.health = health or Health(model=settings.worker_model)
         self.outputs = JobOutputs(storage_client, settings.outputs, settings.storage_retry_seconds)
         self.stopping = threading.Event()  # SIGTERM: take no new job
         self.interrupting = threading.Event()  # grace over: stop the render between steps
@@ -91,19 +95,28 @@ class Worker:
     def run(self) -> int:
         self._load_seconds = self.renderer.load()
         log.info("model loaded", extra={"seconds": round(self._load_seconds, 3)})
+        # A CUDA profile wants the GPU; the renderer would fall back to the CPU without one.
+        wanted = "cuda" if self.renderer.profile.accelerator == "cuda" else "cpu"
+        problem = device_problem(wanted)
+        if problem:
+            log.error("device not usable; health says unready", extra={"error": problem})
+        self.health.loaded(self.renderer.device, problem)
         idle = 0.2
         while not self.stopping.is_set():
             try:
                 received = self.messages.pull_one()
             except BACKEND_ERRORS as exc:
+                self.health.pulled(str(exc))
                 log.warning("pull failed", extra={"error": str(exc)})
                 self.stopping.wait(2.0)
                 continue
+            self.health.pulled()
             if received is None:
                 self.stopping.wait(idle)
                 idle = min(idle * 2, 2.0)
                 continue
             idle = 0.2
+            self.health.job_started(received.job_id)
             try:
                 self.handle(received)
             except Exception:
@@ -111,6 +124,8 @@ class Worker:
                 # the dead-letter policy ends a job that fails every time.
                 log.exception("handling failed; nacked", extra={"job_id": received.job_id})
                 self.messages.nack(received)
+            finally:
+                self.health.job_done()
         self._wait_for_finisher()
         self._finisher.shutdown(wait=True)
         log.info("worker stopped")
@@ -192,6 +207,7 @@ class Worker:
 
         def on_step(step: int, total: int) -> None:
             control.step = step
+            self.health.progress()
 
         def should_stop() -> bool:
             return control.cancel.is_set() or control.lost.is_set() or self.interrupting.is_set()

@@ -120,6 +120,17 @@ class Settings:
     progress_interval_seconds: float = 2.0
     shutdown_grace_seconds: float = 20.0
     storage_retry_seconds: float = 60.0
+    # The worker's GET /healthz (gpu_worker/health.py): off when the port is 0. The worker
+    # listens on health_port + health_port_offset (the VM's unit sets the offset to the
+    # GPU index, so worker@N has port 8080 + N); 0.0.0.0 on a VM, where the MIG probes it.
+    health_port: int = 0
+    health_port_offset: int = 0
+    health_host: str = "127.0.0.1"
+    # Unready when the idle loop's last pull returned longer ago than this, when a job
+    # showed no progress for busy_seconds, or when no pull succeeded for failing_seconds.
+    health_stall_seconds: float = 120.0
+    health_busy_seconds: float = 900.0
+    health_failing_seconds: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -185,7 +196,18 @@ class Settings:
             ),
             shutdown_grace_seconds=_env_float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             storage_retry_seconds=_env_float("STORAGE_RETRY_SECONDS", cls.storage_retry_seconds),
+            health_port=_env_int("HEALTH_PORT", cls.health_port),
+            health_port_offset=_env_int("HEALTH_PORT_OFFSET", cls.health_port_offset),
+            health_host=_env("HEALTH_HOST", cls.health_host),
+            health_stall_seconds=_env_float("HEALTH_STALL_SECONDS", cls.health_stall_seconds),
+            health_busy_seconds=_env_float("HEALTH_BUSY_SECONDS", cls.health_busy_seconds),
+            health_failing_seconds=_env_float("HEALTH_FAILING_SECONDS", cls.health_failing_seconds),
         )
+
+    @property
+    def worker_health_port(self) -> int:
+        """The port this worker's health endpoint listens on (0: none)."""
+        return self.health_port + self.health_port_offset if self.health_port else 0
 
     @property
     def topic(self) -> str:

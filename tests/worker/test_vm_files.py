@@ -45,9 +45,16 @@ REQUIRED_METADATA = {
 # ---- stubs -------------------------------------------------------------------------
 
 CURL = r"""#!/bin/sh
-# The metadata server: $FAKE_METADATA/<path below /computeMetadata/v1/>, else HTTP 404.
+# The metadata server: $FAKE_METADATA/<path below /computeMetadata/v1/>, else HTTP 404;
+# a worker's /healthz: ready when $FAKE_HEALTH is "ready", else 503 (curl --fail: exit 22).
 for arg in "$@"; do url="$arg"; done
 echo "curl $url" >>"$STUB_LOG"
+case "$url" in
+  *:8080/healthz)
+    if [ "$FAKE_HEALTH" = ready ]; then echo '{"status": "ready"}'; exit 0; fi
+    echo '{"status": "unready", "reason": "loading the model"}'
+    exit 22 ;;
+esac
 key="${url#*/computeMetadata/v1/}"
 if [ -f "$FAKE_METADATA/$key" ]; then cat "$FAKE_METADATA/$key"; exit 0; fi
 exit 22  # curl --fail on HTTP 404 (silent: the script passes --silent)
@@ -91,7 +98,17 @@ HOSTNAME = f"""#!/bin/sh
 echo {HOST}
 """
 
-# The venv's python: the profile lookup and `python -m gpu_worker.fetch_model`.
+# The image's python3: its version, and `-m venv DIR` (DIR/bin/python is VENV_PYTHON).
+PYTHON3 = r"""#!/bin/sh
+echo "python3 $*" >>"$STUB_LOG"
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  mkdir -p "$3/bin" && cp "$STUB_DIR/venv-python" "$3/bin/python" && exit 0
+fi
+echo "${FAKE_PYTHON_VERSION:-3.12}"
+"""
+
+# The venv's python: pip, the profile lookup, the packaged files and
+# `python -m gpu_worker.fetch_model`.
 VENV_PYTHON = r"""#!/bin/sh
 echo "python $*" >>"$STUB_LOG"
 if [ "$1" = "-m" ] && [ "$2" = "gpu_worker.fetch_model" ]; then
@@ -103,6 +120,7 @@ if [ "$1" = "-m" ] && [ "$2" = "gpu_worker.fetch_model" ]; then
 fi
 case "$2" in
   *all_profiles*) echo "${FAKE_MODEL_KIND:-huggingface}" ;;
+  *gpu_worker.__file__*) echo "$REPO_VM_DIR/$3" ;;
 esac
 """
 
@@ -230,12 +248,13 @@ def _write_stub(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.fixture
-def vm(tmp_path: Path) -> Vm:
+def _new_vm(tmp_path: Path, gcs: Path | None = None) -> Vm:
+    """A VM in tmp_path; `gcs` shares another VM's buckets (VMs of one deployment)."""
     stubs = tmp_path / "bin"
     root = tmp_path / "root"
     for name, text in {
         "curl": CURL,
+        "python3": PYTHON3,
         "nvidia-smi": NVIDIA_SMI,
         "systemctl": SYSTEMCTL,
         "runuser": RUNUSER,
@@ -244,6 +263,9 @@ def vm(tmp_path: Path) -> Vm:
     }.items():
         _write_stub(stubs / name, text)
     _write_stub(root / "opt/ltxv/venv/bin/python", VENV_PYTHON)
+    _write_stub(tmp_path / "venv-python", VENV_PYTHON)
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/os-release").write_text('ID=ubuntu\nVERSION_ID="24.04"\n')
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout
     env = {
@@ -255,15 +277,22 @@ def vm(tmp_path: Path) -> Vm:
         "SERVICE_GROUP": group.strip(),
         "NVIDIA_WAIT_SECONDS": "0",
         "POLL_SECONDS": "0",
+        "HEALTH_POLL_SECONDS": "0",
+        "REPO_VM_DIR": str(VM_DIR),
         "MODEL_WAIT_SECONDS": "5",
         "STUB_LOG": str(tmp_path / "calls.log"),
         "STUB_DIR": str(tmp_path),
         "FAKE_METADATA": str(tmp_path / "metadata"),
-        "FAKE_GCS": str(tmp_path / "gcs"),
+        "FAKE_GCS": str(gcs or tmp_path / "gcs"),
     }
     sandbox = Vm(tmp_path, root, env)
     sandbox.set_metadata(REQUIRED_METADATA)
     return sandbox
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Vm:
+    return _new_vm(tmp_path)
 
 
 def _env_file(vm: Vm) -> dict[str, str]:
@@ -316,12 +345,20 @@ def _values(section: configparser.SectionProxy, key: str) -> list[str]:
 
 def test_unit_file_settings() -> None:
     unit = _unit()
-    assert set(unit.sections()) == {"Unit", "Service", "Install"}
+    # No [Install]: startup.sh starts the workers on every boot once their package, settings
+    # and weights are in place, and waits for them (ordered after it, they could not start).
+    assert set(unit.sections()) == {"Unit", "Service"}
+    assert "google-startup-scripts.service" not in _values(unit["Unit"], "After")
     service = unit["Service"]
     assert service["Restart"] == "always"
     assert service["RestartSec"] == "5"
     assert service["EnvironmentFile"] == "/etc/ltxv/worker.env"
-    assert "CUDA_VISIBLE_DEVICES=%i" in _values(service, "Environment")
+    environment = _values(service, "Environment")
+    assert "CUDA_VISIBLE_DEVICES=%i" in environment
+    # worker@N's health endpoint: LTXV_HEALTH_PORT (8080, worker.env) + N.
+    assert "LTXV_HEALTH_PORT_OFFSET=%i" in environment
+    # Inductor's cache outside the private /tmp, so that it survives restarts.
+    assert "TORCHINDUCTOR_CACHE_DIR=/var/cache/ltxv/torchinductor" in environment
     assert service["ExecStart"].split()[-2:] == ["-m", "gpu_worker"]
     assert service["KillSignal"] == "SIGTERM"
     assert service["KillMode"] == "mixed"
@@ -340,7 +377,6 @@ def test_unit_file_settings() -> None:
         assert key not in service, key
     assert "network-online.target" in _values(unit["Unit"], "After")
     assert "network-online.target" in _values(unit["Unit"], "Wants")
-    assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
 def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
@@ -355,7 +391,7 @@ def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
 
 
 def test_every_metadata_key_is_documented() -> None:
-    keys = set(re.findall(r"\battr (ltxv-[a-z0-9-]+)", SCRIPT.read_text()))
+    keys = set(re.findall(r"\b(?:attr|cfg CFG_[A-Z_]+) (ltxv-[a-z0-9-]+)", SCRIPT.read_text()))
     assert {
         "ltxv-project",
         "ltxv-prefix",
@@ -364,7 +400,10 @@ def test_every_metadata_key_is_documented() -> None:
         "ltxv-worker-package",
         "ltxv-shutdown-grace-seconds",
         "ltxv-subscription",
+        "ltxv-on-boot-failure",
+        "ltxv-boot-ready-seconds",
     } <= keys
+    assert "ltxv-worker-unit" not in SCRIPT.read_text()
     readme = README.read_text()
     assert [key for key in sorted(keys) if f"`{key}`" not in readme] == []
 
@@ -481,9 +520,13 @@ def test_one_worker_per_gpu(vm: Vm, gpus: int) -> None:
     units = "".join(f"ltxv-worker@{i}.service loaded active running x\\n" for i in range(4))
     result = vm.run("check_gpus\nstart_workers", FAKE_GPUS=str(gpus), FAKE_UNITS=units)
     assert result.returncode == 0, result.stderr
+    # The unit from the package (the metadata key ltxv-worker-unit is gone).
+    assert (vm.root / "etc/systemd/system/ltxv-worker@.service").read_text() == UNIT.read_text()
     systemctl = vm.calls("systemctl")
-    enabled = [c for c in systemctl if c.startswith("systemctl enable")]
-    assert enabled == [f"systemctl enable --now --no-block ltxv-worker@{i}" for i in range(gpus)]
+    assert not [c for c in systemctl if c.startswith("systemctl enable")]
+    started = [c for c in systemctl if c.startswith(("systemctl start", "systemctl restart"))]
+    # Restarted: the unit file was written on this run.
+    assert started == [f"systemctl restart ltxv-worker@{i}.service" for i in range(gpus)]
     disabled = [c for c in systemctl if c.startswith("systemctl disable")]
     assert disabled == [
         f"systemctl disable --now --no-block ltxv-worker@{i}.service" for i in range(gpus, 4)
@@ -515,47 +558,170 @@ def test_torch_index_follows_the_driver(vm: Vm, cuda: str, override: str, index:
 # ---- worker install ----------------------------------------------------------------
 
 
-def test_worker_install_is_skipped_when_the_package_is_unchanged(vm: Vm) -> None:
-    wheel = vm.gcs / "demo-deploy/dist/ltxv-0.1.0-py3-none-any.whl"
-    wheel.parent.mkdir(parents=True)
-    wheel.write_bytes(b"wheel v1")
+WHEEL = "demo-deploy/dist/ltxv-0.1.0-py3-none-any.whl"
 
-    def pip_installs() -> list[str]:
-        return [c for c in vm.calls("python") if "-m pip install" in c]
 
-    first = vm.run("read_config\ncheck_gpus\ninstall_worker\necho CHANGED=$CHANGED")
+def _put_wheel(vm: Vm, content: bytes = b"wheel v1") -> None:
+    wheel = vm.gcs / WHEEL
+    wheel.parent.mkdir(parents=True, exist_ok=True)
+    wheel.write_bytes(content)
+
+
+def _pip(vm: Vm) -> list[str]:
+    return [c for c in vm.calls("python") if "-m pip" in c and " install " in c]
+
+
+ENV_SNIPPET = "read_config\ncheck_gpus\nensure_env\necho CHANGED=$CHANGED"
+
+
+def _env_dir(vm: Vm) -> Path:
+    (key,) = [p for p in (vm.gcs / CACHE / "envs").iterdir()]
+    return key
+
+
+def test_the_first_vm_builds_the_env_and_shares_it(vm: Vm) -> None:
+    _put_wheel(vm)
+    first = vm.run(ENV_SNIPPET)
     assert first.returncode == 0, first.stderr
     assert "CHANGED=1" in first.stdout
-    torch, *package = pip_installs()
-    assert torch.endswith("--index-url https://download.pytorch.org/whl/cu128 torch==2.13.0")
+    pip = _pip(vm)
     installed = vm.root / "opt/ltxv/dist/ltxv-0.1.0-py3-none-any.whl"
-    # With the `worker` extra (diffusers and friends), then this very file again.
-    assert package == [
-        f"python -m pip install --quiet --disable-pip-version-check --no-input {installed}[worker]",
-        "python -m pip install --quiet --disable-pip-version-check --no-input --force-reinstall"
-        f" --no-deps {installed}",
-    ]
-    assert installed.read_bytes() == b"wheel v1"
+    assert pip[1].endswith("--index-url https://download.pytorch.org/whl/cu128 torch==2.13.0")
+    assert pip[2].endswith(f"install {installed}[worker]")  # with the `worker` extra
+    # Packed and uploaded under its key, the marker last, the lock gone.
+    shared = _env_dir(vm)
+    assert (shared / "venv.tar.zst").stat().st_size > 0
+    assert (shared / ".complete").exists() and not (shared / ".lock").exists()
+    gcloud = vm.calls("gcloud")
+    upload = next(i for i, c in enumerate(gcloud) if c.endswith("/venv.tar.zst"))
+    marker = next(i for i, c in enumerate(gcloud) if c.endswith(f"{shared.name}/.complete"))
+    assert upload < marker
 
-    second = vm.run("read_config\ncheck_gpus\ninstall_worker\necho CHANGED=$CHANGED")
-    assert second.returncode == 0, second.stderr
-    assert "already installed" in second.stderr
-    assert "CHANGED=0" in second.stdout
-    assert len(pip_installs()) == 1 + len(package)
+    # The next boot of this VM (its own disk): nothing to do.
+    again = vm.run(ENV_SNIPPET)
+    assert again.returncode == 0, again.stderr
+    assert "CHANGED=0" in again.stdout and "already in place" in again.stderr
+    assert len(_pip(vm)) == len(pip)
 
-    wheel.write_bytes(b"wheel v2, same name")
-    third = vm.run("read_config\ncheck_gpus\ninstall_worker\necho CHANGED=$CHANGED")
+    # A new package is a new key: built (and shared) again.
+    _put_wheel(vm, b"wheel v2, same name")
+    third = vm.run(ENV_SNIPPET)
     assert third.returncode == 0, third.stderr
     assert "CHANGED=1" in third.stdout
-    assert any("--force-reinstall --no-deps" in c for c in pip_installs()[-len(package) :])
-    assert "--force-reinstall" not in pip_installs()[-3]  # same torch build as before
+    assert len(list((vm.gcs / CACHE / "envs").iterdir())) == 2
 
-    # Another CUDA build of the same torch version is only installed by force.
-    cu126 = "https://download.pytorch.org/whl/cu126"
-    vm.set_metadata({**REQUIRED_METADATA, "instance/attributes/ltxv-torch-index-url": cu126})
-    fourth = vm.run("read_config\ncheck_gpus\ninstall_worker")
-    assert fourth.returncode == 0, fourth.stderr
-    assert pip_installs()[-3].endswith(f"--force-reinstall --index-url {cu126} torch==2.13.0")
+
+def test_later_vms_unpack_the_shared_env_without_pip(vm: Vm, tmp_path: Path) -> None:
+    _put_wheel(vm)
+    assert vm.run(ENV_SNIPPET).returncode == 0
+    other = _new_vm(tmp_path / "other", gcs=vm.gcs)
+    shutil.rmtree(other.root / "opt/ltxv/venv")
+    result = other.run(ENV_SNIPPET)
+    assert result.returncode == 0, result.stderr
+    assert _pip(other) == []
+    assert "unpacked gs://demo-model-cache/envs/" in result.stderr
+    assert (other.root / "opt/ltxv/venv/bin/python").read_text() == VENV_PYTHON
+    assert [
+        c for c in other.calls("gcloud") if c.startswith("gcloud storage cp") and "venv.tar" in c
+    ]
+
+
+def test_another_python_or_distro_is_another_env(vm: Vm, tmp_path: Path) -> None:
+    _put_wheel(vm)
+    assert vm.run(ENV_SNIPPET).returncode == 0
+    other = _new_vm(tmp_path / "other", gcs=vm.gcs)
+    result = other.run(ENV_SNIPPET, FAKE_PYTHON_VERSION="3.13")
+    assert result.returncode == 0, result.stderr
+    assert _pip(other)  # built, not unpacked
+    assert len(list((vm.gcs / CACHE / "envs").iterdir())) == 2
+
+
+def test_waits_while_another_vm_builds_the_env(vm: Vm, tmp_path: Path) -> None:
+    _put_wheel(vm)
+    assert vm.run(ENV_SNIPPET).returncode == 0
+    shared = _env_dir(vm)
+    (shared / ".complete").unlink()  # the other VM is still uploading
+    (shared / ".lock").write_text(f"ltxv-worker-other {int(time.time())}\n")
+    other = _new_vm(tmp_path / "other", gcs=vm.gcs)
+    result = other.run(ENV_SNIPPET, FAKE_COMPLETE_AFTER_POLLS="2")
+    assert result.returncode == 0, result.stderr
+    assert "being filled by ltxv-worker-other" in result.stderr
+    assert _pip(other) == []  # unpacked once the other VM was done
+    assert (shared / ".lock").exists()  # not ours to remove
+
+
+def test_pip_is_the_fallback_when_the_archive_is_unusable(vm: Vm, tmp_path: Path) -> None:
+    _put_wheel(vm)
+    assert vm.run(ENV_SNIPPET).returncode == 0
+    (_env_dir(vm) / "venv.tar.zst").write_bytes(b"not zstd")
+    other = _new_vm(tmp_path / "other", gcs=vm.gcs)
+    result = other.run(ENV_SNIPPET)
+    assert result.returncode == 0, result.stderr
+    assert "installing with pip instead" in result.stderr
+    assert _pip(other)
+
+
+def test_an_old_python_fails_clearly(vm: Vm) -> None:
+    _put_wheel(vm)
+    result = vm.run(ENV_SNIPPET + "\necho reached", FAKE_PYTHON_VERSION="3.10")
+    assert result.returncode != 0
+    assert "reached" not in result.stdout
+    assert "ltxv-startup: ERROR:" in result.stderr
+    assert "is Python 3.10; the worker needs Python >= 3.11" in result.stderr
+    assert "common-cu128-ubuntu-2404-nvidia-570" in result.stderr
+    assert _pip(vm) == []
+
+
+# ---- a whole boot, and its failure path ---------------------------------------------
+
+
+def _boot(vm: Vm, **env: str) -> subprocess.CompletedProcess[str]:
+    _put_wheel(vm)
+    return vm.run("main", FAKE_MODEL_KIND="tiny-random", **env)
+
+
+def _powered_off(vm: Vm) -> bool:
+    return "systemctl poweroff" in vm.calls("systemctl")
+
+
+def test_a_boot_ends_when_the_worker_is_ready(vm: Vm) -> None:
+    result = _boot(vm, FAKE_HEALTH="ready")
+    assert result.returncode == 0, result.stderr
+    assert not _powered_off(vm)
+    for stage in ("config", "gpus", "user", "env", "torch", "model", "ops-agent", "workers"):
+        assert re.search(rf"ltxv-startup: INFO: stage {stage} took \d+ s", result.stderr), stage
+    assert "ltxv-worker@0 is ready" in result.stderr
+    env = _env_file(vm)
+    # On every address: the MIG probes it from outside the VM.
+    assert (env["LTXV_HEALTH_PORT"], env["LTXV_HEALTH_HOST"]) == ("8080", "0.0.0.0")  # noqa: S104
+    assert _settings_from(env).worker_health_port == 8080
+    ops = vm.root / "etc/google-cloud-ops-agent/config.yaml"
+    assert ops.read_text() == (VM_DIR / "ops-agent.yaml").read_text()
+
+
+def test_no_gpu_powers_the_vm_off(vm: Vm) -> None:
+    result = _boot(vm, FAKE_NVIDIA_FAIL="1")
+    assert result.returncode != 0
+    assert "ltxv-startup: ERROR: NVIDIA driver check failed" in result.stderr
+    assert "powering off" in result.stderr
+    assert _powered_off(vm)
+
+
+def test_a_worker_that_never_gets_ready_powers_the_vm_off(vm: Vm) -> None:
+    vm.set_metadata({**REQUIRED_METADATA, "instance/attributes/ltxv-boot-ready-seconds": "0"})
+    result = _boot(vm)
+    assert result.returncode != 0
+    assert "ltxv-worker@0 not ready at http://127.0.0.1:8080/healthz" in result.stderr
+    assert "loading the model" in result.stderr  # the endpoint's last answer
+    assert _powered_off(vm)
+
+
+def test_stay_keeps_a_failed_vm_up_for_debugging(vm: Vm) -> None:
+    vm.set_metadata({**REQUIRED_METADATA, "instance/attributes/ltxv-on-boot-failure": "stay"})
+    result = _boot(vm, FAKE_NVIDIA_FAIL="1")
+    assert result.returncode != 0
+    assert "ltxv-on-boot-failure=stay" in result.stderr
+    assert not _powered_off(vm)
 
 
 # ---- model weights -----------------------------------------------------------------
@@ -642,7 +808,7 @@ def test_lock_left_by_this_vm_is_taken_over(vm: Vm) -> None:
     lock.write_text(f"{HOST} {int(time.time())}\n")  # preempted mid-fill
     result = _ensure_model(vm)
     assert result.returncode == 0, result.stderr
-    assert "breaking stale model cache lock" in result.stderr
+    assert "breaking stale cache lock" in result.stderr
     assert (vm.gcs / CACHE / MODEL / ".complete").exists()
     assert not lock.exists()
 
@@ -655,12 +821,7 @@ def test_models_without_weights_skip_the_cache(vm: Vm) -> None:
 
 
 def test_ops_agent_pipeline_parses_the_worker_units() -> None:
-    config = subprocess.run(
-        ["bash", "-c", f'source "{SCRIPT}"\nops_agent_config'],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    config = (VM_DIR / "ops-agent.yaml").read_text()
     import yaml  # PyYAML, installed with schemathesis
 
     logging = yaml.safe_load(config)["logging"]

@@ -69,6 +69,8 @@ DEFAULT_TIMEOUT = 60.0  # Java emulators on two busy cores can take several seco
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 RUNNING_TIMEOUT = 10.0  # for a component found running: it had its start-up already
 POLL = 0.1  # seconds between readiness probes
+# The workers' health endpoints: the default model's worker on 8090, the others' next.
+WORKER_HEALTH_PORT = 8090
 
 
 class StackError(RuntimeError):
@@ -262,21 +264,27 @@ def worker_component_name(model: str, settings: Settings) -> str:
 
 
 def _probe_worker(stack: LocalStack, name: str, model: str) -> None:
-    # Ready once the running child has loaded its model: its log says so after the
-    # supervisor's latest start and the child's latest exit (the supervisor logs each).
+    # Ready when its GET /healthz says so (gpu_worker/health.py), as a MIG's health check
+    # and the VM's boot script ask it. A child that exited without having loaded its model
+    # (the supervisor logs each exit) is a failed start, not a slow one.
     if not (stack.state_dir / f"{name}.pid").exists():
         raise RuntimeError("not started yet")
+    try:
+        response = requests.get(f"{stack.url(name)}/healthz", timeout=2)
+        if response.status_code == 200:
+            return
+        answer = f"/healthz: {response.status_code} {response.json().get('reason')}"
+    except (requests.RequestException, ValueError) as exc:
+        answer = f"/healthz: {type(exc).__name__}"
     text = stack.log_file(name).read_text(errors="replace").rsplit("starts:", 1)[-1]
     children = re.split(r'\{"severity": "WARNING", "message": "exited with .*\n', text)
-    if '"message": "model loaded"' in children[-1]:
-        return
     if len(children) > 1 and '"message": "model loaded"' not in children[-2]:
         lines = [line for line in children[-2].splitlines() if line.strip()]
         raise StartupFailed(
             f"{name} exited before loading {model} ({lines[-1] if lines else '?'}); "
             f"jobs for {model} stay queued until it runs"
         )
-    raise RuntimeError("loading the model")
+    raise RuntimeError(answer)
 
 
 def worker_components(settings: Settings) -> list[Component]:
@@ -284,16 +292,23 @@ def worker_components(settings: Settings) -> list[Component]:
     subscription, as each model has its own pool of VMs when deployed. Only the default
     model's is required: another model's may not load here (no GPU, no weights)."""
     models = sorted(settings.models, key=lambda model: model != settings.default_model)
-    return [_worker(worker_component_name(model, settings), model) for model in models]
+    return [
+        _worker(worker_component_name(model, settings), model, WORKER_HEALTH_PORT + index)
+        for index, model in enumerate(models)
+    ]
 
 
-def _worker(name: str, model: str) -> Component:
+def _worker(name: str, model: str, port: int = WORKER_HEALTH_PORT) -> Component:
     def env(stack: LocalStack) -> dict[str, str]:
         return {
             **stack.service_env(),
             "LTXV_WORKER_MODEL": model,
             "LTXV_SUBSCRIPTION": stack.settings.subscription_for(model),
             "LTXV_MODEL_DIR": str(stack.state_dir / "models" / model),
+            # Its health endpoint, on loopback (the port is the component's).
+            "LTXV_HEALTH_PORT": str(stack.port(name)),
+            "LTXV_HEALTH_PORT_OFFSET": "0",
+            "LTXV_HEALTH_HOST": HOST,
         }
 
     return Component(
@@ -310,6 +325,8 @@ def _worker(name: str, model: str) -> Component:
         # Room for the worker's own shutdown grace (finish or requeue the current job).
         stop_grace=25.0,
         required=name == "worker",
+        port_env="LTXV_WORKER_HEALTH_PORT" if name == "worker" else None,
+        default_port=port,
     )
 
 
@@ -415,7 +432,8 @@ class LocalStack:
     @classmethod
     def with_free_ports(cls, state_dir: Path | str, **kwargs) -> LocalStack:
         """An isolated stack for tests: every port picked free by the kernel."""
-        specs = kwargs.get("specs") or SERVICES  # the components with ports
+        # The components with ports: the services and a worker per model.
+        specs = kwargs.get("specs") or components_for(kwargs.get("settings") or Settings.from_env())
         named = [s.name for s in specs if s.default_port is not None]
         ports = dict(zip(named, free_ports(len(named)), strict=True))
         ports.update(kwargs.pop("ports", {}))
@@ -724,7 +742,8 @@ class LocalStack:
                 env = self.specs[name].port_env
                 raise StackError(
                     f"{name}: port {HOST}:{port} is already in use by another process"
-                    f" (not one this stack started); stop it or set {env} to another port"
+                    f" (not one this stack started); stop it"
+                    + (f" or set {env} to another port" if env else "")
                 )
 
     def _launch(self, spec: Component) -> None:

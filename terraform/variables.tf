@@ -306,7 +306,7 @@ variable "worker_disk_gb" {
 }
 
 variable "worker_standby_stopped" {
-  description = "Stopped VMs each model pool keeps in its standby pool (MIG standby_policy SCALE_OUT_POOL): booted once, env and weights on their disks, then stopped. A scale-out starts one (about 100 s to the first denoising step, docs/boot-budget.md) instead of booting a new VM (4 minutes or more). A stopped VM is billed for its disk only (with the defaults 400 GB pd-ssd, about 68 USD a month at us-central1 list prices), plus a boot's GPU time each time the pool is refilled. 0 turns the pool off."
+  description = "Stopped VMs each model pool keeps in its standby pool (MIG standby_policy SCALE_OUT_POOL): booted once, env and weights on their disks, then stopped. A scale-out starts one (about 100 s to the first denoising step, docs/boot-budget.md) instead of booting a new VM (about 2.5 minutes with the caches in place, 7 or more on a deployment's first boot). A stopped VM is billed for its disk only (with the defaults 400 GB pd-ssd, about 68 USD a month at us-central1 list prices), plus a boot's GPU time each time the pool is refilled. 0 turns the pool off."
   type        = number
   default     = 1
 

@@ -59,7 +59,9 @@ resource "google_compute_firewall" "iap_ssh" {
   }
 }
 
-# The instance group's auto-healing probe (Google's health checkers' ranges).
+# The instance group's auto-healing probe: Google's health checkers' ranges, to the
+# worker's /healthz port only (workers.tf google_compute_health_check.worker).
+# https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges
 resource "google_compute_firewall" "health_checks" {
   name          = "${var.prefix}-allow-health-checks"
   network       = google_compute_network.workers.id
@@ -69,6 +71,6 @@ resource "google_compute_firewall" "health_checks" {
 
   allow {
     protocol = "tcp"
-    ports    = ["22"]
+    ports    = ["8080"]
   }
 }

@@ -20,7 +20,7 @@ variable "region" {
 }
 
 variable "worker_zones" {
-  description = "Zones of the region the worker group may place VMs in (each must have L4 GPUs). Empty: let the group choose among the region's zones."
+  description = "Zones of the region the worker group may place VMs in (each must have L4 GPUs). Empty: the group chooses up to three zones of the region. Rolling updates replace up to one VM per zone at a time."
   type        = list(string)
   default     = ["us-central1-a", "us-central1-b", "us-central1-c"]
 
@@ -260,30 +260,59 @@ variable "worker_max_replicas" {
 }
 
 variable "jobs_per_worker" {
-  description = "Backlog per worker VM the autoscaler aims for (single_instance_assignment): 1 starts a VM per waiting job; larger values start fewer VMs and drain slower."
+  description = "Jobs per worker VM the autoscaler aims for (single_instance_assignment on the subscription's unacknowledged messages, which count jobs waiting and jobs being rendered). 1 (the default): one VM per job, so the group never shrinks below the jobs in progress and scale-in only removes idle VMs. N > 1 starts fewer VMs and drains a backlog N times slower, and once the queue empties the autoscaler wants only 1/N as many VMs as renders in progress: it stops VMs mid-render, and each such kill counts a delivery attempt toward max_delivery_attempts."
   type        = number
-  default     = 2
+  default     = 1
 
   validation {
-    condition     = var.jobs_per_worker >= 1
-    error_message = "jobs_per_worker must be 1 or more."
+    condition     = var.jobs_per_worker >= 1 && var.jobs_per_worker <= 8 && floor(var.jobs_per_worker) == var.jobs_per_worker
+    error_message = "jobs_per_worker must be a whole number from 1 to 8 (a worker renders one job at a time; values above 1 let scale-in stop VMs that are rendering)."
   }
 }
 
 variable "worker_image" {
-  description = "Boot image of the worker VMs: one with the NVIDIA driver installed (the boot script checks nvidia-smi and installs the rest)."
+  description = "Boot image of the worker VMs: a Deep Learning VM image (family) with the NVIDIA driver and Python 3.11 or newer (the boot script checks nvidia-smi and builds its env with the image's python3). The default, common-cu128-ubuntu-2404-nvidia-570, is Ubuntu 24.04 (Python 3.12), CUDA 12.8, driver 570: https://cloud.google.com/deep-learning-vm/docs/images"
   type        = string
-  default     = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+  default     = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2404-nvidia-570"
+
+  validation {
+    condition     = !can(regex("ubuntu-2204", var.worker_image))
+    error_message = "worker_image: Ubuntu 22.04 images (…-ubuntu-2204-…) ship Python 3.10, and the worker's boot script needs Python 3.11 or newer: use an ubuntu-2404 family such as common-cu128-ubuntu-2404-nvidia-570."
+  }
+}
+
+variable "worker_disk_type" {
+  description = "Boot disk type of the worker VMs. The disk holds the env and the weights, and a warm boot reads ~15 GiB of weights from it (docs/boot-budget.md): pd-ssd reads 0.48 MiB/s per GiB, pd-balanced 0.28, both on top of a 140 MiB/s baseline (https://cloud.google.com/compute/docs/disks/performance)."
+  type        = string
+  default     = "pd-ssd"
+
+  # Hyperdisk ML and Throughput cannot be boot disks, Local SSD does not survive a stop
+  # (the standby pool), and Hyperdisk Balanced on G2 is not confirmed here (docs/boot-budget.md).
+  validation {
+    condition     = contains(["pd-ssd", "pd-balanced"], var.worker_disk_type)
+    error_message = "worker_disk_type must be pd-ssd or pd-balanced (a G2 boot disk that keeps the env and weights across a stop)."
+  }
 }
 
 variable "worker_disk_gb" {
-  description = "Boot disk size of the worker VMs, in GB (weights, the Python environment, scratch)."
+  description = "Boot disk size of the worker VMs, in GB (the image, the Python env ~6 GiB, the weights ~15 GiB, scratch). Persistent Disk throughput grows with size: 400 GB of pd-ssd reads about 140 + 0.48 x 400 = 332 MiB/s, which keeps a warm boot's weight read under a minute (docs/boot-budget.md)."
   type        = number
-  default     = 200
+  default     = 400
 
   validation {
     condition     = var.worker_disk_gb >= 100 && var.worker_disk_gb <= 2000
     error_message = "worker_disk_gb must be between 100 and 2000."
+  }
+}
+
+variable "worker_standby_stopped" {
+  description = "Stopped VMs each model pool keeps in its standby pool (MIG standby_policy SCALE_OUT_POOL): booted once, env and weights on their disks, then stopped. A scale-out starts one (about 100 s to the first denoising step, docs/boot-budget.md) instead of booting a new VM (about 2.5 minutes with the caches in place, 7 or more on a deployment's first boot). A stopped VM is billed for its disk only (with the defaults 400 GB pd-ssd, about 68 USD a month at us-central1 list prices), plus a boot's GPU time each time the pool is refilled. 0 turns the pool off."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.worker_standby_stopped >= 0 && var.worker_standby_stopped <= 10 && floor(var.worker_standby_stopped) == var.worker_standby_stopped
+    error_message = "worker_standby_stopped must be a whole number from 0 to 10."
   }
 }
 

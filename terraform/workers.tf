@@ -2,6 +2,23 @@
 # managed instance group of g2 (NVIDIA L4) VMs running gpu_worker/vm/startup.sh with that
 # model loaded, scaled on that model's subscription backlog, down to zero. A pool never
 # renders another model's job, so a request's model decides which VMs start.
+# docs/boot-budget.md times a worker's boot; the values below that follow from it say so.
+
+locals {
+  # The zones a pool's VMs spread over. With var.worker_zones empty a regional MIG chooses
+  # up to three zones of the region itself (the provider's distribution_policy_zones and
+  # https://cloud.google.com/compute/docs/instance-groups/distributing-instances-with-regional-instance-groups#selectingzones),
+  # so 3 is at least the number of zones it uses, as max_unavailable_fixed must be.
+  worker_zone_count = length(var.worker_zones) > 0 ? length(var.worker_zones) : 3
+
+  # A fresh VM from the template when the caches exist (docs/boot-budget.md, column b):
+  # the autoscaler's initialization period.
+  worker_fresh_boot_seconds = 240
+  # The first boot of a deployment (column c, builds the env with pip and fetches the
+  # weights from Hugging Face), with a margin of about 2x: no health check or standby
+  # stop may cut it short.
+  worker_first_boot_seconds = 1200
+}
 
 resource "google_compute_instance_template" "worker" {
   for_each     = local.worker_pools
@@ -15,7 +32,7 @@ resource "google_compute_instance_template" "worker" {
   disk {
     source_image = var.worker_image
     disk_size_gb = var.worker_disk_gb
-    disk_type    = "pd-balanced"
+    disk_type    = var.worker_disk_type
     boot         = true
     auto_delete  = true
     labels       = local.labels
@@ -65,17 +82,22 @@ resource "google_compute_instance_template" "worker" {
   }
 }
 
-# Auto-healing: a VM whose sshd stops answering is recreated (the worker processes
-# themselves are restarted by systemd).
+# Auto-healing: the worker process answers GET /healthz on 8080 (200 ready, 503 not). A
+# VM whose worker stops answering 200 is recreated: 6 failed probes 10 s apart, so a dead
+# worker is replaced about a minute after it dies (plus the new VM's boot). A boot that
+# fails, or a worker that never gets ready, powers the VM off itself (gpu_worker/vm/
+# startup.sh) and the group recreates it without waiting for the probes.
+# https://cloud.google.com/compute/docs/instance-groups/autohealing-instances-in-migs
 resource "google_compute_health_check" "worker" {
   name                = "${var.prefix}-worker"
-  check_interval_sec  = 30
-  timeout_sec         = 10
+  check_interval_sec  = 10
+  timeout_sec         = 5
   healthy_threshold   = 1
-  unhealthy_threshold = 4
+  unhealthy_threshold = 6
 
-  tcp_health_check {
-    port = 22
+  http_health_check {
+    port         = 8080
+    request_path = "/healthz"
   }
 
   log_config {
@@ -86,11 +108,19 @@ resource "google_compute_health_check" "worker" {
 }
 
 resource "google_compute_region_instance_group_manager" "workers" {
-  for_each                  = local.worker_pools
-  name                      = "${var.prefix}-workers-${each.value.slug}"
-  region                    = var.region
-  base_instance_name        = "${var.prefix}-worker-${each.value.slug}"
+  for_each           = local.worker_pools
+  name               = "${var.prefix}-workers-${each.value.slug}"
+  region             = var.region
+  base_instance_name = "${var.prefix}-worker-${each.value.slug}"
+  # Empty: the group picks up to three zones of the region (local.worker_zone_count).
   distribution_policy_zones = var.worker_zones
+  # An autoscaled regional MIG needs the EVEN shape with proactive redistribution ("If you
+  # want to autoscale a regional MIG ... you must set the target distribution shape to
+  # EVEN ... To scale in and out, you must enable proactive instance redistribution"):
+  # https://cloud.google.com/compute/docs/instance-groups/regional-mig-set-target-distribution-shape#limitations
+  # BALANCED would prefer zones that have L4s left during a stockout, but it requires
+  # proactive redistribution off and its autoscaling is in Preview there, so not here.
+  distribution_policy_target_shape = "EVEN"
 
   version {
     instance_template = google_compute_instance_template.worker[each.key].id
@@ -98,18 +128,37 @@ resource "google_compute_region_instance_group_manager" "workers" {
 
   auto_healing_policies {
     health_check = google_compute_health_check.worker.id
-    # Boot: driver check, Python environment, weights from the model cache.
-    initial_delay_sec = 900
+    # Probes only start once the longest legitimate boot is over: the first boot of a
+    # deployment (local.worker_first_boot_seconds, docs/boot-budget.md column c).
+    initial_delay_sec = local.worker_first_boot_seconds
   }
 
-  # A new template (new worker package) replaces VMs one at a time; never more GPUs than
-  # the quota allows (no surge), and a replaced VM's job is requeued by its SIGTERM handler.
+  # A standby pool of stopped VMs whose disks already hold the env and the weights: a
+  # scale-out starts one of them (docs/boot-budget.md column a) instead of creating a VM,
+  # then the group creates a replacement, lets it boot for standby_policy.initial_delay_sec
+  # and stops it. Stopped, not suspended: a VM with GPUs cannot be suspended
+  # (https://cloud.google.com/compute/docs/instances/suspend-resume-instance#limitations);
+  # a stopped VM is billed for its disks only
+  # (https://cloud.google.com/compute/docs/instances/stop-start-instance).
+  # https://cloud.google.com/compute/docs/instance-groups/accelerate-mig-scale-out-with-standby-pools
+  standby_policy {
+    mode              = "SCALE_OUT_POOL"
+    initial_delay_sec = local.worker_first_boot_seconds
+  }
+  target_stopped_size   = var.worker_standby_stopped
+  target_suspended_size = 0
+
+  # A new template (new worker package) replaces VMs up to one per zone at a time
+  # (max_unavailable_fixed must be 0 or at least the number of zones: the API rejects
+  # anything between); never more GPUs than the quota allows (no surge), and a replaced
+  # VM's job is requeued by its SIGTERM handler.
+  # https://cloud.google.com/compute/docs/instance-groups/rolling-out-updates-to-managed-instance-groups#max_unavailable
   update_policy {
     type                         = "PROACTIVE"
     minimal_action               = "REPLACE"
-    instance_redistribution_type = "NONE"
+    instance_redistribution_type = "PROACTIVE"
     max_surge_fixed              = 0
-    max_unavailable_fixed        = max(length(var.worker_zones), 1)
+    max_unavailable_fixed        = local.worker_zone_count
     replacement_method           = "RECREATE"
   }
 
@@ -120,8 +169,11 @@ resource "google_compute_region_instance_group_manager" "workers" {
 }
 
 # Scale each pool on its own subscription's unacknowledged messages: jobs waiting *and*
-# jobs being rendered (a worker holds its message until the video is done), so a VM that is
-# rendering is still counted and the group does not shrink under it.
+# jobs being rendered (a worker holds its message, leased and unacked, until the video is
+# done; num_undelivered_messages is "Number of unacknowledged messages (a.k.a. backlog
+# messages) in a subscription", https://cloud.google.com/monitoring/api/metrics_gcp_p_z#gcp-pubsub).
+# With one job per VM (var.jobs_per_worker = 1) the autoscaler wants at least as many VMs
+# as jobs being rendered, so it never removes a busy VM.
 resource "google_compute_region_autoscaler" "workers" {
   for_each = local.worker_pools
   name     = "${var.prefix}-workers-${each.value.slug}"
@@ -131,8 +183,10 @@ resource "google_compute_region_autoscaler" "workers" {
   autoscaling_policy {
     min_replicas = var.worker_min_replicas
     max_replicas = var.worker_max_replicas
-    # A new VM needs minutes before it renders (boot, driver, weights).
-    cooldown_period = 600
+    # The initialization period: how long a new VM takes to start rendering, here a fresh
+    # VM with the caches in place (local.worker_fresh_boot_seconds, docs/boot-budget.md).
+    # https://cloud.google.com/compute/docs/autoscaler/understanding-autoscaler-decisions#cool_down_period
+    cooldown_period = local.worker_fresh_boot_seconds
     mode            = "ON"
 
     metric {
@@ -141,7 +195,8 @@ resource "google_compute_region_autoscaler" "workers" {
       single_instance_assignment = var.jobs_per_worker
     }
 
-    # Remove at most one VM per 15 minutes: a short lull does not tear down warm workers.
+    # Remove at most one VM per 15 minutes: a short lull does not tear down warm workers
+    # (a VM recreated later pays the boot in docs/boot-budget.md again).
     scale_in_control {
       max_scaled_in_replicas {
         fixed = 1

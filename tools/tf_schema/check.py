@@ -40,6 +40,7 @@ SKIP_REFS = {"terraform", "moved", "removed", "import", "check"}
 CHAINS = {"get_attr_expr_term", "index_expr_term", "attr_splat_expr_term", "full_splat_expr_term"}
 HEREDOCS = {"heredoc_template", "heredoc_template_trim"}
 IDENT = re.compile(r"[A-Za-z_][\w-]*")
+STEP = re.compile(r"\.(\d+|[A-Za-z_][\w-]*)")
 INTERPOLATION = re.compile(r"\$\{([^{}]*)\}")
 HEREDOC_REF = re.compile(r"(?<![\w.])(?:data\.)?[A-Za-z_][\w-]*\.[\w.\[\]\"*-]+")
 
@@ -93,7 +94,7 @@ def parse_steps(text: str) -> list[str] | None:
                 j += 1
             steps.append("[]")
             i = j + 1
-        elif text[i] == "." and (m := re.compile(r"\.(\d+|[A-Za-z_][\w-]*)").match(text, i)):
+        elif text[i] == "." and (m := STEP.match(text, i)):
             steps.append("[]" if m.group(1).isdigit() else m.group(1))
             i = m.end()
         else:
@@ -114,9 +115,9 @@ class Module:
         self.local_names: set[str] = set()
         for _, body in self.files:
             self._for_vars(body)
-        # (kind, type, name) -> True when it has count or for_each
         self.foreign: set[tuple[str, str, str]] = set()  # provider = google-beta and such
-        self.checked: list[str] = []
+        self.checked: list[str] = []  # the resources and data sources check() looked at
+        # (kind, type, name) -> True when it has count or for_each
         self.declared: dict[tuple[str, str, str], bool] = {}
         for _, body in self.files:
             for block in _items(body):

@@ -65,6 +65,15 @@ bench: venv
 	$(PY) bench/worker.py
 	$(PY) bench/generate.py
 
+# The terraform against the providers' schemas, as `terraform validate` would (offline;
+# tests/terraform runs it too). tf-schema regenerates tools/tf_schema/schemas from the
+# pinned binding wheels (pip download, ~67 MB) after a provider version moves.
+tf-check: venv
+	$(PY) -m tools.tf_schema check terraform
+
+tf-schema: venv
+	$(PY) -m tools.tf_schema extract
+
 # The deployable archives terraform uploads (it runs the same script itself on plan).
 package:
 	$(PYTHON) tools/package.py build/package

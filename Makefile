@@ -45,7 +45,12 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: venv tf-tools lint
+# The provider bindings the committed schemas were read from, so that the tests also
+# check those schemas against them (tests/terraform/test_provider_schema.py).
+tf-schema-wheels: venv
+	$(PY) -m tools.tf_schema fetch
+
+test: venv tf-tools tf-schema-wheels lint
 	$(VENV)/bin/pytest
 
 test-fast: venv

@@ -157,23 +157,46 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
   depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
-# Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob
-# as itself, and may do nothing else as itself: roles/iam.serviceAccountTokenCreator would
-# add access tokens, ID tokens and signJwt. Custom roles are soft-deleted for 7 days and
-# their ids stay taken for up to 37 (provider docs, google_project_iam_custom_role), so the
-# id carries a random suffix: a destroy and re-apply within that window gets a fresh one.
-resource "random_id" "sign_blob_role" {
+# Two permissions no predefined role holds alone, as custom roles. Custom roles are
+# soft-deleted for 7 days and their ids stay taken for up to 37 (provider docs,
+# google_project_iam_custom_role), so the ids carry a random suffix: a destroy and re-apply
+# within that window gets fresh ones.
+resource "random_id" "custom_roles" {
   byte_length = 3
-  prefix      = "${replace(var.prefix, "-", "_")}_sign_blob_"
 }
 
+locals {
+  custom_role_prefix = replace(var.prefix, "-", "_")
+}
+
+# Signed video URLs: the API's credentials hold no key, so it signs through IAM signBlob
+# as itself, and may do nothing else as itself: roles/iam.serviceAccountTokenCreator would
+# add access tokens, ID tokens and signJwt.
 resource "google_project_iam_custom_role" "sign_blob" {
   project     = var.project_id
-  role_id     = random_id.sign_blob_role.hex
+  role_id     = "${local.custom_role_prefix}_sign_blob_${random_id.custom_roles.hex}"
   title       = "${var.prefix} sign blobs as a service account"
   description = "iam.serviceAccounts.signBlob only: the ltx-video-pipeline API signs video URLs as itself."
   permissions = ["iam.serviceAccounts.signBlob"]
   depends_on  = [time_sleep.apis_ready]
+}
+
+# A worker VM asks its instance group whether it was created for the standby pool
+# (gpu_worker/vm/startup.sh standby_preparation): read access to instance groups, nothing
+# else (roles/compute.viewer would read every Compute resource of the project).
+resource "google_project_iam_custom_role" "read_instance_groups" {
+  project     = var.project_id
+  role_id     = "${local.custom_role_prefix}_read_groups_${random_id.custom_roles.hex}"
+  title       = "${var.prefix} read managed instance groups"
+  description = "compute.instanceGroupManagers.get only: ltx-video-pipeline workers read their group's view of themselves."
+  permissions = ["compute.instanceGroupManagers.get"]
+  depends_on  = [time_sleep.apis_ready]
+}
+
+resource "google_project_iam_member" "worker_reads_instance_groups" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.read_instance_groups.name
+  member  = local.worker_sa
 }
 
 resource "google_service_account_iam_member" "api_signs_as_itself" {
@@ -236,6 +259,7 @@ resource "time_sleep" "iam_ready" {
     google_service_account_iam_member.api_signs_as_itself,
     google_artifact_registry_repository_iam_member.build_pushes,
     google_project_iam_member.operators,
+    google_project_iam_member.worker_reads_instance_groups,
     google_service_account_iam_member.operators_act_as_worker,
   ]
 }

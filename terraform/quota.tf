@@ -32,8 +32,7 @@ resource "google_cloud_quotas_quota_preference" "gpus" {
     preferred_value = var.gpu_quota_request.gpus
   }
 
-  # Destroying the deployment must not hand the quota back (or fail trying to lower it
-  # below what other workloads use).
-  deletion_policy = "ABANDON"
-  depends_on      = [time_sleep.apis_ready]
+  # A destroy leaves the granted quota alone: quota preferences cannot be deleted, the
+  # provider only forgets them (resourceCloudQuotasQuotaPreferenceDelete, 8.x).
+  depends_on = [time_sleep.apis_ready]
 }

@@ -18,6 +18,11 @@ locals {
   # weights from Hugging Face), with a margin of about 2x: no health check or standby
   # stop may cut it short.
   worker_first_boot_seconds = 1200
+  # How long a VM created for the standby pool may prepare (env and weights on its disk)
+  # before the group stops it. It starts no worker (startup.sh standby_preparation), so it
+  # fails the health check: the group must stop it before auto-healing would recreate it,
+  # i.e. before worker_first_boot_seconds. Column (c) is ~7 minutes estimated.
+  worker_standby_prepare_seconds = 900
 }
 
 resource "google_compute_instance_template" "worker" {
@@ -135,15 +140,16 @@ resource "google_compute_region_instance_group_manager" "workers" {
 
   # A standby pool of stopped VMs whose disks already hold the env and the weights: a
   # scale-out starts one of them (docs/boot-budget.md column a) instead of creating a VM,
-  # then the group creates a replacement, lets it boot for standby_policy.initial_delay_sec
-  # and stops it. Stopped, not suspended: a VM with GPUs cannot be suspended
+  # then the group creates a replacement, lets it prepare for standby_policy.initial_delay_sec
+  # (no worker runs on it meanwhile, so it takes no job it would be stopped in the middle
+  # of) and stops it. Stopped, not suspended: a VM with GPUs cannot be suspended
   # (https://cloud.google.com/compute/docs/instances/suspend-resume-instance#limitations);
   # a stopped VM is billed for its disks only
   # (https://cloud.google.com/compute/docs/instances/stop-start-instance).
   # https://cloud.google.com/compute/docs/instance-groups/accelerate-mig-scale-out-with-standby-pools
   standby_policy {
     mode              = "SCALE_OUT_POOL"
-    initial_delay_sec = local.worker_first_boot_seconds
+    initial_delay_sec = local.worker_standby_prepare_seconds
   }
   target_stopped_size   = var.worker_standby_stopped
   target_suspended_size = 0

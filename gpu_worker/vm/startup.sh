@@ -551,6 +551,29 @@ start_workers() {
   done < <(systemctl list-units --all --plain --no-legend 'ltxv-worker@*.service' 2>/dev/null || true)
 }
 
+# A VM the group creates for its standby pool (terraform worker_standby_stopped) boots,
+# fills its disk and is stopped by the group once standby_policy.initial_delay_sec has
+# passed. A worker started on it would take a job and be stopped in the middle of it (one
+# more delivery attempt spent), so such a boot ends before the workers start; they start
+# when the group starts the VM for a scale-out. The group marks those VMs: their managed
+# instance's targetStatus is STOPPED (instanceGroupManagers.listManagedInstances); the
+# group is named in the `created-by` metadata it sets on its VMs. Any doubt (no group, no
+# answer) is a normal boot.
+standby_preparation() {
+  local created_by scope location group name status
+  created_by="$(attr created-by "")"
+  [[ "$created_by" =~ /(region|zone)s/([^/]+)/instanceGroupManagers/([^/]+)$ ]] || return 1
+  scope="${BASH_REMATCH[1]}" location="${BASH_REMATCH[2]}" group="${BASH_REMATCH[3]}"
+  name="$(metadata_get instance/name)"
+  if ! status="$(gcloud compute instance-groups managed list-instances "$group" \
+    "--${scope}=${location}" --project="$CFG_PROJECT" --filter="instance~/instances/${name}\$" \
+    --format='value(targetStatus)')"; then
+    warn "cannot read this VM's target status from instance group ${group}: booting as a worker"
+    return 1
+  fi
+  [[ "$status" == "STOPPED" ]]
+}
+
 # A worker that crash-loops or never loads fails the boot here, within the model load budget.
 wait_ready() {
   local url="http://127.0.0.1:$((HEALTH_PORT + GPU_INDICES[0]))/healthz" body="" deadline
@@ -582,6 +605,11 @@ main() {
   write_env_file
   stage model ensure_model
   stage ops-agent install_ops_agent
+  if standby_preparation; then
+    info "done in ${SECONDS} s: prepared for the group's standby pool; the group stops this" \
+      "VM, and its workers start when the group starts it again"
+    return 0
+  fi
   stage workers start_workers
   stage ready wait_ready
   info "done in ${SECONDS} s: ${#GPU_INDICES[@]} worker(s) for model ${CFG_MODEL}"

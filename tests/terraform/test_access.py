@@ -27,7 +27,7 @@ def _all_roles(tf) -> list[tuple[str, str, str]]:
 
 
 def test_the_build_account_holds_logs_at_project_level_and_pushes_to_one_repository(tf):
-    project = {(r["role"], r["member"]) for r in tf["google_project_iam_member"]}
+    project = {(str(r["role"]), r["member"]) for r in tf["google_project_iam_member"]}
     assert {role for role, member in project if member == BUILD_SA} == {"roles/logging.logWriter"}
     (push,) = tf["google_artifact_registry_repository_iam_member"]
     assert (push["role"], push["member"]) == ("roles/artifactregistry.writer", BUILD_SA)
@@ -52,10 +52,10 @@ def test_no_broad_role_is_granted_anywhere(tf):
 
 
 def test_the_api_may_sign_blobs_as_itself_and_nothing_more(tf):
-    (role,) = tf["google_project_iam_custom_role"]
+    roles = by_address(tf, "google_project_iam_custom_role")
+    role = roles["google_project_iam_custom_role.sign_blob"]
     assert role["permissions"] == ["iam.serviceAccounts.signBlob"]
-    (suffix,) = tf["random_id"]
-    assert suffix["prefix"] == f"{PREFIX.replace('-', '_')}_sign_blob_"
+    assert role["role_id"].startswith(f"{PREFIX.replace('-', '_')}_sign_blob_")
     signs = by_address(tf, "google_service_account_iam_member")[
         "google_service_account_iam_member.api_signs_as_itself"
     ]
@@ -109,7 +109,6 @@ def test_quota_requests_follow_the_provisioning_model(tmp_path):
             assert quota["parent"] == f"projects/{PROJECT}"
             assert quota["quota_config"]["preferred_value"] == 4
             assert quota["contact_email"] == "ops@example.com"
-            assert quota["deletion_policy"] == "ABANDON"  # a destroy never lowers quota
 
 
 def test_alert_emails_become_channels_every_alert_notifies(tmp_path):
@@ -132,3 +131,14 @@ def test_a_failing_boot_alerts_on_the_line_the_boot_script_writes(tf):
     boot = policies["google_monitoring_alert_policy.worker_boot_failures"]
     condition = boot["conditions"]["condition_threshold"]
     assert f"logging.googleapis.com/user/{PREFIX}-worker-boot-failures" in condition["filter"]
+
+
+def test_workers_may_read_instance_groups_and_nothing_else_of_compute(tf):
+    roles = by_address(tf, "google_project_iam_custom_role")
+    read = roles["google_project_iam_custom_role.read_instance_groups"]
+    assert read["permissions"] == ["compute.instanceGroupManagers.get"]
+    grant = by_address(tf, "google_project_iam_member")[
+        "google_project_iam_member.worker_reads_instance_groups"
+    ]
+    assert grant["member"] == f"serviceAccount:{PREFIX}-worker@{PROJECT}.iam.gserviceaccount.com"
+    assert _points_to(tf, grant["role"], "google_project_iam_custom_role")

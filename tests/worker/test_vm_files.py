@@ -189,6 +189,13 @@ elif pos[:2] == ["storage", "rm"]:
         sys.stderr.write("ERROR: HTTPError 412: Precondition failed\n")
         sys.exit(1)
     p.unlink()
+elif pos[:4] == ["compute", "instance-groups", "managed", "list-instances"]:
+    # The group's view of this VM: $FAKE_TARGET_STATUS, or the API refusing (exit 1).
+    status = os.environ.get("FAKE_TARGET_STATUS")
+    if status is None:
+        sys.stderr.write("ERROR: (gcloud) Required 'compute.instanceGroupManagers.get'\n")
+        sys.exit(1)
+    print(status)
 elif pos[:2] == ["storage", "rsync"]:
     src, dst = path(pos[2]), path(pos[3])
     exclude = flags.get("--exclude", "").strip("'")
@@ -722,6 +729,44 @@ def test_stay_keeps_a_failed_vm_up_for_debugging(vm: Vm) -> None:
     assert result.returncode != 0
     assert "ltxv-on-boot-failure=stay" in result.stderr
     assert not _powered_off(vm)
+
+
+def _workers_started(vm: Vm) -> list[str]:
+    return [c for c in vm.calls("systemctl") if re.match(r"systemctl (re)?start ltxv-worker@", c)]
+
+
+def _created_by_a_group(vm: Vm) -> None:
+    vm.set_metadata(
+        {
+            **REQUIRED_METADATA,
+            "instance/name": "ltxv-worker-2b-distilled-x1z9",
+            "instance/attributes/created-by": (
+                "projects/123/regions/us-central1/instanceGroupManagers/ltxv-workers-2b-distilled"
+            ),
+        }
+    )
+
+
+def test_a_vm_prepared_for_the_standby_pool_starts_no_worker(vm: Vm) -> None:
+    _created_by_a_group(vm)
+    result = _boot(vm, FAKE_HEALTH="ready", FAKE_TARGET_STATUS="STOPPED")
+    assert result.returncode == 0, result.stderr
+    assert "prepared for the group's standby pool" in result.stderr
+    assert not _workers_started(vm)
+    assert not _powered_off(vm)  # the group stops it, when its initial delay has passed
+    (asked,) = [c for c in vm.calls("gcloud") if "list-instances" in c]
+    assert "list-instances ltxv-workers-2b-distilled --region=us-central1" in asked
+    assert "--filter=instance~/instances/ltxv-worker-2b-distilled-x1z9$" in asked
+
+
+@pytest.mark.parametrize("status", ["RUNNING", None])
+def test_a_vm_the_group_runs_or_cannot_say_starts_its_workers(vm: Vm, status) -> None:
+    _created_by_a_group(vm)
+    env = {"FAKE_TARGET_STATUS": status} if status else {}
+    result = _boot(vm, FAKE_HEALTH="ready", **env)
+    assert result.returncode == 0, result.stderr
+    assert _workers_started(vm)
+    assert ("booting as a worker" in result.stderr) == (status is None)
 
 
 # ---- model weights -----------------------------------------------------------------

@@ -11,10 +11,11 @@ one type per line, about 1 MB for google, reviewable as a diff when a provider m
 `python -m tools.tf_schema extract` regenerates them from the pinned wheels below. The
 alternative, downloading the bindings on every fresh clone, costs a 67 MB wheel (131 MB of
 JSON to parse, ~3 s) on each CI run and makes `make test` depend on PyPI serving it;
-reading the committed schema takes well under a second. tests/terraform checks that the
-committed files are what the wheels give when the wheels are at hand (`extract`/`verify`
-download them into build/tf-schema-wheels) and that terraform/versions.tf pins exactly
-the versions the schemas were read from.
+reading the committed schema takes well under a second. `make test` still fetches the
+wheels once into build/tf-schema-wheels (`fetch`, ~6 s, pip's cache after that) so that
+tests/terraform can check that the committed files are exactly what the wheels give (a
+hand edit fails), and that terraform/versions.tf pins exactly the versions the schemas
+were read from.
 """
 
 from __future__ import annotations

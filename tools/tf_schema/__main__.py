@@ -57,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("extract", "verify"):
         cmd = sub.add_parser(name, help=f"{name} schemas/*.json from the pinned wheels")
         cmd.add_argument("--wheels", type=Path, default=WHEELS)
+    fetch = sub.add_parser("fetch", help="download the pinned wheels (make test does)")
+    fetch.add_argument("--wheels", type=Path, default=WHEELS)
     args = parser.parse_args(argv)
+
+    if args.command == "fetch":
+        for provider in BINDINGS:
+            wheel_for(provider, args.wheels, download=True)
+        return 0
 
     if args.command == "check":
         from .check import check_module

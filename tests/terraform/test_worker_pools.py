@@ -122,6 +122,10 @@ def test_each_template_is_a_private_shielded_l4_that_loads_its_model(tf, model):
     assert ("google_storage_bucket_object", 'package["worker"]') in references(template)
     assert metadata["enable-oslogin"] == "TRUE"
     assert ("google_service_account", "worker") in references(template)
+    # Every ltxv-* key terraform sets is one the boot script reads: a key nothing reads is
+    # a setting that silently does nothing.
+    read = set(re.findall(r"\b(?:attr|cfg CFG_[A-Z_]+) (ltxv-[a-z0-9-]+)", startup))
+    assert {key for key in metadata if key.startswith("ltxv-")} - read == set()
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -188,15 +188,17 @@ resource "google_project_iam_custom_role" "read_instance_groups" {
   project     = var.project_id
   role_id     = "${local.custom_role_prefix}_read_groups_${random_id.custom_roles.hex}"
   title       = "${var.prefix} read managed instance groups"
-  description = "compute.instanceGroupManagers.get only: ltx-video-pipeline workers read their group's view of themselves."
-  permissions = ["compute.instanceGroupManagers.get"]
+  description = "Read managed instance groups only: ltx-video-pipeline workers read their group's view of themselves."
+  # list-instances (instanceGroupManagers.listManagedInstances) is documented with both.
+  permissions = ["compute.instanceGroupManagers.get", "compute.instanceGroupManagers.list"]
   depends_on  = [time_sleep.apis_ready]
 }
 
 resource "google_project_iam_member" "worker_reads_instance_groups" {
-  project = var.project_id
-  role    = google_project_iam_custom_role.read_instance_groups.name
-  member  = local.worker_sa
+  project    = var.project_id
+  role       = google_project_iam_custom_role.read_instance_groups.name
+  member     = local.worker_sa
+  depends_on = [google_service_account.worker]
 }
 
 resource "google_service_account_iam_member" "api_signs_as_itself" {
@@ -204,6 +206,29 @@ resource "google_service_account_iam_member" "api_signs_as_itself" {
   role               = google_project_iam_custom_role.sign_blob.name
   member             = local.sa["api"]
   depends_on         = [google_service_account.function, google_service_account.worker]
+}
+
+# Cloud Functions copies each function's source into a bucket of its own,
+# gcf-v2-sources-PROJECT_NUMBER-REGION, and the build reads it from there: without read on
+# it every build fails with "Access to bucket gcf-v2-sources-… denied. You must grant
+# Storage Object Viewer" (hashicorp/terraform-provider-google#20571). The bucket is not
+# the deployment's to bind on, so the grant is project-level with a condition naming it.
+locals {
+  function_sources_bucket = "projects/_/buckets/gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+}
+
+resource "google_project_iam_member" "build_reads_function_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = local.build_sa
+
+  condition {
+    title       = "function-sources-only"
+    description = "The Cloud Functions source bucket of this region, nothing else."
+    expression  = "resource.name == \"${local.function_sources_bucket}\" || resource.name.startsWith(\"${local.function_sources_bucket}/\")"
+  }
+
+  depends_on = [google_service_account.build]
 }
 
 # Cloud Build pushes the functions' images to the deployment's own repository only.
@@ -258,6 +283,7 @@ resource "time_sleep" "iam_ready" {
     google_secret_manager_secret_iam_member.webhook_secrets,
     google_service_account_iam_member.api_signs_as_itself,
     google_artifact_registry_repository_iam_member.build_pushes,
+    google_project_iam_member.build_reads_function_sources,
     google_project_iam_member.operators,
     google_project_iam_member.worker_reads_instance_groups,
     google_service_account_iam_member.operators_act_as_worker,

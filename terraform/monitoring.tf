@@ -66,24 +66,11 @@ resource "google_monitoring_alert_policy" "oldest_job" {
 }
 
 # A worker VM whose boot fails powers itself off and the group recreates it
-# (gpu_worker/vm/README.md): without this alert a bad template, a missing quota of disk or
-# a broken package would loop VMs through boots quietly, each one billed.
-resource "google_logging_metric" "worker_boot_failures" {
-  name        = "${var.prefix}-worker-boot-failures"
-  description = "Worker VM boots that ended in an ltxv-startup ERROR line (the VM then powers off and is recreated)."
-  # The boot script logs through the guest agent's metadata script runner; the log name
-  # differs between guest agent versions, the text does not.
-  filter = "resource.type=\"gce_instance\" AND (log_id(\"GCEMetadataScripts\") OR log_id(\"google_metadata_script_runner\")) AND \"ltxv-startup: ERROR\""
-
-  metric_descriptor {
-    metric_kind = "DELTA"
-    value_type  = "INT64"
-    unit        = "1"
-  }
-
-  depends_on = [time_sleep.apis_ready]
-}
-
+# (gpu_worker/vm/README.md): without this alert a bad template, a missing quota or a
+# broken package would loop VMs through boots quietly, each one billed. A log-match
+# condition rather than a log-based metric: an alert on a metric created in the same apply
+# fails with "Cannot find metric(s)" for up to 10 minutes
+# (hashicorp/terraform-provider-google#11102), which would stop a fresh project's apply.
 resource "google_monitoring_alert_policy" "worker_boot_failures" {
   display_name          = "${var.prefix}: worker VMs failing to boot"
   combiner              = "OR"
@@ -97,16 +84,19 @@ resource "google_monitoring_alert_policy" "worker_boot_failures" {
 
   conditions {
     display_name = "ltxv-startup ERROR lines"
-    condition_threshold {
-      filter          = "resource.type = \"gce_instance\" AND metric.type = \"logging.googleapis.com/user/${google_logging_metric.worker_boot_failures.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "600s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
+    condition_matched_log {
+      # The boot script logs through the guest agent's metadata script runner; the log
+      # name differs between guest agent versions, the text does not.
+      filter = "resource.type=\"gce_instance\" AND (log_id(\"GCEMetadataScripts\") OR log_id(\"google_metadata_script_runner\")) AND \"ltxv-startup: ERROR\""
     }
+  }
+
+  # Log-match conditions need a notification rate limit: one notification per 30 minutes
+  # for a loop of failing boots, and the incident closes a day after the last one.
+  alert_strategy {
+    notification_rate_limit {
+      period = "1800s"
+    }
+    auto_close = "86400s"
   }
 }

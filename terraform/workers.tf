@@ -88,8 +88,11 @@ resource "google_compute_instance_template" "worker" {
 }
 
 # Auto-healing: the worker process answers GET /healthz on 8080 (200 ready, 503 not). A
-# VM whose worker stops answering 200 is recreated: 6 failed probes 10 s apart, so a dead
-# worker is replaced about a minute after it dies (plus the new VM's boot). A boot that
+# VM whose worker stops answering 200 is recreated: 18 failed probes 10 s apart, so a dead
+# worker is replaced three minutes after it dies (plus the new VM's boot). Not sooner:
+# systemd restarts a worker that exited within 5 s, and the new process answers 503
+# while it loads the model again (about a minute from a cold page cache,
+# docs/boot-budget.md), which must not cost the VM. A boot that
 # fails, or a worker that never gets ready, powers the VM off itself (gpu_worker/vm/
 # startup.sh) and the group recreates it without waiting for the probes.
 # https://cloud.google.com/compute/docs/instance-groups/autohealing-instances-in-migs
@@ -98,7 +101,7 @@ resource "google_compute_health_check" "worker" {
   check_interval_sec  = 10
   timeout_sec         = 5
   healthy_threshold   = 1
-  unhealthy_threshold = 6
+  unhealthy_threshold = 18
 
   http_health_check {
     port         = 8080

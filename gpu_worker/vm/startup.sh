@@ -41,11 +41,18 @@ MAX_SHUTDOWN_GRACE_SECONDS=24
 HEALTH_PORT=8080
 
 NVIDIA_WAIT_SECONDS="${NVIDIA_WAIT_SECONDS:-180}" # a driver still being built on first boot
-MODEL_WAIT_SECONDS="${MODEL_WAIT_SECONDS:-5400}"  # for another VM filling the model cache
-ENV_WAIT_SECONDS="${ENV_WAIT_SECONDS:-1800}"      # ... or building the env (then: pip here)
-LOCK_STALE_SECONDS="${LOCK_STALE_SECONDS:-3600}"
+# The waits end inside the instance group's first-boot allowance (terraform
+# local.worker_first_boot_seconds, 1200 s), after which auto-healing recreates the VM.
+MODEL_WAIT_SECONDS="${MODEL_WAIT_SECONDS:-1080}" # for another VM filling the model cache
+ENV_WAIT_SECONDS="${ENV_WAIT_SECONDS:-600}"      # ... or building the env (then: pip here)
+# The VM filling a cache rewrites its lock every LOCK_BEAT_SECONDS; a lock not rewritten
+# for LOCK_STALE_SECONDS belongs to a VM that is gone (preempted, stopped, recreated).
+LOCK_BEAT_SECONDS="${LOCK_BEAT_SECONDS:-30}"
+LOCK_STALE_SECONDS="${LOCK_STALE_SECONDS:-150}"
+HEARTBEAT_PID=""
 POLL_SECONDS="${POLL_SECONDS:-30}"
 HEALTH_POLL_SECONDS="${HEALTH_POLL_SECONDS:-5}"
+STANDBY_POLL_SECONDS="${STANDBY_POLL_SECONDS:-15}"
 
 UNIT_NAME="ltxv-worker@.service"
 OPS_AGENT_INSTALLER="https://dl.google.com/cloudagents/add-google-cloud-ops-agent-repo.sh"
@@ -92,6 +99,7 @@ stage() {
 # The EXIT trap of a boot: a failure ends the VM so the MIG recreates it, unless told to stay.
 on_exit() {
   local rc=$?
+  [[ -z "$HEARTBEAT_PID" ]] || kill "$HEARTBEAT_PID" 2>/dev/null || true
   ((rc != 0)) || return 0
   if [[ "$CFG_ON_BOOT_FAILURE" == "stay" ]]; then
     log ERROR "boot failed (exit ${rc}); ltxv-on-boot-failure=stay: the VM stays up, debug it"
@@ -281,12 +289,30 @@ gcs_exists() {
 
 generation() { gcloud storage objects describe "$1" --format='value(generation)' 2>/dev/null; }
 
+# lock_beat URI GENERATION: rewrites this VM's lock with the time now, every
+# LOCK_BEAT_SECONDS, each write conditional on the last one's generation (a lock another VM
+# broke and took is never touched). Runs in the background while this VM fills a cache.
+lock_beat() {
+  local uri="$1" gen="$2" nap
+  # Stopped with its sleep: a sleep left behind would hold the boot's output open.
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "$LOCK_BEAT_SECONDS" &
+    nap=$!
+    wait "$nap"
+    printf '%s %s\n' "$(hostname)" "$(date +%s)" |
+      gcloud storage cp --quiet --if-generation-match="$gen" - "$uri" 2>/dev/null || return 0
+    gen="$(generation "$uri")" || return 0
+  done
+}
+
 # cached DIR WAIT FETCH FILL TIMEOUT: one VM fills a cache directory, the others copy it.
 # DIR/.complete exists: FETCH copies the cache down. Otherwise the VM that creates DIR/.lock
 # (--if-generation-match=0, so only one can) runs FILL, which uploads into DIR, writes
-# DIR/.complete last and removes its lock; the others wait, and after WAIT seconds run
-# TIMEOUT. A lock left by this host (a preempted boot) or older than LOCK_STALE_SECONDS is
-# removed, conditionally on its generation, so that two VMs cannot both take it over.
+# DIR/.complete last and removes its lock, keeping the lock fresh meanwhile (lock_beat);
+# the others wait, and after WAIT seconds run TIMEOUT. A lock left by this host (a
+# preempted boot) or not rewritten for LOCK_STALE_SECONDS is removed, conditionally on its
+# generation, so that two VMs cannot both take it over.
 cached() {
   local dir="$1" wait="$2" fetch="$3" fill="$4" timeout="$5" deadline gen holder since now
   deadline=$((SECONDS + wait))
@@ -298,7 +324,13 @@ cached() {
     if printf '%s %s\n' "$(hostname)" "$(date +%s)" |
       gcloud storage cp --quiet --if-generation-match=0 - "${dir}/.lock" 2>/dev/null; then
       info "${dir}/ is empty; this VM fills it"
+      gen="$(generation "${dir}/.lock")" || gen=0
+      lock_beat "${dir}/.lock" "$gen" &
+      HEARTBEAT_PID=$!
       "$fill"
+      kill "$HEARTBEAT_PID" 2>/dev/null || true
+      wait "$HEARTBEAT_PID" 2>/dev/null || true
+      HEARTBEAT_PID=""
       printf '{"host": "%s", "time": %s}\n' "$(hostname)" "$(date +%s)" |
         gcloud storage cp --quiet --if-generation-match=0 - "${dir}/.complete" ||
         gcs_exists "${dir}/.complete" || die "cannot write ${dir}/.complete"
@@ -320,7 +352,7 @@ cached() {
       "$timeout"
       return 0
     fi
-    info "${dir}/ is being filled by ${holder} (for $((now - since))s); waiting"
+    info "${dir}/ is being filled by ${holder} (lock rewritten $((now - since))s ago); waiting"
     sleep "$POLL_SECONDS"
   done
 }
@@ -509,7 +541,8 @@ install_ops_agent() {
     if ! curl --silent --show-error --fail --retry 5 -o "$installer" "$OPS_AGENT_INSTALLER" ||
       ! bash "$installer" --also-install; then
       rm -f "$installer"
-      log ERROR "Ops Agent install failed: worker logs stay in the journal only" # not fatal
+      # Not fatal, so not an ERROR line (those count as failed boots, monitoring.tf).
+      warn "Ops Agent install failed: worker logs stay in the journal only"
       return 0
     fi
     rm -f "$installer"
@@ -554,24 +587,36 @@ start_workers() {
 # A VM the group creates for its standby pool (terraform worker_standby_stopped) boots,
 # fills its disk and is stopped by the group once standby_policy.initial_delay_sec has
 # passed. A worker started on it would take a job and be stopped in the middle of it (one
-# more delivery attempt spent), so such a boot ends before the workers start; they start
-# when the group starts the VM for a scale-out. The group marks those VMs: their managed
-# instance's targetStatus is STOPPED (instanceGroupManagers.listManagedInstances); the
-# group is named in the `created-by` metadata it sets on its VMs. Any doubt (no group, no
-# answer) is a normal boot.
-standby_preparation() {
-  local created_by scope location group name status
+# more delivery attempt spent), so such a boot waits before the workers start: for the
+# stop, or for the group to claim the still-running VM for a scale-out (then its workers
+# start at once). The group marks those VMs: their managed instance's targetStatus is
+# STOPPED (instanceGroupManagers.listManagedInstances); the group is named in the
+# `created-by` metadata it sets on its VMs. Any doubt (no group, no answer) is a normal
+# boot.
+target_status() {
+  local created_by scope location group name
   created_by="$(attr created-by "")"
-  [[ "$created_by" =~ /(region|zone)s/([^/]+)/instanceGroupManagers/([^/]+)$ ]] || return 1
+  [[ "$created_by" =~ /(region|zone)s/([^/]+)/instanceGroupManagers/([^/]+)$ ]] || return 0
   scope="${BASH_REMATCH[1]}" location="${BASH_REMATCH[2]}" group="${BASH_REMATCH[3]}"
   name="$(metadata_get instance/name)"
-  if ! status="$(gcloud compute instance-groups managed list-instances "$group" \
-    "--${scope}=${location}" --project="$CFG_PROJECT" --filter="instance~/instances/${name}\$" \
-    --format='value(targetStatus)')"; then
+  gcloud compute instance-groups managed list-instances "$group" "--${scope}=${location}" \
+    --project="$CFG_PROJECT" --filter="instance~/instances/${name}\$" \
+    --format='value(targetStatus)' ||
     warn "cannot read this VM's target status from instance group ${group}: booting as a worker"
-    return 1
-  fi
-  [[ "$status" == "STOPPED" ]]
+}
+
+wait_while_standby() {
+  [[ "$(target_status)" == "STOPPED" ]] || return 0
+  info "prepared for the group's standby pool in ${SECONDS} s: no worker runs until the" \
+    "group starts this VM (or claims it now for a scale-out)"
+  # The group's stop is a shutdown: SIGTERM ends this wait, and is no failed boot.
+  trap 'info "stopped by the group: in its standby pool now"; trap - EXIT; exit 0' TERM
+  while [[ "$(target_status)" == "STOPPED" ]]; do
+    sleep "$STANDBY_POLL_SECONDS" &
+    wait $!
+  done
+  trap - TERM
+  info "the group claims this VM for a scale-out: starting its workers"
 }
 
 # A worker that crash-loops or never loads fails the boot here, within the model load budget.
@@ -605,11 +650,7 @@ main() {
   write_env_file
   stage model ensure_model
   stage ops-agent install_ops_agent
-  if standby_preparation; then
-    info "done in ${SECONDS} s: prepared for the group's standby pool; the group stops this" \
-      "VM, and its workers start when the group starts it again"
-    return 0
-  fi
+  wait_while_standby
   stage workers start_workers
   stage ready wait_ready
   info "done in ${SECONDS} s: ${#GPU_INDICES[@]} worker(s) for model ${CFG_MODEL}"

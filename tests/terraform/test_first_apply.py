@@ -49,3 +49,17 @@ def test_the_graph_sees_a_missing_gate(tmp_path):
     edges = graph(tmp_path)
     assert reaches("google_pubsub_subscription.via_reference", APIS, edges)
     assert not reaches("google_compute_health_check.ungated", APIS, edges)
+
+
+def test_every_grant_to_our_accounts_waits_for_the_account():
+    # Members are spelled from the prefix (local.sa, local.worker_sa, local.build_sa) so
+    # they are known at plan time; the account must still exist before IAM accepts them.
+    edges = graph()
+    # Through locals only: a grant that names a function (whose account is ours) is not
+    # a grant to that account.
+    only_locals = {n: {m for m in e if m.startswith("local.")} for n, e in edges.items()}
+    grants = [n for n in edges if "_iam_member." in n and reaches(n, "local.email", only_locals)]
+    assert len(grants) >= 12
+    accounts = [n for n in edges if n.startswith("google_service_account.")]
+    unordered = [g for g in grants if not any(a in edges[g] for a in accounts)]
+    assert not unordered, f"these may be granted before their account exists: {unordered}"

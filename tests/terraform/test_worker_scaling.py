@@ -92,8 +92,9 @@ def test_auto_healing_probes_the_workers_healthz_and_replaces_a_dead_one_within_
     assert check["http_health_check"]["port"] == 8080
     assert check["http_health_check"]["request_path"] == "/healthz"
     assert check["timeout_sec"] <= check["check_interval_sec"]
-    # From the worker's death to the group's verdict: at most two minutes.
-    assert check["check_interval_sec"] * check["unhealthy_threshold"] <= 120
+    # From the worker's death to the group's verdict: long enough for systemd's restart
+    # and a model reload from a cold page cache (~1 min) to pass, at most five minutes.
+    assert 150 <= check["check_interval_sec"] * check["unhealthy_threshold"] <= 300
     assert ("time_sleep", "apis_ready") in references(check)
     for group in by_model(tf, "google_compute_region_instance_group_manager", "workers").values():
         # A first boot of a deployment (pip build + Hugging Face download) must not be

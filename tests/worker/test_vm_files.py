@@ -113,6 +113,7 @@ VENV_PYTHON = r"""#!/bin/sh
 echo "python $*" >>"$STUB_LOG"
 if [ "$1" = "-m" ] && [ "$2" = "gpu_worker.fetch_model" ]; then
   env | grep -E '^(LTXV_|HF_)' | sort >"$STUB_DIR/fetch_env"
+  sleep "${FAKE_FETCH_SECONDS:-0}"
   mkdir -p "$LTXV_MODEL_DIR/text_encoder"
   echo weights >"$LTXV_MODEL_DIR/ltxv.safetensors"
   echo encoder >"$LTXV_MODEL_DIR/text_encoder/model.safetensors"
@@ -190,12 +191,17 @@ elif pos[:2] == ["storage", "rm"]:
         sys.exit(1)
     p.unlink()
 elif pos[:4] == ["compute", "instance-groups", "managed", "list-instances"]:
-    # The group's view of this VM: $FAKE_TARGET_STATUS, or the API refusing (exit 1).
-    status = os.environ.get("FAKE_TARGET_STATUS")
-    if status is None:
+    # The group's view of this VM: $FAKE_TARGET_STATUS, a comma list answered in turn (the
+    # last one from then on), or the API refusing (exit 1).
+    statuses = os.environ.get("FAKE_TARGET_STATUS")
+    if statuses is None:
         sys.stderr.write("ERROR: (gcloud) Required 'compute.instanceGroupManagers.get'\n")
         sys.exit(1)
-    print(status)
+    asked = root / ".target-status-calls"
+    n = int(asked.read_text()) if asked.exists() else 0
+    asked.write_text(str(n + 1))
+    statuses = statuses.split(",")
+    print(statuses[min(n, len(statuses) - 1)])
 elif pos[:2] == ["storage", "rsync"]:
     src, dst = path(pos[2]), path(pos[3])
     exclude = flags.get("--exclude", "").strip("'")
@@ -747,16 +753,47 @@ def _created_by_a_group(vm: Vm) -> None:
     )
 
 
-def test_a_vm_prepared_for_the_standby_pool_starts_no_worker(vm: Vm) -> None:
+def test_a_vm_prepared_for_the_standby_pool_waits_for_its_stop(vm: Vm) -> None:
     _created_by_a_group(vm)
-    result = _boot(vm, FAKE_HEALTH="ready", FAKE_TARGET_STATUS="STOPPED")
-    assert result.returncode == 0, result.stderr
-    assert "prepared for the group's standby pool" in result.stderr
+    _put_wheel(vm)
+    boot = subprocess.Popen(
+        ["bash", "-c", f'source "{SCRIPT}"\nmain'],
+        env={**vm.env, "FAKE_MODEL_KIND": "tiny-random", "FAKE_HEALTH": "ready",
+             "FAKE_TARGET_STATUS": "STOPPED", "STANDBY_POLL_SECONDS": "0.2"},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    for line in boot.stderr:
+        lines.append(line)
+        if "prepared for the group's standby pool" in line:
+            break
+    time.sleep(0.5)  # still waiting, polling the group
+    assert boot.poll() is None
+    boot.terminate()  # the group stops the VM: a shutdown
+    _, rest = boot.communicate(timeout=30)
+    log = "".join(lines) + rest
+    assert boot.returncode == 0, log
+    assert "stopped by the group" in log and "ERROR" not in log
     assert not _workers_started(vm)
-    assert not _powered_off(vm)  # the group stops it, when its initial delay has passed
-    (asked,) = [c for c in vm.calls("gcloud") if "list-instances" in c]
-    assert "list-instances ltxv-workers-2b-distilled --region=us-central1" in asked
-    assert "--filter=instance~/instances/ltxv-worker-2b-distilled-x1z9$" in asked
+    assert not _powered_off(vm)
+    asked = [c for c in vm.calls("gcloud") if "list-instances" in c]
+    assert len(asked) >= 3
+    assert "list-instances ltxv-workers-2b-distilled --region=us-central1" in asked[0]
+    assert "--filter=instance~/instances/ltxv-worker-2b-distilled-x1z9$" in asked[0]
+
+
+def test_a_standby_vm_the_group_claims_while_preparing_starts_its_workers(vm: Vm) -> None:
+    _created_by_a_group(vm)
+    result = _boot(
+        vm,
+        FAKE_HEALTH="ready",
+        FAKE_TARGET_STATUS="STOPPED,STOPPED,RUNNING",
+        STANDBY_POLL_SECONDS="0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "claims this VM for a scale-out" in result.stderr
+    assert _workers_started(vm)
+    assert "ltxv-worker@0 is ready" in result.stderr
 
 
 @pytest.mark.parametrize("status", ["RUNNING", None])
@@ -856,6 +893,29 @@ def test_lock_left_by_this_vm_is_taken_over(vm: Vm) -> None:
     assert "breaking stale cache lock" in result.stderr
     assert (vm.gcs / CACHE / MODEL / ".complete").exists()
     assert not lock.exists()
+
+
+def test_a_lock_nobody_rewrites_is_broken(vm: Vm) -> None:
+    # Its holder was stopped or preempted mid-fill: no fresh beat for LOCK_STALE_SECONDS.
+    lock = vm.gcs / CACHE / MODEL / ".lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"ltxv-worker-other {int(time.time()) - 151}\n")
+    result = _ensure_model(vm)
+    assert result.returncode == 0, result.stderr
+    assert "breaking stale cache lock" in result.stderr
+    assert (vm.gcs / CACHE / MODEL / ".complete").exists()
+
+
+def test_the_filling_vm_keeps_its_lock_fresh(vm: Vm) -> None:
+    # fetch_model takes a while here; the lock is rewritten meanwhile, with its generation.
+    result = _ensure_model(vm, LOCK_BEAT_SECONDS="0.1", FAKE_FETCH_SECONDS="1")
+    assert result.returncode == 0, result.stderr
+    lock = str(vm.gcs / CACHE / MODEL / ".lock").split(str(vm.gcs) + "/", 1)[1]
+    beats = [c for c in vm.calls("gcloud") if "storage cp" in c and c.endswith(f"gs://{lock}")]
+    assert len(beats) >= 4  # the create, then beats
+    assert all("--if-generation-match=" in c for c in beats)
+    assert not any(c.endswith("--if-generation-match=0 - gs://" + lock) for c in beats[1:])
+    assert not (vm.gcs / CACHE / MODEL / ".lock").exists()  # removed once filled
 
 
 def test_models_without_weights_skip_the_cache(vm: Vm) -> None:

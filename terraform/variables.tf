@@ -260,7 +260,7 @@ variable "worker_max_replicas" {
 }
 
 variable "jobs_per_worker" {
-  description = "Jobs per worker VM the autoscaler aims for (single_instance_assignment on the subscription's unacknowledged messages, which count jobs waiting and jobs being rendered). 1 (the default): one VM per job, so the group never shrinks below the jobs in progress and scale-in only removes idle VMs. N > 1 starts fewer VMs and drains a backlog N times slower, and once the queue empties the autoscaler wants only 1/N as many VMs as renders in progress: it stops VMs mid-render, and each such kill counts a delivery attempt toward max_delivery_attempts."
+  description = "Jobs per worker VM the autoscaler aims for (single_instance_assignment on the subscription's unacknowledged messages, which count jobs waiting and jobs being rendered). 1 (the default): one VM per job, so the group never shrinks below the jobs in progress and scales in only when a VM is idle (the group still picks which VM goes, and may pick a busy one: its job is requeued, costing a delivery attempt). N > 1 starts fewer VMs and drains a backlog N times slower, and once the queue empties the autoscaler wants only 1/N as many VMs as renders in progress: it stops VMs mid-render, and each such kill counts a delivery attempt toward max_delivery_attempts."
   type        = number
   default     = 1
 
@@ -371,7 +371,7 @@ variable "operators" {
 }
 
 variable "gpu_quota_request" {
-  description = "File GPU quota requests from terraform (Cloud Quotas quota preferences): the region's L4 quota (preemptible when worker_spot) and the project's all-regions GPU quota, each to `gpus`. Google reviews them; approval can take from minutes to days and is not part of the apply. null: request nothing (see the README's prerequisites for the gcloud commands)."
+  description = "File GPU quota requests from terraform (Cloud Quotas quota preferences): the region's L4 quota (preemptible when worker_spot) and the project's all-regions GPU quota, each to `gpus`: at least (worker_max_replicas + worker_standby_stopped) × the number of models. contact_email must be an account allowed to change the project's quota. Google reviews them; approval can take from minutes to days and is not part of the apply. null: request nothing (see the README's prerequisites for the gcloud commands)."
   type = object({
     gpus          = number
     contact_email = string

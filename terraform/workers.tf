@@ -21,7 +21,7 @@ locals {
   # How long a VM created for the standby pool may prepare (env and weights on its disk)
   # before the group stops it. It starts no worker (startup.sh standby_preparation), so it
   # fails the health check: the group must stop it before auto-healing would recreate it,
-  # i.e. before worker_first_boot_seconds. Column (c) is ~7 minutes estimated.
+  # i.e. before worker_first_boot_seconds. Column (c) is ~8 minutes estimated.
   worker_standby_prepare_seconds = 900
 }
 
@@ -182,7 +182,10 @@ resource "google_compute_region_instance_group_manager" "workers" {
 # done; num_undelivered_messages is "Number of unacknowledged messages (a.k.a. backlog
 # messages) in a subscription", https://cloud.google.com/monitoring/api/metrics_gcp_p_z#gcp-pubsub).
 # With one job per VM (var.jobs_per_worker = 1) the autoscaler wants at least as many VMs
-# as jobs being rendered, so it never removes a busy VM.
+# as jobs being rendered, so it scales in only when some VM is idle. Which VM goes is the
+# group's choice, not the autoscaler's, and the group knows nothing of jobs: it may stop a
+# busy one (as proactive redistribution may), whose worker then requeues its job on
+# SIGTERM, at the cost of one delivery attempt (max_delivery_attempts).
 resource "google_compute_region_autoscaler" "workers" {
   for_each = local.worker_pools
   name     = "${var.prefix}-workers-${each.value.slug}"

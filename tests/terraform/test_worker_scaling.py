@@ -143,7 +143,7 @@ def test_each_group_keeps_stopped_standby_vms_that_boot_fully_before_they_stop(t
     assert group["target_stopped_size"] == _variable(tf, "worker_standby_stopped")["default"] == 1
     # A VM prepared for the pool runs no worker (so it fails the health check): the group
     # stops it before auto-healing starts probing it, with a minute to spare, and after a
-    # first boot of a deployment could have finished (~7 minutes, docs/boot-budget.md).
+    # first boot of a deployment could have finished (~8 minutes, docs/boot-budget.md).
     healing = group["auto_healing_policies"]["initial_delay_sec"]
     assert 600 <= standby["initial_delay_sec"] <= healing - 60
 

@@ -44,6 +44,11 @@ class TransientRenderError(RuntimeError):
     """The render failed for a reason that may pass (CUDA out of memory): retry the job."""
 
 
+class RenderOutOfMemory(TransientRenderError):
+    """The device ran out of memory. Transient in a process that has rendered before (its
+    memory may be fragmented or leaked); in a fresh one the request does not fit."""
+
+
 class RenderRefused(Exception):
     """The model cannot render this request and never will: the same parameters fail the
     same way on every attempt, so the job fails at once. The message is for the client."""
@@ -228,7 +233,7 @@ class Renderer:
         """Render one request: `on_step(done, total)` after each denoising step (1..total);
         `should_stop()` is asked right after it, and True stops the render there
         (RenderInterrupted, before any VAE decode). CUDA out of memory raises
-        TransientRenderError; parameters the pipeline cannot take raise RenderRefused."""
+        RenderOutOfMemory; parameters the pipeline cannot take raise RenderRefused."""
         import torch
 
         params = self.parameters(request)
@@ -251,8 +256,8 @@ class Renderer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.warning("out of memory", extra={"device": self.device, "error": oom})
-        # The job shows this sentence; the allocator's numbers are in the log above.
-        raise TransientRenderError(f"the {self.device} ran out of memory; the job will be retried")
+        # The job shows the worker's sentence; the allocator's numbers are in the log above.
+        raise RenderOutOfMemory(f"the {self.device} ran out of memory")
 
     def _render(
         self,

@@ -11,8 +11,11 @@ follows a render (encoding, uploads, bookkeeping) runs on one finisher thread, s
 a backlog exists the GPU is already on the next job while the last one is being saved.
 
 Failures: an error the request caused fails the job (result.json, ack); anything else
-(storage, Firestore, CUDA out of memory, a bug) puts it back to `queued` and nacks, so
-the subscription's backoff applies and its dead-letter policy ends a job that never works.
+(storage, Firestore, a bug) puts it back to `queued` and nacks, so the subscription's
+backoff applies and its dead-letter policy ends a job that never works. Out of memory is
+retried once, in a fresh process: the worker requeues the job and exits (systemd, or the
+local stack, starts it again with the device's memory whole); the same job out of memory in
+a process that had rendered nothing before fails with `out_of_memory`.
 On SIGTERM the worker stops pulling, lets the current job finish within the grace period,
 else interrupts it, requeues and nacks it, and exits 0.
 """
@@ -39,7 +42,13 @@ from ltxv.results import build_result, write_result_once
 from ltxv.settings import Settings
 
 from .encoding import encode_mp4, write_poster
-from .generation import Renderer, RenderInterrupted, RenderRefused, TransientRenderError
+from .generation import (
+    Renderer,
+    RenderInterrupted,
+    RenderOutOfMemory,
+    RenderRefused,
+    TransientRenderError,
+)
 from .health import Health, device_problem
 from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
@@ -53,6 +62,14 @@ INTERNAL_ERRORS = {
     "render_error": "the render failed with an internal error; the job will be retried",
     "finish_error": "saving the video failed; the job will be retried",
 }
+
+# Its exit status when it exits to get a fresh process (EX_TEMPFAIL): systemd's
+# Restart=always and the local stack's supervisor start it again.
+RESTART_EXIT_STATUS = 75
+
+# An out-of-memory job that came back this often fails, fresh process or not: other jobs
+# taken first by each new process must not keep it cycling until the dead-letter limit.
+OUT_OF_MEMORY_LAST_ATTEMPT = 3
 
 # A job recorded for another model comes back this late (each time counting toward the
 # dead-letter limit, whose handler then fails it with the claim's explanation).
@@ -89,6 +106,8 @@ class Worker:
         self._finishing: Future | None = None
         self._load_seconds = 0.0
         self._workdir = Path(tempfile.mkdtemp(prefix="ltxv-worker-"))
+        self._renders = 0  # renders this process has started (1: the first, a fresh process)
+        self._exit_status = 0  # RESTART_EXIT_STATUS once it wants a fresh process
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -128,8 +147,8 @@ class Worker:
                 self.health.job_done()
         self._wait_for_finisher()
         self._finisher.shutdown(wait=True)
-        log.info("worker stopped")
-        return 0
+        log.info("worker stopped", extra={"exit_status": self._exit_status})
+        return self._exit_status
 
     def request_stop(self) -> None:
         """SIGTERM: stop pulling now; interrupt the render if the grace period runs out."""
@@ -203,6 +222,7 @@ class Worker:
         control = JobControl(job_id, request["num_inference_steps"])
         lease = LeaseKeeper(self.lifecycle, control, self.settings.progress_interval_seconds)
         lease.start()
+        self._renders += 1
         log.info("rendering", extra={"job_id": job_id, "attempt": job["attempts"]})
 
         def on_step(step: int, total: int) -> None:
@@ -293,6 +313,8 @@ class Worker:
         """A render that ended without frames: interrupted, refused, or broken."""
         if isinstance(exc, RenderInterrupted):
             self._after_interrupt(job_id, received, control)
+        elif isinstance(exc, RenderOutOfMemory):
+            self._after_out_of_memory(job_id, received)
         elif isinstance(exc, TransientRenderError):
             self._requeue(job_id, received, "render_transient", str(exc))
         elif isinstance(exc, DestinationTaken):
@@ -306,6 +328,29 @@ class Worker:
             # The job shows a code and a sentence; what broke stays in the logs.
             log.exception("render failed", extra={"job_id": job_id}, exc_info=exc)
             self._requeue(job_id, received, "render_error", INTERNAL_ERRORS["render_error"])
+
+    def _after_out_of_memory(self, job_id: str, received: Received) -> None:
+        """Once in a fresh process, then failed: a request that does not fit never will."""
+        fresh = self._renders == 1
+        if fresh or received.delivery_attempt >= OUT_OF_MEMORY_LAST_ATTEMPT:
+            reason = (
+                f"model {self.renderer.profile.name} ran out of memory on the "
+                f"{self.renderer.device} rendering this request in a fresh worker process: "
+                "it does not fit; ask for fewer frames, a smaller size or fewer steps"
+            )
+            log.warning(
+                "out of memory; job failed",
+                extra={"job_id": job_id, "fresh": fresh, "attempt": received.delivery_attempt},
+            )
+            self._settle_with_result(
+                received, lambda: self.lifecycle.fail(job_id, "out_of_memory", reason)
+            )
+            return
+        log.warning("out of memory; retrying in a fresh process", extra={"job_id": job_id})
+        message = "ran out of memory; retried once in a fresh worker process"
+        self._requeue(job_id, received, "out_of_memory", message)
+        self._exit_status = RESTART_EXIT_STATUS
+        self.request_stop()
 
     def _after_interrupt(self, job_id: str, received: Received, control: JobControl) -> None:
         if control.lost.is_set():

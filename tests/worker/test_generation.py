@@ -12,6 +12,7 @@ from gpu_worker import tiny_random
 from gpu_worker.generation import (
     Renderer,
     RenderInterrupted,
+    RenderOutOfMemory,
     RenderRefused,
     RenderResult,
     TransientRenderError,
@@ -111,13 +112,14 @@ def test_should_stop_interrupts_after_that_step(renderer):
     assert renderer.render(REQUEST).frames.shape == (9, 64, 96, 3)
 
 
-def test_out_of_memory_is_transient(renderer, monkeypatch):
+def test_out_of_memory_is_its_own_transient_error(renderer, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(renderer, "_render", oom)
-    with pytest.raises(TransientRenderError, match="out of memory"):
+    with pytest.raises(RenderOutOfMemory, match="the cpu ran out of memory") as caught:
         renderer.render(REQUEST)
+    assert isinstance(caught.value, TransientRenderError)
 
 
 @pytest.mark.parametrize(

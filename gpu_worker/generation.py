@@ -166,9 +166,20 @@ class Renderer:
             pipe.scheduler = type(pipe.scheduler).from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False
             )
+        self._fit(pipe)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+
+    def _fit(self, pipe: Any) -> None:
+        """The profile's memory switches (model-profiles.json "fit"), before the move to the
+        device so that what is dropped never takes device memory."""
+        fit = self.profile.fit
+        if fit["vae_tiling"]:
+            pipe.vae.enable_tiling()
+        if not fit["vae_encoder"]:
+            # Text-to-video decodes only; conditioning on images or videos would encode.
+            pipe.vae.encoder = None
 
     def _pipeline_class(self) -> Any:
         import diffusers

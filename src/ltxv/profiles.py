@@ -28,6 +28,7 @@ class ModelProfile:
     pipeline: str
     dtype: str
     accelerator: str
+    fit: dict[str, Any]  # memory switches the worker applies at load (schema: "fit")
     defaults: dict[str, Any]
     limits: dict[str, Range]
     max_video_pixels: int
@@ -45,6 +46,7 @@ class ModelProfile:
             pipeline=data["pipeline"],
             dtype=data["dtype"],
             accelerator=data["accelerator"],
+            fit=data["fit"],
             defaults=data["defaults"],
             limits={field: Range(**bounds) for field, bounds in limits.items()},
             max_video_pixels=max_video_pixels,

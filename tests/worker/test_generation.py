@@ -149,3 +149,38 @@ def test_condition_pipeline_renders_too(tmp_path_factory):
     assert result.frames.shape == (9, 64, 96, 3)
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert np.array_equal(result.frames, renderer.render(REQUEST).frames)
+
+
+def test_the_profiles_memory_switches_are_applied(renderer):
+    """tiny-random fits as the deployed profiles do: tiled VAE decode, no VAE encoder."""
+    renderer.load()
+    vae = renderer.pipe.vae
+    assert PROFILE.fit == {"vae_tiling": True, "vae_encoder": False}
+    assert vae.use_tiling
+    assert vae.encoder is None
+    assert not any(name.startswith("encoder.") for name, _ in vae.named_parameters())
+    # Every real profile says how it fits its GPU, and fits it the same way.
+    for profile in all_profiles().values():
+        assert profile.fit["vae_tiling"] and not profile.fit["vae_encoder"]
+        if profile.accelerator == "cuda":
+            assert profile.fit["gpu_memory_gib"] <= 22  # an L4's usable memory
+
+
+def test_tiled_decode_runs_on_frames_larger_than_a_tile(tmp_path_factory):
+    """Tiles smaller than the frame, so the tiled path really runs (tiny-random's frames
+    are smaller than the default tiles). Its random weights decode noise, so the picture
+    is not compared with an untiled decode: the GPU benchmark compares real ones."""
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    renderer = Renderer(PROFILE, model_dir=model_dir)
+    renderer.load()
+    vae = renderer.pipe.vae
+    vae.tile_sample_min_height = vae.tile_sample_min_width = 64
+    vae.tile_sample_stride_height = vae.tile_sample_stride_width = 32
+    calls = []
+    tiled_decode = vae.tiled_decode
+    vae.tiled_decode = lambda *a, **k: calls.append(1) or tiled_decode(*a, **k)
+    request = {**REQUEST, "height": 128, "width": 192}
+    frames = renderer.render(request).frames
+    assert calls
+    assert frames.shape == (9, 128, 192, 3)
+    assert np.array_equal(frames, renderer.render(request).frames)

@@ -267,7 +267,12 @@ class Worker:
             started = time.monotonic()
             folder = self._workdir / job_id
             folder.mkdir(parents=True, exist_ok=True)
-            video = encode_mp4(frames, job["request"]["fps"], folder / "video.mp4")
+            video = encode_mp4(
+                frames,
+                job["request"]["fps"],
+                folder / "video.mp4",
+                encoder=self.settings.video_encoder,
+            )
             write_poster(frames[0], folder / "poster.jpg")
             timings["encode_seconds"] = round(time.monotonic() - started, 3)
             started = time.monotonic()

@@ -111,3 +111,24 @@ def test_poster_is_a_jpeg_of_the_frame(tmp_path):
 def test_bad_frames_are_refused(tmp_path, frames):
     with pytest.raises(ValueError):
         encode_mp4(frames, 8, tmp_path / "video.mp4")
+
+
+def test_auto_encodes_with_nvenc_only_where_it_opens(tmp_path):
+    from gpu_worker.encoding import ENCODERS, choose_encoder
+
+    # No NVIDIA driver here: NVENC (in PyAV's wheel) refuses to open, x264 takes over.
+    assert "h264_nvenc" in av.codecs_available
+    assert choose_encoder("auto") == ENCODERS["x264"] == choose_encoder("x264")
+    assert choose_encoder("nvenc")[0] == "h264_nvenc"  # insisting: it is what is asked for
+    with pytest.raises(ValueError, match="auto, nvenc or x264"):
+        choose_encoder("h265")
+    info = encode_mp4(moving_gradient(9, 64, 96), 8, tmp_path / "auto.mp4", encoder="auto")
+    assert (info.codec, probe(tmp_path / "auto.mp4").codec) == ("h264", "h264")
+
+
+def test_auto_picks_nvenc_when_it_opens(monkeypatch):
+    from gpu_worker import encoding
+
+    monkeypatch.setattr(encoding, "_opens", lambda codec: codec == "h264_nvenc")
+    codec, options = encoding.choose_encoder("auto")
+    assert codec == "h264_nvenc" and options["cq"] and options["preset"].startswith("p")

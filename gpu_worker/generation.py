@@ -86,6 +86,23 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def trim_prompt_padding(embeds: Any, mask: Any, negative: Any, negative_mask: Any) -> tuple:
+    """The prompt embeddings without the padding tokens every row masks out.
+
+    T5 pads on the right to max_sequence_length (128) and the transformer's cross-attention
+    masks the padding out, so cutting the columns no row attends to changes nothing but the
+    work: a prompt of 20 tokens attends over 20 keys instead of 128. Positive and negative
+    prompts keep one length (the longer one's), as classifier-free guidance batches them."""
+    masks = [m for m in (mask, negative_mask) if m is not None]
+    keep = max(int(m.sum(dim=-1).max()) for m in masks)
+    keep = max(keep, 1)  # an empty prompt still has its end token
+
+    def cut(tensor: Any) -> Any:
+        return None if tensor is None else tensor[:, :keep].contiguous()
+
+    return cut(embeds), cut(mask), cut(negative), cut(negative_mask)
+
+
 def _sync(device: Any) -> None:
     import torch
 
@@ -323,6 +340,8 @@ class Renderer:
                 max_sequence_length=max_sequence_length,
                 device=device,
             )
+            if self.profile.fit.get("trim_prompt_padding"):
+                embeds = trim_prompt_padding(*embeds)
             _sync(device)
             encoded = time.perf_counter()
             output = pipe(

@@ -155,7 +155,7 @@ def test_the_profiles_memory_switches_are_applied(renderer):
     """tiny-random fits as the deployed profiles do: tiled VAE decode, no VAE encoder."""
     renderer.load()
     vae = renderer.pipe.vae
-    assert PROFILE.fit == {"vae_tiling": True, "vae_encoder": False}
+    assert PROFILE.fit["vae_tiling"] and not PROFILE.fit["vae_encoder"]
     assert vae.use_tiling
     assert vae.encoder is None
     assert not any(name.startswith("encoder.") for name, _ in vae.named_parameters())
@@ -184,3 +184,33 @@ def test_tiled_decode_runs_on_frames_larger_than_a_tile(tmp_path_factory):
     assert calls
     assert frames.shape == (9, 128, 192, 3)
     assert np.array_equal(frames, renderer.render(request).frames)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_cutting_the_prompt_padding_changes_nothing_but_the_work(tmp_path_factory, guidance):
+    """The switch is exact up to float summation order: frames with and without it differ
+    by at most one level (issue 14's bound for attention switches), in a few pixels."""
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    request = {**REQUEST, "guidance_scale": guidance, "negative_prompt": "blurry, dark"}
+    trimmed = Renderer(PROFILE, model_dir=model_dir)
+    full = Renderer(
+        dataclasses.replace(PROFILE, fit={**PROFILE.fit, "trim_prompt_padding": False}),
+        model_dir=model_dir,
+    )
+    assert PROFILE.fit["trim_prompt_padding"]
+    a, b = trimmed.render(request).frames, full.render(request).frames
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_trim_prompt_padding_keeps_the_longer_prompt_whole():
+    from gpu_worker.generation import trim_prompt_padding
+
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    negative_mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    embeds, negative = torch.randn(1, 6, 4), torch.randn(1, 6, 4)
+    e, m, n, nm = trim_prompt_padding(embeds, mask, negative, negative_mask)
+    assert e.shape == n.shape == (1, 5, 4) and m.shape == nm.shape == (1, 5)
+    assert torch.equal(e, embeds[:, :5]) and torch.equal(nm, negative_mask[:, :5])
+    # Guidance off: no negative prompt at all.
+    e, m, n, nm = trim_prompt_padding(embeds, mask, None, None)
+    assert e.shape == (1, 3, 4) and n is None and nm is None

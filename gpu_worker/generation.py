@@ -197,6 +197,10 @@ class Renderer:
         if not fit["vae_encoder"]:
             # Text-to-video decodes only; conditioning on images or videos would encode.
             pipe.vae.encoder = None
+        if fit.get("compile"):
+            # The blocks diffusers declares as repeated (_repeated_blocks) compile once and
+            # serve every layer; Inductor's cache (TORCHINDUCTOR_CACHE_DIR) keeps the result.
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
 
     def _pipeline_class(self) -> Any:
         import diffusers

@@ -214,3 +214,50 @@ def test_trim_prompt_padding_keeps_the_longer_prompt_whole():
     # Guidance off: no negative prompt at all.
     e, m, n, nm = trim_prompt_padding(embeds, mask, None, None)
     assert e.shape == (1, 3, 4) and n is None and nm is None
+
+
+COMPILED_RENDER = """
+import json, sys, time
+import dataclasses
+from gpu_worker.generation import Renderer
+from ltxv.profiles import all_profiles
+
+profile = all_profiles()["tiny-random"]
+profile = dataclasses.replace(profile, fit={**profile.fit, "compile": True})
+renderer = Renderer(profile, model_dir=sys.argv[1])
+renderer.load()
+started = time.perf_counter()
+frames = renderer.render(json.loads(sys.argv[2])).frames
+seconds = time.perf_counter() - started
+frames.tofile(sys.argv[3])
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def test_compiled_blocks_render_the_same_and_their_cache_survives_a_restart(
+    tmp_path, tmp_path_factory
+):
+    """fit.compile on the CPU (Inductor): each run a fresh process sharing one cache
+    directory, as worker restarts on a VM share /var/cache/ltxv/torchinductor."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    runs = []
+    for n in range(2):
+        out = tmp_path / f"frames-{n}.bin"
+        result = subprocess.run(
+            [sys.executable, "-c", COMPILED_RENDER, str(model_dir), json.dumps(REQUEST), str(out)],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert any((tmp_path / "inductor").iterdir())
+    # The restarted process finds the compiled code: it does not pay the compile again.
+    assert runs[1]["seconds"] < runs[0]["seconds"] / 2, runs
+    eager = Renderer(PROFILE, model_dir=model_dir).render(REQUEST).frames
+    compiled = np.fromfile(tmp_path / "frames-1.bin", dtype=np.uint8).reshape(eager.shape)
+    assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1

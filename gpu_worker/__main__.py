@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
+import uuid
 from pathlib import Path
 
 from google.cloud import firestore, pubsub_v1, storage
@@ -17,7 +20,12 @@ from ltxv.store import JobStore
 from . import health
 from .generation import Renderer
 from .messages import JobMessages
-from .worker import Worker, worker_id
+from .worker import Worker
+
+
+def worker_id() -> str:
+    """Unique per process: a restarted worker on the same VM is another lease owner."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def main() -> int:

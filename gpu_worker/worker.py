@@ -23,12 +23,9 @@ else interrupts it, requeues and nacks it, and exits 0.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -74,11 +71,6 @@ OUT_OF_MEMORY_LAST_ATTEMPT = 3
 # A job recorded for another model comes back this late (each time counting toward the
 # dead-letter limit, whose handler then fails it with the claim's explanation).
 FOREIGN_RETRY_SECONDS = 60
-
-
-def worker_id() -> str:
-    """Unique per process: a restarted worker on the same VM is another lease owner."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Worker:

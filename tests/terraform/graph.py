@@ -47,14 +47,31 @@ def _unquote(name: str) -> str:
 
 
 @cache
-def graph(directory: Path = TERRAFORM) -> dict[str, set[str]]:
-    """address -> the addresses (resources, data sources, locals) it mentions."""
+def modules(directory: Path = TERRAFORM) -> tuple[dict[str, Any], ...]:
+    """Each .tf file of the directory as python-hcl2 reads it (expressions as written)."""
     import hcl2
 
-    edges: dict[str, set[str]] = {}
+    parsed = []
     for path in sorted(directory.glob("*.tf")):
         with path.open() as handle:
-            module = hcl2.load(handle)
+            parsed.append(hcl2.load(handle))
+    return tuple(parsed)
+
+
+def local_expression(name: str, directory: Path = TERRAFORM) -> str:
+    """A local's expression as written (tfparse cannot evaluate what needs the provider)."""
+    for module in modules(directory):
+        for block in module.get("locals", []):
+            if name in block:
+                return block[name].strip('"')
+    raise KeyError(name)
+
+
+@cache
+def graph(directory: Path = TERRAFORM) -> dict[str, set[str]]:
+    """address -> the addresses (resources, data sources, locals) it mentions."""
+    edges: dict[str, set[str]] = {}
+    for module in modules(directory):
         for kind, prefix in (("resource", ""), ("data", "data.")):
             for entry in module.get(kind, []):
                 for rtype, named in entry.items():

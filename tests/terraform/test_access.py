@@ -3,7 +3,8 @@ emails, each only when asked for (issue 13, findings 8 and 10)."""
 
 from __future__ import annotations
 
-from .conftest import PREFIX, PROJECT, ROOT, TERRAFORM, address, by_address, evaluate_with
+from .conftest import PREFIX, PROJECT, ROOT, address, by_address, evaluate_with
+from .graph import local_expression
 
 BUILD_SA = f"serviceAccount:{PREFIX}-build@{PROJECT}.iam.gserviceaccount.com"
 API_SA = f"serviceAccount:{PREFIX}-api@{PROJECT}.iam.gserviceaccount.com"
@@ -14,18 +15,6 @@ def _points_to(tf, value, kind: str) -> bool:
     referenced block's id where the provider's value would be)."""
     ids = {r["id"] for r in tf.get(kind, [])}
     return any(i in str(value) for i in ids) or kind in str(value)
-
-
-def _local(name: str) -> str:
-    """A local's expression as written (tfparse cannot evaluate what needs the provider)."""
-    import hcl2
-
-    for path in TERRAFORM.glob("*.tf"):
-        with path.open() as handle:
-            for block in hcl2.load(handle).get("locals", []):
-                if name in block:
-                    return block[name].strip('"')
-    raise KeyError(name)
 
 
 def _all_roles(tf) -> list[tuple[str, str, str]]:
@@ -52,7 +41,7 @@ def test_the_build_account_holds_logs_at_project_level_and_pushes_to_one_reposit
         'resource.name == "${local.function_sources_bucket}"'
         ' || resource.name.startsWith("${local.function_sources_bucket}/")'
     )
-    assert _local("function_sources_bucket") == (
+    assert local_expression("function_sources_bucket") == (
         "projects/_/buckets/gcf-v2-sources-${data.google_project.this.number}-${var.region}"
     )
     (push,) = tf["google_artifact_registry_repository_iam_member"]

@@ -189,7 +189,7 @@ class Renderer:
         self.pipe = pipe
 
     def _fit(self, pipe: Any) -> None:
-        """The profile's memory switches (model-profiles.json "fit"), before the move to the
+        """The profile's switches (model-profiles.json "fit"), before the move to the
         device so that what is dropped never takes device memory."""
         fit = self.profile.fit
         if fit["vae_tiling"]:

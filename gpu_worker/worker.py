@@ -330,10 +330,11 @@ class Worker:
         """Once in a fresh process, then failed: a request that does not fit never will."""
         fresh = self._renders == 1
         if fresh or received.delivery_attempt >= OUT_OF_MEMORY_LAST_ATTEMPT:
+            where = "in a fresh worker process" if fresh else "again, after a retry"
             reason = (
                 f"model {self.renderer.profile.name} ran out of memory on the "
-                f"{self.renderer.device} rendering this request in a fresh worker process: "
-                "it does not fit; ask for fewer frames, a smaller size or fewer steps"
+                f"{self.renderer.device} rendering this request {where}: it does not fit; "
+                "ask for fewer frames, a smaller size or fewer steps"
             )
             log.warning(
                 "out of memory; job failed",

@@ -242,12 +242,8 @@ class JobStore:
                 }
             return {"cancel_requested": True, "cancel_requested_at": now}
 
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        if not needs(job):
-            return job, False
         try:
+            # A cancel that changes nothing is one read: decide returns None, nothing is written.
             changed = self.transact(job_id, decide)
         except TransactionContended:
             # Others wrote the job meanwhile (another cancel, its worker): what matters

@@ -58,7 +58,7 @@ from .urlsafety import (
     system_resolver,
 )
 from .webhook_secrets import Secrets, WebhookSecrets
-from .webhook_sender import INTERNAL_ERROR, TIMED_OUT, SendResult, post_pinned
+from .webhook_sender import INTERNAL_ERROR, TIMED_OUT, SendResult, describe_error, post_pinned
 from .webhooks import build_event, encode_event, event_id, sign_headers
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class WebhookNotifier:
             return SendResult(None, str(exc), self._since(started)), str(exc)
         except Exception as exc:
             log.exception("webhook attempt failed unexpectedly", extra={"job_id": claim.job_id})
-            detail = f"{type(exc).__name__}: {exc}"[:300]
+            detail = describe_error(exc)
             return SendResult(None, INTERNAL_ERROR, self._since(started), detail=detail), None
 
     def _since(self, started: float) -> float:

@@ -174,7 +174,7 @@ def post_pinned(
         return _post(checked, body, headers, started, timeout, ca_certs)
     except Exception as exc:  # a bug of ours must not lose the attempt: it is recorded
         log.exception("webhook send failed unexpectedly", extra={"host": checked.host})
-        return SendResult(None, INTERNAL_ERROR, _since(started), detail=_detail(exc))
+        return SendResult(None, INTERNAL_ERROR, _since(started), detail=describe_error(exc))
 
 
 def _post(
@@ -213,7 +213,7 @@ def _post(
                 status, retry_after = response.status, response.headers.get("Retry-After")
                 response.close()
             except Exception as exc:
-                error, detail = _category(exc, watchdog.expired.is_set()), _detail(exc)
+                error, detail = _category(exc, watchdog.expired.is_set()), describe_error(exc)
                 log.info(
                     "webhook attempt failed",
                     extra={"address": address, "category": error, "detail": detail},
@@ -286,7 +286,8 @@ def _retry_after(raw: str | None, now: datetime | None = None) -> float | None:
         return None
 
 
-def _detail(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """An exception as one short line for a delivery record (no traceback, 300 chars)."""
     reason = getattr(exc, "reason", None) or exc
     return f"{type(exc).__name__}: {reason}"[:300]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Pub/Sub adds this attribute to a dead-lettered message: how often it was delivered.
 DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
+DELIVERY_COUNT = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also takes "²"
 
 
 class DeadLetters:
@@ -55,7 +57,7 @@ class DeadLetters:
             )
             return "no_job"
         count = attributes.get(DELIVERY_COUNT_ATTRIBUTE, "")
-        return self.handle(job_id, int(count) if count.isdigit() else None)
+        return self.handle(job_id, int(count) if DELIVERY_COUNT.fullmatch(count) else None)
 
     def handle(self, job_id: str, delivery_attempts: int | None = None) -> str:
         seen: dict[str, str] = {}

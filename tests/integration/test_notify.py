@@ -672,6 +672,15 @@ def test_dead_letter_entry_point_reads_the_pubsub_message(service, notify_env):
     garbage = {"message": {"data": base64.b64encode(b"not json").decode(), "messageId": "2"}}
     assert _cloud_event(client, garbage, kind, source).status_code == 200  # dropped, logged
 
+    # A count that is no ASCII number ("²" passes str.isdigit(), not int()) is no count: the
+    # job still fails, instead of the event answering 500 and being redelivered for a day.
+    other = submit(service, None)
+    odd = {**message, "messageId": "3"}
+    odd["data"] = base64.b64encode(json.dumps({"job_id": other}).encode()).decode()
+    odd["attributes"] = {"job_id": other, "CloudPubSubDeadLetterSourceDeliveryCount": "\u00b2"}
+    assert _cloud_event(client, {"message": odd}, kind, source).status_code == 200
+    assert service.store.get(other)["state"] == "failed"
+
 
 # --- cancellation -----------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ below closes one way of pointing that connection somewhere internal:
   the sender at whatever else listens on a public host (mail, databases, admin panels)
   and learn from the recorded outcome whether it is open: a port scanner run by us.
   The local http-loopback mode keeps any port, for loopback addresses only.
-- **Resolve within a time limit.** A lookup runs on a small shared thread pool and is
+- **Resolve within a time limit.** A lookup runs on a thread of its own and is
   given up after a few seconds (``RESOLVE_TIMEOUT_SECONDS``): a stuck resolver must not
   hold a request, a prompt-file line or a delivery. :func:`caching` memoises lookups for
   the duration of one batch (a prompt file), so a thousand lines naming one slow host

@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +49,15 @@ BACKEND_ERRORS = (
 
 class Unavailable(RuntimeError):
     """A backend failed; nothing was accepted and the client may retry."""
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(backend: str) -> Iterator[None]:
+    """A backend error inside becomes Unavailable, naming the backend."""
+    try:
+        yield
+    except BACKEND_ERRORS as exc:
+        raise Unavailable(f"{backend} unavailable: {exc}") from exc
 
 
 # How long a replay waits for another request's publish of the same job before it asks
@@ -130,18 +140,14 @@ class Intake:
         burst of requests counted at the same moment may pass it by a few."""
         if not self.max_in_flight:
             return float("inf")
-        try:
+        with _unavailable_on_error("job store"):
             return self.max_in_flight - self.store.count_in_flight(
                 api_key_id, up_to=self.max_in_flight
             )
-        except BACKEND_ERRORS as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from exc
 
     def exists(self, job_id: str) -> bool:
-        try:
+        with _unavailable_on_error("job store"):
             return self.store.get(job_id) is not None
-        except BACKEND_ERRORS as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from exc
 
     def accept(self, request: dict[str, Any], *, job_id: str, origin: JobOrigin) -> Accepted:
         """Record and publish a validated request under a stable job id, exactly once."""
@@ -191,10 +197,8 @@ class Intake:
                 raise Unavailable("the job's creation was undone (its publish failed)")
             job = current
             if claimed:
-                try:
+                with _unavailable_on_error("job queue"):
                     self.dispatcher.publish([job])
-                except BACKEND_ERRORS as exc:
-                    raise Unavailable(f"job queue unavailable: {exc}") from exc
                 job = self._mark_published(job)
                 break
             if time.monotonic() > give_up:
@@ -221,10 +225,8 @@ class Intake:
             claimed = True
             return {"publish_claim_until": now + self.publish_claim}
 
-        try:
+        with _unavailable_on_error("job store"):
             job = self.store.transact(job_id, decide)
-        except BACKEND_ERRORS as exc:
-            raise Unavailable(f"job store unavailable: {exc}") from exc
         return claimed, job
 
     def _mark_published(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Every setting of the service, read from `LTXV_*` environment variables in this one place.
 
 Each field names the variables it is read from (`setting(...)`); `Settings.from_env()` reads
-them all, parsing each by the field's type. Resource names follow the deployment prefix the
-same way terraform names them, so the local stack and a deployed project agree on what a
-topic or bucket is called.
+them all, parsing each by the field's type. Resource names follow the deployment prefix as
+`schemas/resources.json` spells them, the table terraform names them from too, so the local
+stack and a deployed project agree on what a topic or bucket is called.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import Field, dataclass, field, fields
 from functools import cache, cached_property
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
+
+from . import resources
 
 
 def setting(env: str, default: Any = None, *, also: tuple[str, ...] = ()) -> Any:
@@ -166,7 +168,7 @@ class Settings:
 
     @property
     def topic(self) -> str:
-        return self.topic_name or f"{self.prefix}-jobs"
+        return self.topic_name or resources.name("topic", self.prefix)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -179,7 +181,7 @@ class Settings:
 
     def subscription_for(self, model: str) -> str:
         """The subscription `model`'s worker pool pulls (filtered on the model attribute)."""
-        return f"{self.prefix}-jobs-worker-{model}"
+        return resources.name("worker_subscription", self.prefix, model=model)
 
     @property
     def subscription(self) -> str:
@@ -188,28 +190,33 @@ class Settings:
 
     @property
     def dead_letter_topic(self) -> str:
-        return self.dead_letter_topic_name or f"{self.prefix}-jobs-dead-letter"
+        return self.dead_letter_topic_name or resources.name("dead_letter_topic", self.prefix)
 
     @property
     def dead_letter_subscription(self) -> str:
         return f"{self.dead_letter_topic}-notify"
 
     @property
+    def sweep_topic(self) -> str:
+        """The topic Cloud Scheduler publishes the redispatch tick to."""
+        return resources.name("sweep_topic", self.prefix)
+
+    @property
     def prompts(self) -> str:
-        return self.prompts_bucket or f"{self.prefix}-prompts"
+        return self.prompts_bucket or resources.name("prompts_bucket", self.prefix)
 
     @property
     def outputs(self) -> str:
-        return self.outputs_bucket or f"{self.prefix}-outputs"
+        return self.outputs_bucket or resources.name("outputs_bucket", self.prefix)
 
     @property
     def model_cache(self) -> str:
-        return f"{self.prefix}-model-cache"
+        return resources.name("model_cache_bucket", self.prefix)
 
     @property
     def function_source(self) -> str:
         """Where terraform keeps the function and worker archives."""
-        return f"{self.prefix}-function-source"
+        return resources.name("function_source_bucket", self.prefix)
 
     @property
     def storage_events_topic(self) -> str:

@@ -26,6 +26,8 @@ import numpy as np
 
 from ltxv.profiles import ModelProfile
 
+from . import sampling
+
 log = logging.getLogger(__name__)
 
 # Request keys that map onto pipeline arguments of the same name.
@@ -176,13 +178,9 @@ class Renderer:
     def use(self, pipe: Any) -> None:
         """Render with this pipeline (as `load` does with the one it loads; benchmarks hand
         in one built elsewhere)."""
-        if type(pipe).__name__ == "LTXConditionPipeline" and pipe.scheduler.config.get(
-            "use_dynamic_shifting"
-        ):
-            # It hands the scheduler explicit timesteps, which dynamic shifting refuses.
-            pipe.scheduler = type(pipe.scheduler).from_config(
-                pipe.scheduler.config, use_dynamic_shifting=False
-            )
+        if type(pipe).__name__ == "LTXConditionPipeline":
+            # It hands the scheduler explicit timesteps, to be taken as the sigmas.
+            pipe.scheduler = sampling.condition_scheduler(pipe.scheduler)
         self._fit(pipe)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -304,6 +302,9 @@ class Renderer:
         seed = int(params["seed"])
         call = {k: params[k] for k in _PIPELINE_KEYS if k in params}
         call["frame_rate"] = params["fps"]
+        schedule = sampling.timesteps(self.profile, call["num_inference_steps"])
+        if schedule is not None:
+            call["timesteps"] = schedule
         signature = inspect.signature(type(pipe).__call__).parameters
         max_sequence_length = params.get(
             "max_sequence_length", signature["max_sequence_length"].default

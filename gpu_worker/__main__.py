@@ -18,6 +18,7 @@ from ltxv.settings import get_settings
 from ltxv.store import JobStore
 
 from . import health
+from .compile_cache import CompileCache
 from .generation import Renderer
 from .messages import JobMessages
 from .worker import Worker
@@ -40,6 +41,12 @@ def main() -> int:
     )
     if settings.worker_health_port:
         health.serve(status, settings.health_host, settings.worker_health_port)
+    storage_client = storage.Client(project=settings.project)
+    compile_cache = None
+    if settings.compile_cache_uri:
+        compile_cache = CompileCache(
+            storage_client, settings.compile_cache_uri, settings.worker_model
+        )
     store = JobStore(
         firestore.Client(project=settings.project),
         settings.jobs_collection,
@@ -53,13 +60,14 @@ def main() -> int:
             settings.lease_seconds,
             model=settings.worker_model,
         ),
-        storage_client=storage.Client(project=settings.project),
+        storage_client=storage_client,
         messages=JobMessages(
             pubsub_v1.SubscriberClient(), settings.subscription_path, settings.ack_extension_seconds
         ),
         renderer=Renderer(
             all_profiles()[settings.worker_model],
             model_dir=Path(settings.model_dir) if settings.model_dir else None,
+            compile_cache=compile_cache,
         ),
         health=status,
     )

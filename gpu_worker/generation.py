@@ -26,7 +26,7 @@ import numpy as np
 
 from ltxv.profiles import ModelProfile
 
-from . import loading, sampling
+from . import fit, loading, sampling
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +88,6 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def trim_prompt_padding(embeds: Any, mask: Any, negative: Any, negative_mask: Any) -> tuple:
-    """The prompt embeddings without the padding tokens every row masks out.
-
-    T5 pads on the right to max_sequence_length (128) and the transformer's cross-attention
-    masks the padding out, so cutting the columns no row attends to changes nothing but the
-    work: a prompt of 20 tokens attends over 20 keys instead of 128. Positive and negative
-    prompts keep one length (the longer one's), as classifier-free guidance batches them."""
-    masks = [m for m in (mask, negative_mask) if m is not None]
-    keep = max(int(m.sum(dim=-1).max()) for m in masks)
-    keep = max(keep, 1)  # an empty prompt still has its end token
-
-    def cut(tensor: Any) -> Any:
-        return None if tensor is None else tensor[:, :keep].contiguous()
-
-    return cut(embeds), cut(mask), cut(negative), cut(negative_mask)
-
-
 def _sync(device: Any) -> None:
     import torch
 
@@ -121,12 +104,16 @@ class Renderer:
         *,
         model_dir: Path | str | None = None,
         device: str | None = None,
+        compile_cache: Any = None,
     ) -> None:
         self.profile = profile
         self.model_dir = Path(model_dir).expanduser() if model_dir is not None else None
         self._device_name = device
+        # A gpu_worker.compile_cache.CompileCache: compiled blocks shared between VMs.
+        self.compile_cache = compile_cache
         self.pipe: Any = None
         self.load_seconds: float | None = None
+        self.applied: dict[str, Any] = {}  # the fit switches in effect (fit.after_move)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -156,6 +143,8 @@ class Renderer:
         transformers.utils.logging.disable_progress_bar()
         started = time.perf_counter()
         self.use(loading.load_pipeline(self.profile, self.model_dir, self.dtype))
+        if self.applied["compile"]:
+            self.warm_up()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded",
@@ -163,6 +152,7 @@ class Renderer:
                 "model": self.profile.name,
                 "device": self.device,
                 "dtype": self.profile.dtype,
+                "fit": self.applied,
                 "seconds": round(self.load_seconds, 3),
             },
         )
@@ -174,24 +164,48 @@ class Renderer:
         if type(pipe).__name__ == "LTXConditionPipeline":
             # It hands the scheduler explicit timesteps, to be taken as the sigmas.
             pipe.scheduler = sampling.condition_scheduler(pipe.scheduler)
-        self._fit(pipe)
+        fit.before_move(pipe, self.profile.fit)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        self.applied = fit.after_move(pipe, self.profile.fit, self.device)
         self.pipe = pipe
 
-    def _fit(self, pipe: Any) -> None:
-        """The profile's switches (model-profiles.json "fit"), before the move to the
-        device so that what is dropped never takes device memory."""
-        fit = self.profile.fit
-        if fit["vae_tiling"]:
-            pipe.vae.enable_tiling()
-        if not fit["vae_encoder"]:
-            # Text-to-video decodes only; conditioning on images or videos would encode.
-            pipe.vae.encoder = None
-        if fit.get("compile"):
-            # The blocks diffusers declares as repeated (_repeated_blocks) compile once and
-            # serve every layer; Inductor's cache (TORCHINDUCTOR_CACHE_DIR) keeps the result.
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    def warm_up(self) -> float:
+        """Render once at the default size with the fewest steps, so that the compile (or
+        the read of Inductor's cache) happens before the first job, not in it. A compile
+        that fails is undone: the worker renders eagerly instead of failing every job.
+        The seconds it took."""
+        from . import compile_cache
+
+        started = time.perf_counter()
+        key = compile_cache.cache_key(self.profile, self.device)
+        if self.compile_cache is not None:
+            try:
+                self.compile_cache.restore(key)
+            except Exception as exc:  # a cold compile is slower, not wrong
+                log.warning("could not restore the compile cache", exc_info=exc)
+        request = {
+            **self.profile.defaults,
+            "prompt": "warm-up",
+            "num_inference_steps": self.profile.limits["num_inference_steps"].min,
+        }
+        try:
+            self.render(request)
+        except RenderOutOfMemory:
+            raise  # the default size does not fit: that is not the compiler's doing
+        except Exception as exc:
+            log.error("compiled blocks failed: rendering eagerly", exc_info=exc)
+            fit.uncompile_blocks(self.pipe.transformer)
+            self.applied["compile"] = False
+        else:
+            if self.compile_cache is not None:
+                try:
+                    self.compile_cache.publish(key)
+                except Exception as exc:
+                    log.warning("could not publish the compile cache", exc_info=exc)
+        seconds = time.perf_counter() - started
+        log.info("warmed up", extra={"seconds": round(seconds, 3), "compile": self.applied})
+        return seconds
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -299,7 +313,7 @@ class Renderer:
                 device=device,
             )
             if self.profile.fit.get("trim_prompt_padding"):
-                embeds = trim_prompt_padding(*embeds)
+                embeds = fit.trim_prompt_padding(*embeds)
             _sync(device)
             encoded = time.perf_counter()
             output = pipe(

@@ -201,6 +201,8 @@ write_env_file() {
     echo "LTXV_WORKER_MODEL=${CFG_MODEL}"
     echo "LTXV_DEFAULT_MODEL=${CFG_DEFAULT_MODEL}"
     echo "LTXV_MODEL_DIR=$(model_dir)"
+    # Compiled transformer blocks, shared with the VMs that come later (compile_cache.py).
+    echo "LTXV_COMPILE_CACHE_URI=$(cache_bucket)/compile-cache"
     echo "LTXV_SHUTDOWN_GRACE_SECONDS=${CFG_SHUTDOWN_GRACE_SECONDS}"
     echo "LTXV_LOG_LEVEL=${CFG_LOG_LEVEL}"
     [[ -z "$CFG_SUBSCRIPTION" ]] || echo "LTXV_SUBSCRIPTION=${CFG_SUBSCRIPTION}"

@@ -122,6 +122,9 @@ class Settings:
     storage_retry_seconds: float = 60.0
     # H.264 encoder of the videos: auto (NVENC when the GPU offers it, else x264), nvenc, x264.
     video_encoder: str = "auto"
+    # Where workers share their compiled transformer blocks (gpu_worker/compile_cache.py),
+    # e.g. gs://PREFIX-model-cache/compile-cache; unset: each VM compiles for itself.
+    compile_cache_uri: str | None = None
     # The worker's GET /healthz (gpu_worker/health.py): off when the port is 0. The worker
     # listens on health_port + health_port_offset (the VM's unit sets the offset to the
     # GPU index, so worker@N has port 8080 + N); 0.0.0.0 on a VM, where the MIG probes it.
@@ -199,6 +202,7 @@ class Settings:
             shutdown_grace_seconds=_env_float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             storage_retry_seconds=_env_float("STORAGE_RETRY_SECONDS", cls.storage_retry_seconds),
             video_encoder=_env("VIDEO_ENCODER", cls.video_encoder),
+            compile_cache_uri=_env("COMPILE_CACHE_URI"),
             health_port=_env_int("HEALTH_PORT", cls.health_port),
             health_port_offset=_env_int("HEALTH_PORT_OFFSET", cls.health_port_offset),
             health_host=_env("HEALTH_HOST", cls.health_host),

@@ -468,6 +468,8 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
     assert settings.shutdown_grace_seconds == 15
     assert settings.subscription == f"demo-jobs-worker-{MODEL}"
     assert settings.model_cache == CACHE
+    # Compiled blocks are shared beside the weights (gpu_worker/compile_cache.py).
+    assert settings.compile_cache_uri == f"gs://{CACHE}/compile-cache"
 
     # Every boot writes it again; unchanged metadata leaves it (and the workers) alone.
     again = vm.run("read_config\nwrite_env_file\necho CHANGED=$CHANGED")

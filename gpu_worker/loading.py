@@ -89,7 +89,7 @@ def read_single_file(
     models = []
     with safe_open(str(checkpoint), framework="pt", device="cpu") as file:
         keys = list(file.keys())
-        config = str(config_dir) if config_dir is not None else _config_repo(file, keys)
+        config = str(config_dir) if config_dir is not None else config_repo(file, keys)
         for class_name, subfolder, takes in COMPONENTS:
             state = {key: file.get_tensor(key) for key in keys if takes(key)}
             cls = getattr(diffusers, class_name)
@@ -101,7 +101,7 @@ def read_single_file(
     return transformer, vae
 
 
-def _config_repo(file: Any, keys: list[str]) -> str:
+def config_repo(file: Any, keys: list[str]) -> str:
     """The repository diffusers takes the checkpoint's model configs from, inferred as
     `from_single_file` infers it (key names and shapes), from empty meta tensors: no tensor
     data is read for it."""
@@ -110,3 +110,16 @@ def _config_repo(file: Any, keys: list[str]) -> str:
 
     shapes = {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in keys}
     return fetch_diffusers_config(shapes)["pretrained_model_name_or_path"]
+
+
+def fetch_model_configs(checkpoint: Path, directory: Path) -> None:
+    """Put the transformer's and the VAE's configs beside the checkpoint (from the
+    repository diffusers infers for it), so that loading needs no hub: run where the
+    weights are fetched, and synced to every VM with them."""
+    from huggingface_hub import hf_hub_download
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt", device="cpu") as file:
+        repo = config_repo(file, list(file.keys()))
+    for _, subfolder, _ in COMPONENTS:
+        hf_hub_download(repo, f"{subfolder}/config.json", local_dir=directory)

@@ -169,3 +169,26 @@ def test_without_local_configs_they_come_from_the_repo_diffusers_infers(
     transformer_keys, vae_keys = asked[0][3], asked[1][3]
     assert all(k.startswith("model.diffusion_model.") for k in transformer_keys)
     assert all(k.startswith("vae.") for k in vae_keys)
+
+
+def test_fetching_the_weights_also_fetches_their_configs(single_file_dir, tmp_path, monkeypatch):
+    """What fetch_model syncs to the cache bucket holds transformer/ and vae/ configs, so a
+    VM's worker loads the checkpoint without asking the hub."""
+    import huggingface_hub
+
+    asked = []
+
+    def download(repo, filename, local_dir):
+        asked.append((repo, filename))
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    loading.fetch_model_configs(single_file_dir / tiny_random.SINGLE_FILE, tmp_path)
+    assert asked == [
+        ("diffusers/LTX-Video-0.9.1", "transformer/config.json"),
+        ("diffusers/LTX-Video-0.9.1", "vae/config.json"),
+    ]
+    assert loading.has_model_configs(tmp_path)

@@ -13,7 +13,6 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from .jobs import State, check_transition, utcnow
+from .jobs import Page, State, check_transition, utcnow
 
 
 class JobExists(Exception):
@@ -47,12 +46,6 @@ class TransactionContended(gexc.Aborted):
     like any other (a subclass of Aborted): the caller retries later, a client gets 503.
     (`firestore.transactional` raises a plain ValueError for its version of this, which
     reads as a bug; `transact` does not use it.)"""
-
-
-@dataclass(frozen=True)
-class Page:
-    jobs: list[dict[str, Any]]
-    next_page_token: str | None
 
 
 def _encode_cursor(job: dict[str, Any]) -> str:

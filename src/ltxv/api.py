@@ -10,23 +10,27 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
-from functools import cached_property
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Request, Response
+from google.cloud import storage
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import openapi
-from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
+from .auth import KeyRing
+from .intake import BACKEND_ERRORS, IdempotencyConflict, Intake, TooManyJobs, Unavailable
 from .job_views import JobViews
 from .jobs import State, to_json
+from .profiles import ModelProfile
 from .results import build_result, write_result_once
 from .routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
-from .service import Service
-from .store import BadPageToken, JobNotFound
+from .settings import Settings
+from .store import BadPageToken, JobNotFound, JobStore
 from .validation import JsonSyntaxError, RequestInvalid, parse_json
 from .web import PAGE, WebPage
+from .webhook_secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +99,24 @@ def unavailable(message: str) -> HttpError:
     return HttpError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
 
 
+@dataclass(eq=False)
 class JobsApi:
-    """A callable that functions-framework hands each Flask request."""
+    """A callable that functions-framework hands each Flask request; its parts come from
+    `ltxv.compose_submit.api`."""
 
-    def __init__(
-        self,
-        service: Service,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.service = service
-        self.settings = service.settings
-        self.sleep = sleep
-        self.clock = clock
+    settings: Settings
+    profiles: Mapping[str, ModelProfile]
+    store: JobStore
+    intake: Intake
+    keyring: KeyRing
+    webhook_secrets: WebhookSecrets
+    storage: storage.Client
+    views: JobViews
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
         self.web = WebPage(self.settings.storage_origin)
-
-    @cached_property
-    def views(self) -> JobViews:
-        # Built at first use: the signer's storage client is not needed to answer most calls.
-        return JobViews(self.service.signer, self.settings.signed_url_minutes)
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -176,7 +178,7 @@ class JobsApi:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            key_id = self.service.keyring.authenticate(presented)
+            key_id = self.keyring.authenticate(presented)
         except BACKEND_ERRORS as exc:
             raise unavailable("API keys cannot be read right now; retry shortly") from exc
         if key_id is None:
@@ -233,7 +235,7 @@ class JobsApi:
         return min(int(match.group(1)), self.settings.max_wait_seconds) if match else 0
 
     def _owned_job(self, job_id: str, key_id: str) -> dict[str, Any]:
-        job = self.service.store.get(job_id) if JOB_ID.match(job_id) else None
+        job = self.store.get(job_id) if JOB_ID.match(job_id) else None
         if job is None or job["api_key_id"] != key_id:
             # Another key's job is reported exactly like a missing one: ids leak nothing.
             raise HttpError(404, "not_found", f"job {job_id} not found")
@@ -245,7 +247,7 @@ class JobsApi:
         while not State(job["state"]).terminal and self.clock() < deadline:
             self.sleep(min(interval, max(0.0, deadline - self.clock())))
             interval = min(interval * 1.5, 1.0)
-            job = self.service.store.get(job["job_id"]) or job
+            job = self.store.get(job["job_id"]) or job
         return job
 
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
@@ -253,7 +255,7 @@ class JobsApi:
         idempotency_key = self._idempotency_key(request)
         body = self._json_body(request)
         try:
-            accepted = self.service.intake.submit_http(
+            accepted = self.intake.submit_http(
                 body, api_key_id=key_id, idempotency_key=idempotency_key
             )
         except RequestInvalid as exc:
@@ -299,7 +301,7 @@ class JobsApi:
     def openapi(self, request: Request) -> Response:
         settings = self.settings
         return json_response(
-            openapi.document(self.service.profiles, settings.max_body_bytes, settings.default_model)
+            openapi.document(self.profiles, settings.max_body_bytes, settings.default_model)
         )
 
     def create_job(self, request: Request) -> Response:
@@ -338,7 +340,7 @@ class JobsApi:
         if problems:
             raise HttpError(400, "invalid_argument", "invalid query parameters", problems)
         try:
-            page = self.service.store.list(
+            page = self.store.list(
                 key_id, state=state, page_size=page_size, page_token=args.get("page_token")
             )
         except BadPageToken as exc:
@@ -357,7 +359,7 @@ class JobsApi:
         if not JOB_ID.match(job_id):
             raise HttpError(404, "not_found", f"job {job_id} not found")
         try:
-            job, changed = self.service.store.request_cancel(job_id, key_id)
+            job, changed = self.store.request_cancel(job_id, key_id)
         except JobNotFound as exc:
             raise HttpError(404, "not_found", f"job {job_id} not found") from exc
         if job["state"] in (State.SUCCEEDED, State.FAILED):
@@ -376,7 +378,7 @@ class JobsApi:
         settled without a result.json and writes it.
         """
         try:
-            write_result_once(self.service.storage, self.settings.outputs, build_result(job))
+            write_result_once(self.storage, self.settings.outputs, build_result(job))
         except BACKEND_ERRORS as exc:
             log.warning(
                 "result.json for a canceled job not written yet",
@@ -419,7 +421,7 @@ class JobsApi:
         """This key's webhook signing secrets (current first), and no other key's."""
         key_id = self._authenticate(request)
         try:
-            secrets = self.service.webhook_secrets.for_key(key_id)
+            secrets = self.webhook_secrets.for_key(key_id)
         except BACKEND_ERRORS as exc:
             raise unavailable("webhook secrets cannot be read right now; retry shortly") from exc
         if not secrets:

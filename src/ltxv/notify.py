@@ -138,13 +138,13 @@ class WebhookNotifier:
         storage_client: storage.Client,
         settings: Settings,
         *,
-        secrets: WebhookSecrets | None = None,
+        secrets: WebhookSecrets,
         resolver: Resolver = system_resolver,
         send: Send = post_pinned,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.secrets = secrets or WebhookSecrets.from_settings(settings)
+        self.secrets = secrets
         self.store = store
         self.storage = storage_client
         self.settings = settings

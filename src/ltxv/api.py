@@ -58,7 +58,7 @@ ROUTES = Map(
 )
 
 
-class ApiError(Exception):
+class HttpError(Exception):
     def __init__(
         self,
         status: int,
@@ -108,15 +108,15 @@ def framework_error(error: HTTPException) -> Response:
     """Errors raised before a request reaches JobsApi (e.g. a path no route can hold)."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     status = error.code or 500
-    return ApiError(
+    return HttpError(
         status,
         code.get(status, "invalid_argument" if status < 500 else "internal"),
         error.description or error.name,
     ).response()
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
+def unavailable(message: str) -> HttpError:
+    return HttpError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
 
 
 class JobsApi:
@@ -146,23 +146,23 @@ class JobsApi:
             endpoint, args = ROUTES.bind("", "").match(request.path, request.method)
             response = getattr(self, endpoint)(request, **args)
         except NotFound:
-            response = ApiError(404, "not_found", f"no route for {request.path}").response()
+            response = HttpError(404, "not_found", f"no route for {request.path}").response()
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or []))
-            response = ApiError(
+            response = HttpError(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.path}; use {allowed}",
                 headers={"Allow": allowed},
             ).response()
-        except ApiError as exc:
+        except HttpError as exc:
             response = exc.response()
         except (Unavailable, *BACKEND_ERRORS) as exc:
             log.warning("backend unavailable", extra={"error": str(exc)})
             response = unavailable("a backend is unavailable; retry shortly").response()
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
-            response = ApiError(500, "internal", "internal error").response()
+            response = HttpError(500, "internal", "internal error").response()
         log.info(
             "request",
             extra={
@@ -184,7 +184,7 @@ class JobsApi:
         if presented is None and authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(
+                raise HttpError(
                     401,
                     "unauthenticated",
                     "Authorization must be 'Bearer <API key>'",
@@ -193,7 +193,7 @@ class JobsApi:
                 )
             presented = token.strip()
         if not presented:
-            raise ApiError(
+            raise HttpError(
                 401,
                 "unauthenticated",
                 "missing API key: send X-API-Key: <key> or Authorization: Bearer <key>",
@@ -204,7 +204,7 @@ class JobsApi:
         except BACKEND_ERRORS as exc:
             raise unavailable("API keys cannot be read right now; retry shortly") from exc
         if key_id is None:
-            raise ApiError(
+            raise HttpError(
                 401, "unauthenticated", "invalid API key", headers={"WWW-Authenticate": "Bearer"}
             )
         return key_id
@@ -212,7 +212,7 @@ class JobsApi:
     def _json_body(self, request: Request) -> Any:
         limit = self.settings.max_body_bytes
         if request.mimetype != "application/json":
-            raise ApiError(
+            raise HttpError(
                 415,
                 "unsupported_media_type",
                 "send the request body as JSON with Content-Type: application/json",
@@ -224,17 +224,17 @@ class JobsApi:
         if len(raw) > limit:
             raise self._too_large(limit)
         if not raw.strip():
-            raise ApiError(400, "invalid_json", "request body is empty; send a JSON object")
+            raise HttpError(400, "invalid_json", "request body is empty; send a JSON object")
         try:
             return parse_json(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
-            raise ApiError(400, "invalid_json", "request body is not valid UTF-8") from exc
+            raise HttpError(400, "invalid_json", "request body is not valid UTF-8") from exc
         except JsonSyntaxError as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+            raise HttpError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
 
     @staticmethod
-    def _too_large(limit: int) -> ApiError:
-        return ApiError(
+    def _too_large(limit: int) -> HttpError:
+        return HttpError(
             413, "payload_too_large", f"request body is larger than the limit of {limit} bytes"
         )
 
@@ -244,7 +244,7 @@ class JobsApi:
         if key is None:
             return None
         if not IDEMPOTENCY_KEY.match(key):
-            raise ApiError(
+            raise HttpError(
                 400,
                 "invalid_argument",
                 "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
@@ -260,7 +260,7 @@ class JobsApi:
         job = self.service.store.get(job_id) if JOB_ID.match(job_id) else None
         if job is None or job["api_key_id"] != key_id:
             # Another key's job is reported exactly like a missing one: ids leak nothing.
-            raise ApiError(404, "not_found", f"job {job_id} not found")
+            raise HttpError(404, "not_found", f"job {job_id} not found")
         return job
 
     def _wait_until_settled(self, job: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -281,14 +281,14 @@ class JobsApi:
                 body, api_key_id=key_id, idempotency_key=idempotency_key
             )
         except RequestInvalid as exc:
-            raise ApiError(
+            raise HttpError(
                 422,
                 "validation_failed",
                 f"the request has {len(exc.errors)} invalid field(s)",
                 [e.as_dict() for e in exc.errors],
             ) from exc
         except TooManyJobs as exc:
-            raise ApiError(
+            raise HttpError(
                 429,
                 "too_many_jobs",
                 f"{exc}; submit again once some have finished",
@@ -296,7 +296,7 @@ class JobsApi:
                 headers={"Retry-After": "30"},
             ) from exc
         except IdempotencyConflict as exc:
-            raise ApiError(
+            raise HttpError(
                 409,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request body",
@@ -314,7 +314,7 @@ class JobsApi:
         """The web page's files; no key needed (they hold no data, the API calls do)."""
         response = self.web.response(name, request)
         if response is None:
-            raise ApiError(404, "not_found", f"no such asset: {name}")
+            raise HttpError(404, "not_found", f"no such asset: {name}")
         return response
 
     def health(self, request: Request) -> Response:
@@ -360,13 +360,13 @@ class JobsApi:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             problems.append({"path": "query.page_size", "message": f"must be 1 to {MAX_PAGE_SIZE}"})
         if problems:
-            raise ApiError(400, "invalid_argument", "invalid query parameters", problems)
+            raise HttpError(400, "invalid_argument", "invalid query parameters", problems)
         try:
             page = self.service.store.list(
                 key_id, state=state, page_size=page_size, page_token=args.get("page_token")
             )
         except BadPageToken as exc:
-            raise ApiError(
+            raise HttpError(
                 400,
                 "invalid_argument",
                 str(exc),
@@ -379,13 +379,13 @@ class JobsApi:
     def cancel_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
         if not JOB_ID.match(job_id):
-            raise ApiError(404, "not_found", f"job {job_id} not found")
+            raise HttpError(404, "not_found", f"job {job_id} not found")
         try:
             job, changed = self.service.store.request_cancel(job_id, key_id)
         except JobNotFound as exc:
-            raise ApiError(404, "not_found", f"job {job_id} not found") from exc
+            raise HttpError(404, "not_found", f"job {job_id} not found") from exc
         if job["state"] in (State.SUCCEEDED, State.FAILED):
-            raise ApiError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
+            raise HttpError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
         if job["state"] == State.CANCELED and changed:
             self._write_canceled_result(job)  # once, by the call that canceled it
         # A running job stops between denoising steps: accepted, not yet done.
@@ -419,7 +419,7 @@ class JobsApi:
         if state == State.FAILED:
             error = job.get("error") or {}
             retryable = bool(error.get("retryable"))
-            raise ApiError(
+            raise HttpError(
                 503 if retryable else 422,
                 "job_failed",
                 error.get("message") or "the job failed",
@@ -427,9 +427,9 @@ class JobsApi:
                 job_id=job_id,
             )
         if state == State.CANCELED:
-            raise ApiError(409, "job_canceled", f"job {job_id} was canceled", job_id=job_id)
+            raise HttpError(409, "job_canceled", f"job {job_id} was canceled", job_id=job_id)
         waited = round(self.clock() - started)
-        raise ApiError(
+        raise HttpError(
             504,
             "timeout",
             f"job {job_id} did not finish within {waited}s; it goes on, follow it at "
@@ -447,5 +447,5 @@ class JobsApi:
         except BACKEND_ERRORS as exc:
             raise unavailable("webhook secrets cannot be read right now; retry shortly") from exc
         if not secrets:
-            raise ApiError(404, "not_found", "this API key has no webhook signing secret")
+            raise HttpError(404, "not_found", "this API key has no webhook signing secret")
         return json_response({"key_id": key_id, "secret": secrets[0], "secrets": list(secrets)})

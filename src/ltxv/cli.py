@@ -209,9 +209,6 @@ class Progress:
             self.bar.close()
 
 
-TIMINGS = ("queue", "model_load", "generate", "encode", "upload", "total")
-
-
 def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not (start and end):
         return None

@@ -42,9 +42,7 @@ class JobViews:
             "seed": job["request"]["seed"],
             "gcs_bucket": bucket,
             "gcs_blob": blob,
-            "generation_time_seconds": timings.get(
-                "generate_seconds", timings.get("total_seconds")
-            ),
+            "generation_time_seconds": timings.get("generate_seconds"),
             "metadata": job["request"].get("metadata") or {},
             "job_id": job["job_id"],
         }

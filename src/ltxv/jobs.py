@@ -6,6 +6,7 @@ import base64
 import hashlib
 import math
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict
@@ -226,6 +227,15 @@ def new_job(
         "published_at": None,
         "expires_at": now + timedelta(days=ttl_days),
     }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an API key's jobs, newest first, and the token that asks for the next
+    (None on the last): the store's documents, the API's JSON in the client."""
+
+    jobs: list[dict[str, Any]]
+    next_page_token: str | None
 
 
 def to_json(value: Any) -> Any:

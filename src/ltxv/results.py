@@ -32,10 +32,6 @@ def destination_prefix(api_key_id: str) -> str:
     return f"{DESTINATIONS}{api_key_id}/"
 
 
-def result_uri(outputs_bucket: str, job_id: str) -> str:
-    return f"gs://{outputs_bucket}/{output_prefix(job_id)}{RESULT_NAME}"
-
-
 def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any]:
     state = State(job["state"])
     if not state.terminal:

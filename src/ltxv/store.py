@@ -21,7 +21,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from .jobs import Changes, Job, State, transition, utcnow
+from .jobs import Changes, Job, Page, State, transition, utcnow
 
 
 class JobExists(Exception):
@@ -59,12 +59,6 @@ class Decision(Generic[T]):
 
     outcome: T
     changes: Changes | None = None
-
-
-@dataclass(frozen=True)
-class Page:
-    jobs: list[Job]
-    next_page_token: str | None
 
 
 def _encode_cursor(job: Job) -> str:

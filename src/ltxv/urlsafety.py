@@ -35,9 +35,10 @@ below closes one way of pointing that connection somewhere internal:
   the duration of one batch (a prompt file), so a thousand lines naming one slow host
   cost one lookup.
 - **Pin the connection.** Checking a name and then letting the HTTP client resolve it
-  again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses and the
-  sender must connect to one of them (see :func:`pinned_connection_target`), sending the
-  original name only as SNI/Host.
+  again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses, and the
+  sender (``webhook_sender.post_pinned``) connects to those addresses only, in order until
+  one accepts the connection, sending the original name as TLS SNI (checked against the
+  certificate) and as the ``Host`` header.
 """
 
 from __future__ import annotations
@@ -172,11 +173,6 @@ def caching(resolver: Resolver) -> Resolver:
         return list(answer)
 
     return cached
-
-
-def pinned_connection_target(checked: CheckedURL) -> tuple[str, int]:
-    """The (address, port) to connect to; send ``checked.host`` as SNI and Host header."""
-    return checked.addresses[0], checked.port
 
 
 def check_webhook_url(

@@ -151,7 +151,7 @@ def settle(service, job_id, state="succeeded", delay=0.0, **fields):
                     "result": f"gs://{outputs_bucket}/jobs/{job_id}/result.json",
                 },
             )
-            changes.setdefault("timings", {"generate_seconds": 1.5, "total_seconds": 2.0})
+            changes.setdefault("timings", {"generate_seconds": 1.5})
         service.firestore.collection("jobs").document(job_id).update(changes)
 
     thread = threading.Thread(target=run)

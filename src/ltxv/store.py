@@ -61,7 +61,7 @@ class Decision(Generic[T]):
     changes: Changes | None = None
 
 
-def _encode_cursor(job: Job) -> str:
+def _encode_cursor(job: dict[str, Any]) -> str:
     raw = json.dumps({"t": job["created_at"].isoformat(), "id": job["job_id"]})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
@@ -161,7 +161,7 @@ class JobStore:
         if page_token:
             query = query.start_after(_decode_cursor(page_token))
         docs = [
-            cast(Job, s.to_dict())
+            s.to_dict()
             for s in query.limit(page_size + 1).stream(retry=self.retry, timeout=self.timeout)
         ]
         more = len(docs) > page_size

@@ -16,13 +16,13 @@ from typing import Any
 
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
 
 from . import openapi
 from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
 from .job_views import JobViews
 from .jobs import State, to_json
 from .results import build_result, write_result_once
+from .routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
 from .service import Service
 from .store import BadPageToken, JobNotFound
 from .validation import JsonSyntaxError, RequestInvalid, parse_json
@@ -30,32 +30,8 @@ from .web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[a-z2-7]{26}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE | re.ASCII)
 PAGE_SIZE = re.compile(r"[0-9]{1,4}")
-LIST_PARAMS = {"state", "page_size", "page_token"}
-MAX_PAGE_SIZE = 100
-
-ROUTES = Map(
-    [
-        Rule("/", endpoint="page", methods=["GET"]),
-        Rule("/assets/<path:name>", endpoint="asset", methods=["GET"]),
-        Rule("/healthz", endpoint="health", methods=["GET"]),
-        Rule("/health", endpoint="health", methods=["GET"]),
-        Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
-        Rule("/v1/jobs", endpoint="create_job", methods=["POST"]),
-        Rule("/v1/jobs", endpoint="list_jobs", methods=["GET"]),
-        Rule("/v1/jobs/<job_id>", endpoint="get_job", methods=["GET"]),
-        Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
-        Rule("/predict", endpoint="predict", methods=["POST"]),
-        Rule("/v1/webhooks/secret", endpoint="webhook_secret", methods=["GET"]),
-    ],
-    strict_slashes=False,
-    # Merging would answer `//x` with a redirect (RequestRedirect); an API has no use for
-    # one, so such a path simply matches no route.
-    merge_slashes=False,
-)
 
 
 class HttpError(Exception):
@@ -347,7 +323,7 @@ class JobsApi:
         args = request.args
         problems = [
             {"path": f"query.{name}", "message": "unknown query parameter"}
-            for name in sorted(set(args) - LIST_PARAMS)
+            for name in sorted(set(args).difference(LIST_PARAMS))
         ]
         state = args.get("state")
         if state is not None and state not in {s.value for s in State}:

@@ -74,6 +74,8 @@ def test_a_function_archive_imports_on_its_own(built, tmp_path, name, targets):
         "import sys; sys.path.insert(0, '.'); import main, ltxv, ltxv.schemas as s; "
         "assert ltxv.__file__.startswith(sys.argv[1]), ltxv.__file__; "
         "assert str(s.schemas_dir()).startswith(sys.argv[1]); "
+        # Settings name every resource from the table terraform reads too.
+        "from ltxv.settings import Settings; assert Settings().topic == 'ltxv-jobs'; "
         f"assert all(callable(getattr(main, t)) for t in {targets!r})"
     )
     result = subprocess.run(

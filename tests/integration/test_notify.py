@@ -441,11 +441,11 @@ class ContendedStore(JobStore):
         super().__init__(store.client, store.collection.id, store.timeout)
         self.times = times
 
-    def transact(self, job_id, decide):
+    def decide(self, job_id, decide):
         if self.times > 0:
             self.times -= 1
             raise TransactionContended("Failed to commit transaction in 5 attempts")
-        return super().transact(job_id, decide)
+        return super().decide(job_id, decide)
 
 
 def test_a_contended_claim_is_retried_by_the_trigger_with_nothing_claimed(

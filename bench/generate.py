@@ -41,7 +41,7 @@ from typing import Any
 from gpu_worker import tiny_random
 from gpu_worker.encoding import encode_mp4
 from gpu_worker.generation import Renderer
-from ltxv.profiles import ModelProfile, all_profiles
+from ltxv.core.profiles import ModelProfile, all_profiles
 
 GIB = 1024**3
 PROMPT = "A cinematic shot of a cyberpunk city in rain"

@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.cloud import firestore
 
-from ltxv import compose_submit, schemas
-from ltxv.jobs import new_job, new_job_id
+from ltxv.core import schemas
+from ltxv.core.jobs import new_job, new_job_id
+from ltxv.core.settings import Settings
+from ltxv.intake import compose as compose_submit
+from ltxv.intake.validation import request_hash
 from ltxv.local.stack import LocalStack
-from ltxv.settings import Settings
-from ltxv.validation import request_hash
 
 BODY = schemas.old_predict_example()
 

@@ -27,9 +27,9 @@ from collections.abc import Callable
 
 from gpu_worker import worker as worker_module
 from gpu_worker.__main__ import compose as compose_worker
-from ltxv import compose_submit
+from ltxv.core.settings import Settings
+from ltxv.intake import compose as compose_submit
 from ltxv.local.stack import EMULATORS, LocalStack
-from ltxv.settings import Settings
 
 REQUEST = {
     "prompt": "a red fox in snow",

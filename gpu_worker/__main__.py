@@ -11,10 +11,10 @@ from pathlib import Path
 
 from google.cloud import pubsub_v1
 
-from ltxv.compose import job_store, settings_for, storage_client
-from ltxv.lifecycle import JobLifecycle
-from ltxv.profiles import all_profiles
-from ltxv.settings import Settings
+from gpu_worker.lifecycle import JobLifecycle
+from ltxv.core.compose import job_store, settings_for, storage_client
+from ltxv.core.profiles import all_profiles
+from ltxv.core.settings import Settings
 
 from . import health
 from .compile_cache import CompileCache

@@ -28,8 +28,8 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from ltxv.profiles import ModelProfile
-from ltxv.signing import split_gs_uri
+from ltxv.core.profiles import ModelProfile
+from ltxv.core.signing import split_gs_uri
 
 log = logging.getLogger(__name__)
 

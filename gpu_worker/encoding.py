@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
+from ltxv.core.media import PIX_FMT, VideoInfo
+
 log = logging.getLogger(__name__)
 
-PIX_FMT = "yuv420p"
 PRESET = "veryfast"
 CRF = 20
 POSTER_QUALITY = 90
@@ -64,23 +63,6 @@ def choose_encoder(preference: str = "auto") -> tuple[str, dict[str, str]]:
     if preference == "x264" or (preference == "auto" and not _opens(ENCODERS["nvenc"][0])):
         return ENCODERS["x264"]
     return ENCODERS["nvenc"]
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    width: int
-    height: int
-    num_frames: int
-    fps: float
-    bytes: int
-    codec: str  # "h264"
-    pix_fmt: str = PIX_FMT
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields result.json's `video` object holds (pix_fmt is not among them)."""
-        data = asdict(self)
-        del data["pix_fmt"]
-        return data
 
 
 def _check_frames(frames: np.ndarray) -> tuple[int, int, int]:
@@ -145,22 +127,3 @@ def write_poster(frame: np.ndarray, path: Path | str, *, quality: int = POSTER_Q
     path = Path(path)
     Image.fromarray(frame).save(path, format="JPEG", quality=quality, optimize=True)
     return path.stat().st_size
-
-
-def probe(path: Path | str) -> VideoInfo:
-    """Decode the file's first video stream: its size, frame count (counted), rate and codec."""
-    path = Path(path)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        context = stream.codec_context
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        count = sum(1 for _ in container.decode(stream))
-        return VideoInfo(
-            width=context.width,
-            height=context.height,
-            num_frames=count,
-            fps=float(rate) if rate else 0.0,
-            bytes=path.stat().st_size,
-            codec=context.name,
-            pix_fmt=context.pix_fmt or "",
-        )

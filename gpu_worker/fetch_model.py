@@ -11,9 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ltxv import logs
-from ltxv.profiles import ModelProfile, all_profiles
-from ltxv.settings import get_settings
+from ltxv.core import logs
+from ltxv.core.profiles import ModelProfile, all_profiles
+from ltxv.core.settings import get_settings
 
 from . import loading, tiny_random
 

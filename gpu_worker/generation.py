@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ltxv.profiles import ModelProfile
+from ltxv.core.profiles import ModelProfile
 
 from . import fit, loading, sampling
 

@@ -8,8 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ltxv.intake import BACKEND_ERRORS
-from ltxv.lifecycle import JobLifecycle, LeaseLost
+from gpu_worker.lifecycle import JobLifecycle, LeaseLost
+from ltxv.core.errors import BACKEND_ERRORS
 
 from .keeper import Keeper
 

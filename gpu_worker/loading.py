@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ltxv.profiles import ModelProfile
+from ltxv.core.profiles import ModelProfile
 
 # Which tensors of a single-file checkpoint each component takes: diffusers' own split
 # (convert_ltx_transformer_checkpoint_to_diffusers, convert_ltx_vae_checkpoint_to_diffusers).

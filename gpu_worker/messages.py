@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from ltxv.dispatch import MODEL_ATTRIBUTE, parse_job_id
+from ltxv.core.dispatch import MODEL_ATTRIBUTE, parse_job_id
 
 from .keeper import Keeper
 

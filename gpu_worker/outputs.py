@@ -21,8 +21,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from ltxv.results import RESULT_NAME, output_prefix
-from ltxv.signing import split_gs_uri
+from ltxv.core.results import RESULT_NAME, output_prefix
+from ltxv.core.signing import split_gs_uri
 
 log = logging.getLogger(__name__)
 

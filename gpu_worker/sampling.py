@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltxv.profiles import ModelProfile
+from ltxv.core.profiles import ModelProfile
 
 # Sigmas equal to timesteps / 1000: no static shift, no resolution-dependent shift, no
 # stretch of the last sigma to a terminal value.

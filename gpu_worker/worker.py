@@ -32,11 +32,11 @@ from typing import Any
 
 from google.cloud import storage
 
-from ltxv.dispatch import passes_filter
-from ltxv.intake import BACKEND_ERRORS
-from ltxv.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
-from ltxv.results import build_result, write_result_once
-from ltxv.settings import Settings
+from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
+from ltxv.core.dispatch import passes_filter
+from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.results import build_result, write_result_once
+from ltxv.core.settings import Settings
 
 from .encoding import encode_mp4, write_poster
 from .generation import (

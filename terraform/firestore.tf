@@ -9,7 +9,7 @@ resource "google_firestore_database" "this" {
   depends_on                        = [time_sleep.apis_ready]
 }
 
-# The queries of src/ltxv/store.py: a key's jobs newest first (GET /v1/jobs), optionally
+# The queries of src/ltxv/core/store.py: a key's jobs newest first (GET /v1/jobs), optionally
 # of one state; how many of a key's jobs are queued or running (a count at each submit);
 # and the redispatch sweep's unpublished jobs older than a minute.
 locals {

@@ -2,7 +2,7 @@ locals {
   labels = merge({ app = "ltx-video-pipeline", deployment = var.prefix }, var.labels)
 
   # Resource names and the worker subscriptions' delivery policy are stated once, in
-  # schemas/resources.json, which src/ltxv/resources.py reads too: the code finds every
+  # schemas/resources.json, which src/ltxv/core/resources.py reads too: the code finds every
   # resource from LTXV_PREFIX alone, and the local stack delivers as Pub/Sub does here.
   resources = jsondecode(file("${path.module}/../schemas/resources.json"))
   names     = { for kind, pattern in local.resources.names : kind => replace(pattern, "{prefix}", var.prefix) }
@@ -29,9 +29,9 @@ locals {
   default_model = var.models[0]
   worker_pools = {
     for model in var.models : model => {
-      # As src/ltxv/settings.py names it too (Settings.subscription_for).
+      # As src/ltxv/core/settings.py names it too (Settings.subscription_for).
       subscription = replace(local.names.worker_subscription, "{model}", model)
-      # The same filter as src/ltxv/dispatch.py's subscription_filter(), character for
+      # The same filter as src/ltxv/core/dispatch.py's subscription_filter(), character for
       # character (tests/terraform compares them). The default pool also takes messages
       # without a model attribute, published before messages carried one.
       filter = (
@@ -48,7 +48,7 @@ locals {
     }
   }
 
-  # What every function reads (src/ltxv/settings.py); secrets are added per function.
+  # What every function reads (src/ltxv/core/settings.py); secrets are added per function.
   function_env = {
     LTXV_PROJECT              = var.project_id
     LTXV_PREFIX               = var.prefix

@@ -1,5 +1,5 @@
 # API keys are generated here; Secret Manager holds only their SHA-256 hashes (the JSON
-# object src/ltxv/auth.py reads). The plaintext keys are in the sensitive output api_keys,
+# object src/ltxv/intake/auth.py reads). The plaintext keys are in the sensitive output api_keys,
 # and in the terraform state: keep the state in a private, encrypted backend.
 resource "random_password" "api_key" {
   for_each = var.api_key_ids
@@ -27,7 +27,7 @@ resource "google_secret_manager_secret_version" "api_keys" {
   secret_data = jsonencode({ for id, key in local.api_keys : id => sha256(key) })
 }
 
-# Webhook signing secrets, one set per API key (the JSON src/ltxv/webhook_secrets.py reads:
+# Webhook signing secrets, one set per API key (the JSON src/ltxv/core/webhook_secrets.py reads:
 # {"KEY": ["whsec_current", "whsec_previous"?]}), so no tenant can sign events another
 # tenant's receiver accepts. Each generation of a key's secret is its own random_bytes,
 # addressed "KEY/GENERATION" (whsec_ and 32 random bytes, base64, as Standard Webhooks

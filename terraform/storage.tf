@@ -9,7 +9,7 @@ locals {
   bucket_expiry = {
     prompts = [{ prefixes = ["incoming/", "receipts/"], days = var.prompt_retention_days }]
     # jobs/: each job's own files; destinations/KEY/: the keys' custom gcs_destination
-    # videos (src/ltxv/results.py names both).
+    # videos (src/ltxv/core/results.py names both).
     outputs = [{ prefixes = ["jobs/", "destinations/"], days = var.output_retention_days }]
   }
 }

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from ltxv.core.settings import Settings
 from ltxv.local.stack import EMULATORS, LocalStack
-from ltxv.settings import Settings
 
 PROJECT = "ltxv-test"
 PREFIX = "ltxv"

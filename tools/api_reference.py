@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ltxv import openapi
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
+from ltxv.intake import openapi
 
 TARGET = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 METHODS = ("get", "post")

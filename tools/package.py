@@ -7,7 +7,7 @@
 
 - `submit.zip`, `notify.zip`: a Cloud Function's source: `functions/<name>/main.py` and
   `requirements.txt` at the top, the shared `ltxv` package (without the local stack) and
-  `schemas/` beside it, where `ltxv.schemas` looks for them.
+  `schemas/` beside it, where `ltxv.core.schemas` looks for them.
 - `worker.zip`: the worker's source distribution (pyproject.toml, src/, gpu_worker/,
   schemas/) that the VM boot script installs with pip.
 
@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
+# The subpackages of src/ltxv each function ships (tests/unit/test_package.py checks that
+# what they import is all there).
+FUNCTION_PARTS = {"submit": ("core", "intake"), "notify": ("core", "notify")}
 
 
 def _files(directory: Path, exclude: tuple[str, ...] = ()) -> Iterator[Path]:
@@ -46,10 +49,10 @@ def _entries(target: str) -> list[tuple[str, Path]]:
     if target in ("submit", "notify"):
         function = ROOT / "functions" / target
         entries = [(p.name, p) for p in _files(function)]
-        entries += [
-            (f"ltxv/{p.relative_to(ROOT / 'src' / 'ltxv')}", p)
-            for p in _files(ROOT / "src" / "ltxv", exclude=("local",))
-        ]
+        package = ROOT / "src" / "ltxv"
+        entries.append(("ltxv/__init__.py", package / "__init__.py"))
+        for part in FUNCTION_PARTS[target]:
+            entries += [(f"ltxv/{p.relative_to(package)}", p) for p in _files(package / part)]
         entries += [(f"schemas/{p.name}", p) for p in _files(ROOT / "schemas")]
     elif target == "worker":
         entries = [(name, ROOT / name) for name in ("pyproject.toml", "README.md")]

@@ -20,11 +20,11 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import jsonify
 
-from ltxv import compose_notify
-from ltxv.compose import settings_for
-from ltxv.notify import RetryLater
+from ltxv.core.compose import settings_for
+from ltxv.notify import compose as compose_notify
+from ltxv.notify.notifier import RetryLater
 
-log = logging.getLogger("ltxv.notify")
+log = logging.getLogger("ltxv.notify.notifier")
 
 # Each entry point is deployed as a function of its own: its process builds its parts
 # (`compose_notify`, one root per entry point) at its first event, not at import.

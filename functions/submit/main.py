@@ -5,7 +5,7 @@
 - `redispatch` (CloudEvent, Pub/Sub message from Cloud Scheduler): publishes jobs that a
   crash left recorded but unpublished.
 
-Thin on purpose: the wiring is in `ltxv.compose_submit`, the logic in the `ltxv` package.
+Thin on purpose: the wiring is in `ltxv.intake.compose`, the logic in the `ltxv` package.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
-from ltxv import compose_submit
-from ltxv.api import framework_error
-from ltxv.compose import settings_for
+from ltxv.core.compose import settings_for
+from ltxv.intake import compose as compose_submit
+from ltxv.intake.api import framework_error
 
 # Each entry point is deployed as a function of its own: its process builds its parts
 # (`compose_submit`, one root per entry point) at its first event, not at import.

@@ -191,7 +191,7 @@ write_if_changed() {
   info "wrote ${path#"$VM_ROOT"}"
 }
 
-# The worker's settings (src/ltxv/settings.py), read by systemd as root: mode 0640.
+# The worker's settings (src/ltxv/core/settings.py), read by systemd as root: mode 0640.
 write_env_file() {
   write_if_changed "$ENV_FILE" 0640 < <(
     echo "# Written by gpu_worker/vm/startup.sh from instance metadata on every boot; edits are lost."
@@ -509,7 +509,7 @@ ensure_model() {
   # The profile's source kind (schemas/model-profiles.json); fails on a model without one.
   kind="$("${VENV}/bin/python" -c '
 import sys
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
 profiles = all_profiles()
 if sys.argv[1] not in profiles:
     sys.exit(f"no model profile {sys.argv[1]!r}; profiles: {sorted(profiles)}")

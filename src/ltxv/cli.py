@@ -30,8 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import schemas
-from .client import (
+from ltxv.client.client import (
     ApiError,
     Client,
     ClientError,
@@ -42,9 +41,10 @@ from .client import (
     setting,
     use_local_emulators,
 )
-from .jobs import State
-from .resources import worker_delivery
-from .webhooks import WebhookVerificationError, verify_webhook
+from ltxv.core import schemas
+from ltxv.core.jobs import State
+from ltxv.core.resources import worker_delivery
+from ltxv.core.webhooks import WebhookVerificationError, verify_webhook
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -410,7 +410,7 @@ def cmd_webhook_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook_listen(args: argparse.Namespace) -> int:
-    from .webhook_receiver import Delivery, WebhookReceiver
+    from ltxv.client.webhook_receiver import Delivery, WebhookReceiver
 
     save = Path(args.save) if args.save else None
     verified: list = []
@@ -471,7 +471,7 @@ def cmd_webhook_secret(args: argparse.Namespace) -> int:
 
 def cmd_dev_stack(args: argparse.Namespace) -> int:
     """up, down and status: the same code `make dev` and `make down` run."""
-    from .local import stack
+    from ltxv.local import stack
 
     argv = [args.dev_command]
     if args.components:
@@ -481,7 +481,7 @@ def cmd_dev_stack(args: argparse.Namespace) -> int:
 
 def cmd_dev_logs(args: argparse.Namespace) -> int:
     """The components' logs, newest lines last; --follow keeps printing as they grow."""
-    from .local.stack import default_state_dir
+    from ltxv.local.stack import default_state_dir
 
     logs = default_state_dir() / "logs"
     available = sorted(p.stem for p in logs.glob("*.log"))
@@ -526,8 +526,8 @@ def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     """Publish a job's message to the dead-letter topic, as Pub/Sub does after N attempts."""
     from google.cloud import pubsub_v1
 
-    from .dead_letters import DELIVERY_COUNT_ATTRIBUTE
-    from .settings import Settings
+    from ltxv.core.settings import Settings
+    from ltxv.notify.dead_letters import DELIVERY_COUNT_ATTRIBUTE
 
     if "PUBSUB_EMULATOR_HOST" not in use_local_emulators():
         raise UserError("no local stack: run `make dev` first (this command never touches GCP)")

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import requests
 
+from ltxv.core.settings import Settings
 from ltxv.local.stack import LocalStack
-from ltxv.settings import Settings
 
 
 @contextlib.contextmanager

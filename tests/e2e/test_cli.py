@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from gpu_worker.encoding import probe
-from ltxv import schemas
 from ltxv.client import ApiError, Client, PromptDrops, ServiceUnavailable, WaitTimedOut
+from ltxv.core import schemas
+from ltxv.core.media import probe
 from ltxv.local.stack import LocalStack
 
 from .conftest import running_stack, user_env

@@ -24,9 +24,9 @@ import pytest
 import requests
 from google.cloud import pubsub_v1
 
-from ltxv import compose_submit
+from ltxv.core.webhooks import verify_webhook
+from ltxv.intake import compose as compose_submit
 from ltxv.local.stack import LocalStack
-from ltxv.webhooks import verify_webhook
 
 from ..bodies import SLOW, SMALL
 from ..raw_http import RawServer

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gpu_worker.encoding import probe
+from ltxv.core.media import probe
 from ltxv.local.demo import NOISE_NOTICE
 from ltxv.local.stack import REPO_ROOT
 

@@ -13,7 +13,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1, storage
 
-from ltxv import schemas
+from ltxv.core import schemas
 from ltxv.local.stack import LocalStack
 
 from .conftest import key_session, running_stack

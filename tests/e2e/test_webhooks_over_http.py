@@ -16,9 +16,10 @@ import requests
 from google.cloud import pubsub_v1, storage
 from standardwebhooks.webhooks import Webhook
 
-from ltxv import compose_submit, schemas
+from ltxv.client.webhook_receiver import WebhookReceiver
+from ltxv.core import schemas
+from ltxv.intake import compose as compose_submit
 from ltxv.local.stack import LocalStack
-from ltxv.webhook_receiver import WebhookReceiver
 
 from ..bodies import SMALL
 from .conftest import key_session, running_stack

@@ -20,12 +20,12 @@ from functions_framework import create_app
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from ltxv import compose_submit
-from ltxv.auth import generate_api_key, hash_api_key
-from ltxv.jobs import utcnow
+from ltxv.core.jobs import utcnow
+from ltxv.core.settings import Settings
+from ltxv.core.webhooks import new_secret
+from ltxv.intake import compose as compose_submit
+from ltxv.intake.auth import generate_api_key, hash_api_key
 from ltxv.local.credentials import fake_service_account_key
-from ltxv.settings import Settings
-from ltxv.webhooks import new_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMIT_SOURCE = str(ROOT / "functions" / "submit" / "main.py")

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from ltxv import schemas
-from ltxv.jobs import to_json, utcnow
+from ltxv.core import schemas
+from ltxv.core.jobs import to_json, utcnow
 
 from .conftest import OTHER_KEY, pull_job_ids, settle
 
@@ -169,7 +169,7 @@ def test_metadata_the_store_or_json_cannot_hold_is_422_and_stores_nothing(
 def test_a_document_firestore_refuses_is_422_not_a_retryable_503(client, auth, monkeypatch):
     from google.api_core import exceptions as gexc
 
-    from ltxv.store import JobStore
+    from ltxv.core.store import JobStore
 
     def refuse(self, job):  # the seam: Firestore's answer to a document it will not store
         raise gexc.InvalidArgument("Property name is invalid")
@@ -188,7 +188,7 @@ def test_gcs_destination_under_the_keys_own_prefix_is_kept(client, auth, setting
 def test_no_key_may_name_another_tenants_video_as_its_destination(client, auth, settings):
     """Job ids from an Idempotency-Key are computable by whoever knows the key id: the
     destination rules, not the id's secrecy, keep one tenant off another's outputs."""
-    from ltxv.jobs import job_id_for_idempotency_key
+    from ltxv.core.jobs import job_id_for_idempotency_key
 
     theirs = submit(client, {"X-API-Key": OTHER_KEY}, **{"Idempotency-Key": "k1"}).get_json()
     assert theirs["job_id"] == job_id_for_idempotency_key("other", "k1")
@@ -348,7 +348,7 @@ def test_a_credentials_failure_while_signing_urls_is_a_retryable_503(auth, servi
     import google.auth.exceptions
     from functions_framework import create_app
 
-    from ltxv import signing
+    from ltxv.core import signing
 
     from .conftest import SUBMIT_SOURCE
 
@@ -418,8 +418,8 @@ def test_firestore_failure_is_503_fast_and_publishes_nothing(auth, monkeypatch, 
 
 
 def test_a_job_stranded_before_publish_is_published_by_the_sweep(service, settings):
-    from ltxv.jobs import new_job, new_job_id
-    from ltxv.validation import request_hash
+    from ltxv.core.jobs import new_job, new_job_id
+    from ltxv.intake.validation import request_hash
 
     request = service.intake.validate({"prompt": "stranded"}, api_key_id="default")
     job = new_job(
@@ -441,8 +441,8 @@ def test_a_job_stranded_before_publish_is_published_by_the_sweep(service, settin
 
 
 def test_a_replay_finishes_the_publish_of_a_stranded_job(client, auth, service, settings):
-    from ltxv.jobs import job_id_for_idempotency_key, new_job
-    from ltxv.validation import request_hash
+    from ltxv.core.jobs import job_id_for_idempotency_key, new_job
+    from ltxv.intake.validation import request_hash
 
     request = service.intake.validate(OLD_EXAMPLE, api_key_id="default")
     job_id = job_id_for_idempotency_key("default", "crashed-1")

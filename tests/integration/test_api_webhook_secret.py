@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 
 from ltxv.cli import main
 from ltxv.client import Client
-from ltxv.webhooks import new_secret
+from ltxv.core.webhooks import new_secret
 
 from .conftest import API_KEY, OTHER_KEY, SUBMIT_SOURCE, WEBHOOK_SECRETS
 

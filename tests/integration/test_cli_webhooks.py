@@ -17,7 +17,7 @@ from google.cloud import pubsub_v1
 
 from ltxv.cli import main
 from ltxv.client import read_stack_env
-from ltxv.webhooks import build_event, encode_event, sign_headers
+from ltxv.core.webhooks import build_event, encode_event, sign_headers
 
 from ..unit.test_webhooks import SECRET, settled_result
 

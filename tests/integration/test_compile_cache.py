@@ -24,7 +24,7 @@ import dataclasses, json, logging, sys
 from google.cloud import storage
 from gpu_worker.compile_cache import CompileCache
 from gpu_worker.generation import Renderer
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
 
 events = []
 class Events(logging.Handler):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from ltxv.lifecycle import ClaimOutcome, JobLifecycle
+from gpu_worker.lifecycle import ClaimOutcome, JobLifecycle
 
 pytestmark = pytest.mark.emulators
 

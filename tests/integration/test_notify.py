@@ -20,17 +20,17 @@ import pytest
 from functions_framework import create_app
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from ltxv import schemas
-from ltxv.dead_letters import DeadLetters
-from ltxv.jobs import new_job, new_job_id, to_json, utcnow
-from ltxv.notify import RetryLater, WebhookNotifier
-from ltxv.results import build_result, output_prefix, write_result_once
-from ltxv.store import JobStore, TransactionContended
-from ltxv.validation import request_hash
-from ltxv.webhook_receiver import WebhookReceiver
-from ltxv.webhook_secrets import WebhookSecrets
-from ltxv.webhook_sender import SendResult, post_pinned
-from ltxv.webhooks import new_secret
+from ltxv.client.webhook_receiver import WebhookReceiver
+from ltxv.core import schemas
+from ltxv.core.jobs import new_job, new_job_id, to_json, utcnow
+from ltxv.core.results import build_result, output_prefix, write_result_once
+from ltxv.core.store import JobStore, TransactionContended
+from ltxv.core.webhook_secrets import WebhookSecrets
+from ltxv.core.webhooks import new_secret
+from ltxv.intake.validation import request_hash
+from ltxv.notify.dead_letters import DeadLetters
+from ltxv.notify.notifier import RetryLater, WebhookNotifier
+from ltxv.notify.webhook_sender import SendResult, post_pinned
 
 from .conftest import ROOT, WEBHOOK_SECRETS
 

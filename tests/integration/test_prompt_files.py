@@ -10,7 +10,7 @@ from cloudevents.http import CloudEvent
 from functions_framework import create_app
 from google.cloud import storage
 
-from ltxv import schemas
+from ltxv.core import schemas
 
 from .conftest import SUBMIT_SOURCE, pull_job_ids
 
@@ -179,7 +179,7 @@ def test_a_poison_line_is_that_lines_rejection_and_the_lines_after_it_become_job
 def test_a_line_that_breaks_unexpectedly_is_rejected_alone(
     prompt_client, settings, service, monkeypatch
 ):
-    from ltxv.intake import Intake
+    from ltxv.intake.submission import Intake
 
     real = Intake.validate
 
@@ -259,7 +259,7 @@ def test_each_webhook_host_of_a_file_is_looked_up_once(settings, service):
 
 
 def test_a_line_whose_webhook_host_does_not_resolve_in_time_is_rejected_alone(settings, service):
-    from ltxv.urlsafety import ResolveTimeout
+    from ltxv.core.urlsafety import ResolveTimeout
 
     asked = []
 
@@ -288,7 +288,7 @@ def prompt_files_resolving_with(service, settings, resolver):
     there is no DNS here)."""
     import dataclasses
 
-    from ltxv.prompt_files import PromptFiles
+    from ltxv.intake.prompt_files import PromptFiles
 
     intake = service.intake
     intake.policy = dataclasses.replace(intake.policy, resolver=resolver)

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ltxv.intake import Unavailable
-from ltxv.lifecycle import JobLifecycle
-from ltxv.store import TransactionContended
-from ltxv.validation import RequestInvalid
+from gpu_worker.lifecycle import JobLifecycle
+from ltxv.core.store import TransactionContended
+from ltxv.intake.submission import Unavailable
+from ltxv.intake.validation import RequestInvalid
 
 from .conftest import pull_job_ids
 
@@ -165,7 +165,7 @@ def test_a_webhook_host_that_does_not_resolve_in_time_is_retryable_not_invalid(s
     to retry (503), not that its request is wrong (422); nothing is stored."""
     import dataclasses
 
-    from ltxv.urlsafety import ResolveTimeout
+    from ltxv.core.urlsafety import ResolveTimeout
 
     def stuck(host, port):  # the seam: system_resolver giving up after its timeout
         raise ResolveTimeout(host)

@@ -18,8 +18,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from ltxv.dispatch import subscription_filter
-from ltxv.jobs import new_job, new_job_id
+from ltxv.core.dispatch import subscription_filter
+from ltxv.core.jobs import new_job, new_job_id
 
 from . import test_worker
 from .test_worker import SMALL, outputs, submit, wait_state

@@ -12,12 +12,12 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from ltxv import api as api_module
-from ltxv import web
+from ltxv.core.logs import JsonFormatter
+from ltxv.core.settings import Settings
+from ltxv.core.signing import UrlSigner
+from ltxv.intake import api as api_module
+from ltxv.intake import web
 from ltxv.local.credentials import fake_service_account_key
-from ltxv.logs import JsonFormatter
-from ltxv.settings import Settings
-from ltxv.signing import UrlSigner
 
 pytestmark = pytest.mark.emulators
 

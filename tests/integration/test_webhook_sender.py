@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ltxv.urlsafety import CheckedURL
-from ltxv.webhook_sender import MAX_HEADER_BYTES, post_pinned
+from ltxv.core.urlsafety import CheckedURL
+from ltxv.notify.webhook_sender import MAX_HEADER_BYTES, post_pinned
 
 from ..raw_http import RawServer
 

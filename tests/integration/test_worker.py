@@ -22,7 +22,7 @@ import pytest
 import requests
 from google.cloud import pubsub_v1, storage
 
-from ltxv import schemas
+from ltxv.core import schemas
 
 from ..bodies import SLOW, SMALL
 from .conftest import ROOT, fresh_topic
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.emulators
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from gpu_worker.generation import Renderer
-    from ltxv.profiles import all_profiles
+    from ltxv.core.profiles import all_profiles
 
     folder = tmp_path_factory.mktemp("models") / "tiny-random"
     Renderer(all_profiles()["tiny-random"], model_dir=folder).load()
@@ -474,7 +474,7 @@ def test_a_request_the_pipeline_refuses_fails_at_once_with_a_result(
 ):
     """Intake never lets such a request through; a job written by other means must still
     end cleanly, on its first attempt, rather than loop through retries to a dead letter."""
-    from ltxv.jobs import new_job, new_job_id
+    from ltxv.core.jobs import new_job, new_job_id
 
     request = {**service.intake.validate(SMALL, api_key_id="default"), **change}
     job = new_job(job_id=new_job_id(), request=request, request_hash="x", api_key_id="default")

@@ -18,7 +18,7 @@ import requests
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from ltxv.auth import hash_api_key
+from ltxv.intake.auth import hash_api_key
 from ltxv.local.stack import (
     EMULATORS,
     Component,

@@ -11,11 +11,11 @@ import uuid
 import pytest
 from google.api_core import exceptions as gexc
 
-from ltxv.dispatch import subscription_filter
+from ltxv.core.dispatch import subscription_filter
+from ltxv.core.profiles import enabled_profiles
+from ltxv.core.resources import WorkerDelivery, worker_delivery
+from ltxv.core.settings import Settings
 from ltxv.local.stack import EMULATORS, LocalStack, StartupFailed
-from ltxv.profiles import enabled_profiles
-from ltxv.resources import WorkerDelivery, worker_delivery
-from ltxv.settings import Settings
 
 TWO_MODELS = {"default_model": "tiny-random", "enabled_models": ("tiny-random", "ltx-video-2b")}
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from ltxv.results import DESTINATIONS
-from ltxv.settings import Settings, env_names
+from ltxv.core.results import DESTINATIONS
+from ltxv.core.settings import Settings, env_names
 
 from .conftest import (
     MODELS,
@@ -158,7 +158,7 @@ def test_function_settings_are_ones_the_code_reads(tf):
         env = function["service_config"]["environment_variables"]
         unknown = {k for k in env if k not in read}
         assert not unknown, (
-            f"{address(function)} sets {unknown}, which src/ltxv/settings.py never reads"
+            f"{address(function)} sets {unknown}, which src/ltxv/core/settings.py never reads"
         )
         assert env["LTXV_PREFIX"] == PREFIX and env["LTXV_PROJECT"] == PROJECT
     api = _functions(tf)["api"]["service_config"]["environment_variables"]

@@ -1,5 +1,5 @@
 """One table, `schemas/resources.json`, names the deployment's resources and says how Pub/Sub
-delivers jobs to the workers: terraform reads it, and so does the code (`ltxv.resources`,
+delivers jobs to the workers: terraform reads it, and so does the code (`ltxv.core.resources`,
 behind Settings' names and the local stack's subscriptions; tests/local/test_stack_models.py
 reads the local stack's subscriptions back from the emulator)."""
 
@@ -12,9 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ltxv import resources
-from ltxv.resources import WorkerDelivery, worker_delivery
-from ltxv.settings import Settings
+from ltxv.core import resources
+from ltxv.core.resources import WorkerDelivery, worker_delivery
+from ltxv.core.settings import Settings
 
 from .conftest import MODELS, PREFIX, ROOT, TERRAFORM, VARS, address, evaluate_with
 

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from ltxv.dispatch import subscription_filter
-from ltxv.profiles import all_profiles
-from ltxv.settings import Settings
+from ltxv.core.dispatch import subscription_filter
+from ltxv.core.profiles import all_profiles
+from ltxv.core.settings import Settings
 
 from .conftest import MODELS, PREFIX, PROJECT, ROOT, address, evaluate, references
 

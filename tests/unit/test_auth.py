@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ltxv.auth import KeyRing, find_key_id, generate_api_key, hash_api_key, parse_key_hashes
+from ltxv.intake.auth import KeyRing, find_key_id, generate_api_key, hash_api_key, parse_key_hashes
 
 
 def test_keys_are_random_and_stored_only_as_hashes():

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from ltxv import auth, signing
-from ltxv.auth import KeyRing, generate_api_key, hash_api_key
+from ltxv.core import secrets, signing
+from ltxv.intake.auth import KeyRing, generate_api_key, hash_api_key
 
 
 def test_api_key_hashes_are_read_from_the_latest_secret_version(monkeypatch):
@@ -26,12 +26,12 @@ def test_api_key_hashes_are_read_from_the_latest_secret_version(monkeypatch):
     from google.cloud import secretmanager
 
     monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", FakeSecretManager)
-    auth._secret_client.cache_clear()
-    ring = KeyRing(lambda: auth.read_secret("projects/p/secrets/ltxv-api-keys"))
+    secrets._secret_client.cache_clear()
+    ring = KeyRing(lambda: secrets.read_secret("projects/p/secrets/ltxv-api-keys"))
     assert ring.authenticate(key) == "ops"
     assert ring.authenticate("ltxv_wrong") is None
     assert asked == [("projects/p/secrets/ltxv-api-keys/versions/latest", 10.0)]
-    auth._secret_client.cache_clear()
+    secrets._secret_client.cache_clear()
 
 
 def test_deployed_signing_goes_through_iam_with_the_runtime_identity(monkeypatch):

@@ -10,10 +10,10 @@ import pytest
 from flask import Request
 from werkzeug.test import EnvironBuilder
 
-from ltxv import compose_submit
-from ltxv.auth import generate_api_key, hash_api_key
-from ltxv.compose import lazy
-from ltxv.settings import Settings
+from ltxv.core.compose import lazy
+from ltxv.core.settings import Settings
+from ltxv.intake import compose as compose_submit
+from ltxv.intake.auth import generate_api_key, hash_api_key
 
 
 def test_a_lazy_part_is_built_once_at_its_first_use():
@@ -44,7 +44,7 @@ def test_the_key_ring_is_read_inline_or_from_secret_manager(monkeypatch):
     assert compose_submit.keyring(inline).authenticate(key) == "ops"
 
     read = []
-    monkeypatch.setattr("ltxv.auth.read_secret", lambda name: read.append(name) or hashes)
+    monkeypatch.setattr("ltxv.core.secrets.read_secret", lambda name: read.append(name) or hashes)
     named = dataclasses.replace(Settings(), api_keys_secret="projects/p/secrets/keys")
     assert compose_submit.keyring(named).authenticate(key) == "ops"
     assert read == ["projects/p/secrets/keys"]

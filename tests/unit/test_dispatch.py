@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ltxv.dispatch import MODEL_ATTRIBUTE, passes_filter, subscription_filter
+from ltxv.core.dispatch import MODEL_ATTRIBUTE, passes_filter, subscription_filter
 
 DEFAULT = "ltx-video-2b-distilled"
 POOLS = (DEFAULT, "ltx-video-2b", "tiny-random")

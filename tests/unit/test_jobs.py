@@ -2,8 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ltxv import schemas
-from ltxv.jobs import (
+from ltxv.core import schemas
+from ltxv.core.jobs import (
     TERMINAL,
     TRANSITIONS,
     DeliveryAttempt,
@@ -20,7 +20,7 @@ from ltxv.jobs import (
     to_json,
     transition,
 )
-from ltxv.validation import request_hash
+from ltxv.intake.validation import request_hash
 
 REQUEST = {
     "prompt": "a cat",

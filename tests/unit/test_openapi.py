@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from ltxv import openapi, routes, schemas
-from ltxv.jobs import State, new_job_id
-from ltxv.profiles import all_profiles
-from ltxv.webhooks import new_secret
+from ltxv.core import schemas
+from ltxv.core.jobs import State, new_job_id
+from ltxv.core.profiles import all_profiles
+from ltxv.core.webhooks import new_secret
+from ltxv.intake import openapi, routes
 
 DOCUMENT = openapi.document(all_profiles())
 API_RULES = [

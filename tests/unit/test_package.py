@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,21 +37,48 @@ def test_a_function_archive_holds_its_entry_points_the_package_and_schemas(built
         names
     )
     assert not [n for n in names if n.startswith("ltxv/local/") or "__pycache__" in n]
+    # Only the core and the function's own part: no client, CLI or the other function's.
+    parts = {n.split("/")[1] for n in names if n.startswith("ltxv/") and n.count("/") > 1}
+    assert parts == {"core", {"submit": "intake", "notify": "notify"}[name]}
+
+
+def test_editing_the_client_or_the_cli_redeploys_no_function(tmp_path):
+    """A function archive's hash is terraform's redeploy trigger: a change outside the
+    function's parts leaves its bytes alone, a change inside them does not."""
+    tree = tmp_path / "tree"
+    for folder in ("functions", "src", "schemas", "tools"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    package = [sys.executable, str(tree / "tools" / "package.py")]
+
+    def digests(out: str) -> dict[str, bytes]:
+        subprocess.run([*package, str(tmp_path / out), "submit", "notify"], check=True)
+        return {n: (tmp_path / out / f"{n}.zip").read_bytes() for n in ("submit", "notify")}
+
+    before = digests("before")
+    for edited in ("cli.py", "client/client.py", "local/stack.py"):
+        with (tree / "src" / "ltxv" / edited).open("a") as file:
+            file.write("# edited\n")
+    assert digests("after-client") == before
+    with (tree / "src" / "ltxv" / "core" / "jobs.py").open("a") as file:
+        file.write("# edited\n")
+    after = digests("after-core")
+    assert after["submit"] != before["submit"] and after["notify"] != before["notify"]
 
 
 def test_the_submit_archive_carries_the_web_page(built):
     names = set(zipfile.ZipFile(built[0] / "submit.zip").namelist())
-    web = ROOT / "src" / "ltxv" / "web"
-    files = {f"ltxv/web/{p.relative_to(web)}" for p in web.rglob("*") if p.is_file()}
+    web = ROOT / "src" / "ltxv" / "intake" / "web"
+    files = {f"ltxv/intake/web/{p.relative_to(web)}" for p in web.rglob("*") if p.is_file()}
     files = {n for n in files if "__pycache__" not in n}
-    assert {"ltxv/web/index.html", "ltxv/web/assets/app.js", "ltxv/web/assets/style.css"} <= files
+    page = {"index.html", "assets/app.js", "assets/style.css"}
+    assert {f"ltxv/intake/web/{name}" for name in page} <= files
     assert files <= names
 
 
 def test_the_unpacked_submit_archive_serves_its_own_page_files(built, tmp_path):
     zipfile.ZipFile(built[0] / "submit.zip").extractall(tmp_path)
     probe = (
-        "import sys; sys.path.insert(0, '.'); from ltxv import web; "
+        "import sys; sys.path.insert(0, '.'); from ltxv.intake import web; "
         "assert web.__file__.startswith(sys.argv[1]), web.__file__; "
         "assert {'index.html', 'app.js', 'style.css'} <= set(web.assets())"
     )
@@ -71,11 +99,11 @@ def test_a_function_archive_imports_on_its_own(built, tmp_path, name, targets):
     # Unpacked as Cloud Functions unpacks it: its own ltxv and schemas, not this checkout's.
     zipfile.ZipFile(built[0] / f"{name}.zip").extractall(tmp_path)
     probe = (
-        "import sys; sys.path.insert(0, '.'); import main, ltxv, ltxv.schemas as s; "
+        "import sys; sys.path.insert(0, '.'); import main, ltxv, ltxv.core.schemas as s; "
         "assert ltxv.__file__.startswith(sys.argv[1]), ltxv.__file__; "
         "assert str(s.schemas_dir()).startswith(sys.argv[1]); "
         # Settings name every resource from the table terraform reads too.
-        "from ltxv.settings import Settings; assert Settings().topic == 'ltxv-jobs'; "
+        "from ltxv.core.settings import Settings; assert Settings().topic == 'ltxv-jobs'; "
         f"assert all(callable(getattr(main, t)) for t in {targets!r})"
     )
     result = subprocess.run(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ltxv.intake import Intake
-from ltxv.jobs import utcnow
+from ltxv.core.jobs import utcnow
+from ltxv.intake.submission import Intake
 
 
 class RacedStore:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ltxv.webhooks import build_event, encode_event, sign_headers
+from ltxv.core.webhooks import build_event, encode_event, sign_headers
 
 from .test_webhooks import SECRET, settled_result
 

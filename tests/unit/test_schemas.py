@@ -2,8 +2,9 @@ import json
 
 from jsonschema import Draft202012Validator
 
-from ltxv import openapi, schemas
-from ltxv.profiles import all_profiles
+from ltxv.core import schemas
+from ltxv.core.profiles import all_profiles
+from ltxv.intake import openapi
 
 
 def test_every_schema_is_valid_draft_2020_12():

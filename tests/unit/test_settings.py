@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ltxv.settings import Settings, env_names
+from ltxv.core.settings import Settings, env_names
 
 FIELDS = [spec.name for spec in dataclasses.fields(Settings)]
 # A value of each field's kind, as a variable spells it, and what it reads as.

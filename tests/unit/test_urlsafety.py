@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ltxv.urlsafety import (
+from ltxv.core.urlsafety import (
     CheckedURL,
     LookupTimedOut,
     ResolveTimeout,

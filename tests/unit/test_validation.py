@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ltxv import schemas
-from ltxv.profiles import all_profiles
-from ltxv.validation import (
+from ltxv.core import schemas
+from ltxv.core.profiles import all_profiles
+from ltxv.intake.validation import (
     REQUEST_FIELDS,
     RESERVED_KEY,
     IntakePolicy,

@@ -9,9 +9,9 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from ltxv.settings import Settings
-from ltxv.webhook_secrets import WebhookSecrets, parse_webhook_secrets
-from ltxv.webhooks import new_secret, sign_headers, verify_webhook
+from ltxv.core.settings import Settings
+from ltxv.core.webhook_secrets import WebhookSecrets, parse_webhook_secrets
+from ltxv.core.webhooks import new_secret, sign_headers, verify_webhook
 
 A, B, C = new_secret(), new_secret(), new_secret()
 
@@ -67,7 +67,7 @@ def test_settings_choose_inline_or_secret_manager(monkeypatch):
     inline = dataclasses.replace(Settings(), webhook_secrets_json=json.dumps({"k": [A]}))
     assert WebhookSecrets.from_settings(inline).for_key("k") == (A,)
     read = []
-    monkeypatch.setattr("ltxv.auth.read_secret", lambda name: read.append(name) or "{}")
+    monkeypatch.setattr("ltxv.core.secrets.read_secret", lambda name: read.append(name) or "{}")
     named = dataclasses.replace(Settings(), webhook_secrets_secret="projects/p/secrets/s")
     assert WebhookSecrets.from_settings(named).all() == {}
     assert read == ["projects/p/secrets/s"]

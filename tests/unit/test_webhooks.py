@@ -9,13 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from ltxv import schemas
-from ltxv.jobs import new_job, to_json
-from ltxv.notify import RetrySchedule
-from ltxv.results import build_result
-from ltxv.validation import request_hash
-from ltxv.webhook_sender import SendResult, _retry_after
-from ltxv.webhooks import (
+from ltxv.core import schemas
+from ltxv.core.jobs import new_job, to_json
+from ltxv.core.results import build_result
+from ltxv.core.webhooks import (
     WebhookVerificationError,
     build_event,
     encode_event,
@@ -24,6 +21,9 @@ from ltxv.webhooks import (
     sign_headers,
     verify_webhook,
 )
+from ltxv.intake.validation import request_hash
+from ltxv.notify.notifier import RetrySchedule
+from ltxv.notify.webhook_sender import SendResult, _retry_after
 
 from .test_jobs import REQUEST
 

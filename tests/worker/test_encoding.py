@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpu_worker.encoding import VideoInfo, encode_mp4, probe, write_poster
+from gpu_worker.encoding import encode_mp4, write_poster
+from ltxv.core.media import VideoInfo, probe
 
 
 def moving_gradient(frames: int, height: int, width: int) -> np.ndarray:

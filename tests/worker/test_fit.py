@@ -13,7 +13,7 @@ import torch
 
 from gpu_worker import fit, tiny_random
 from gpu_worker.generation import Renderer
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
 
 PROFILE = all_profiles()["tiny-random"]
 REQUEST = {

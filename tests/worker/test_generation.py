@@ -17,7 +17,7 @@ from gpu_worker.generation import (
     RenderResult,
     TransientRenderError,
 )
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
 
 PROFILE = all_profiles()["tiny-random"]
 REQUEST = {
@@ -220,7 +220,7 @@ COMPILED_RENDER = """
 import json, sys
 import dataclasses
 from gpu_worker.generation import Renderer
-from ltxv.profiles import all_profiles
+from ltxv.core.profiles import all_profiles
 
 profile = all_profiles()["tiny-random"]
 profile = dataclasses.replace(profile, fit={**profile.fit, "compile": True})

@@ -11,7 +11,7 @@ import pytest
 
 from gpu_worker import health
 from gpu_worker.health import Health
-from ltxv.settings import Settings
+from ltxv.core.settings import Settings
 
 
 class Clock:

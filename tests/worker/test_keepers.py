@@ -11,10 +11,10 @@ import time
 import pytest
 
 from gpu_worker.lease import JobControl, LeaseKeeper
+from gpu_worker.lifecycle import LeaseLost
 from gpu_worker.messages import AckKeeper, Received
 from gpu_worker.worker import Worker
-from ltxv.lifecycle import LeaseLost
-from ltxv.store import TransactionContended
+from ltxv.core.store import TransactionContended
 
 
 class FlakyLifecycle:
@@ -90,7 +90,7 @@ class BrokenLifecycle:
 
 
 def test_an_unexpected_error_while_handling_a_message_stops_its_ack_extender(tmp_path):
-    from ltxv.settings import Settings
+    from ltxv.core.settings import Settings
 
     messages = FlakyMessages(failures=0)
     worker = Worker(

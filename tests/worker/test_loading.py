@@ -14,8 +14,8 @@ import torch
 
 from gpu_worker import loading, tiny_random
 from gpu_worker.generation import Renderer
-from ltxv import schemas
-from ltxv.profiles import ModelProfile, all_profiles
+from ltxv.core import schemas
+from ltxv.core.profiles import ModelProfile, all_profiles
 
 REQUEST = {"prompt": "a red car on a city street at night", "seed": 7, "num_inference_steps": 2}
 

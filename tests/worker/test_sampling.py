@@ -10,8 +10,8 @@ import pytest
 
 from gpu_worker import tiny_random
 from gpu_worker.generation import Renderer
-from ltxv import schemas
-from ltxv.profiles import ModelProfile, all_profiles
+from ltxv.core import schemas
+from ltxv.core.profiles import ModelProfile, all_profiles
 
 # Lightricks/LTX-Video at 5260738e171955b66c0827f9af7e84d68fd1d919:
 # configs/ltxv-2b-0.9.8-distilled.yaml lines 17 and 24, the distilled model's timesteps

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ltxv.settings import Settings
+from ltxv.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 VM_DIR = REPO / "gpu_worker" / "vm"
@@ -462,7 +462,7 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
     settings = _settings_from(env)
     assert (settings.project, settings.prefix) == ("ltxv-prod-1", PREFIX)
     # The worker loads and renders its pool's model; the default one only decides whether
-    # it also takes messages that name no model (ltxv.dispatch.passes_filter).
+    # it also takes messages that name no model (ltxv.core.dispatch.passes_filter).
     assert (settings.worker_model, settings.default_model) == (MODEL, "ltx-video-2b")
     assert settings.model_dir == f"/var/lib/ltxv/models/{MODEL}"
     assert settings.shutdown_grace_seconds == 15

@@ -45,8 +45,8 @@ from cloudevents.http import CloudEvent
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from ltxv import logs
-from ltxv.settings import Settings
+from ltxv.core import logs
+from ltxv.core.settings import Settings
 
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -398,7 +398,7 @@ class Bridge:
 
 
 def _log(level: int, message: str, **fields: Any) -> None:
-    # ltxv.logs turns `extra` into top-level JSON fields.
+    # ltxv.core.logs turns `extra` into top-level JSON fields.
     log.log(level, message, extra=fields)
 
 

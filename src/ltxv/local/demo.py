@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.encoding import probe
-
-from .. import schemas
-from ..client import ApiError, Client, ClientError, PromptDrops
-from ..jobs import State
-from ..webhook_receiver import WebhookReceiver
-from .stack import REPO_ROOT, LocalStack, StackError
+from ltxv.client import ApiError, Client, ClientError, PromptDrops
+from ltxv.client.webhook_receiver import WebhookReceiver
+from ltxv.core import schemas
+from ltxv.core.jobs import State
+from ltxv.core.media import probe
+from ltxv.local.stack import REPO_ROOT, LocalStack, StackError
 
 OLD_EXAMPLE = schemas.old_predict_example()
 PROMPT_FILE = [

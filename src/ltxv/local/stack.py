@@ -51,14 +51,14 @@ from google.protobuf import duration_pb2
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-from ltxv.auth import generate_api_key, hash_api_key
-from ltxv.dispatch import subscription_filter
+from ltxv.core.dispatch import subscription_filter
+from ltxv.core.profiles import enabled_profiles
+from ltxv.core.resources import worker_delivery
+from ltxv.core.settings import Settings
+from ltxv.core.webhooks import new_secret
+from ltxv.intake.auth import generate_api_key, hash_api_key
 from ltxv.local.bridge import storage_events_subscription
 from ltxv.local.credentials import fake_service_account_key
-from ltxv.profiles import enabled_profiles
-from ltxv.resources import worker_delivery
-from ltxv.settings import Settings
-from ltxv.webhooks import new_secret
 
 HOST = "127.0.0.1"
 SDK_ROOT = Path("/usr/lib/google-cloud-sdk")

@@ -12,9 +12,8 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Mapping
-from functools import cache
 
-from .cache import Cached
+from ltxv.core.cache import Cached
 
 KEY_PREFIX = "ltxv_"
 
@@ -65,33 +64,3 @@ class KeyRing:
 
     def authenticate(self, presented: str | None) -> str | None:
         return find_key_id(presented, self.hashes())
-
-
-SECRET_TIMEOUT_SECONDS = 10.0
-
-
-@cache
-def _secret_client():
-    from google.cloud import secretmanager
-
-    return secretmanager.SecretManagerServiceClient()
-
-
-def read_secret(name: str, timeout: float = SECRET_TIMEOUT_SECONDS) -> str:
-    """Read the latest version of a Secret Manager secret (`projects/P/secrets/S`)."""
-    version = name if "/versions/" in name else f"{name}/versions/latest"
-    response = _secret_client().access_secret_version(name=version, timeout=timeout)
-    return response.payload.data.decode("utf-8")
-
-
-def inline_or_secret(
-    inline: str | None, secret: str | None, cache_seconds: float, *, missing: str
-) -> tuple[Callable[[], str], float]:
-    """A loader of a JSON setting and how long to keep what it read: the inline JSON (local
-    stack, tests) for good, or the Secret Manager secret (deployed) for `cache_seconds`;
-    RuntimeError(`missing`) when neither is set."""
-    if inline:
-        return (lambda: inline), float("inf")
-    if secret:
-        return (lambda: read_secret(secret)), cache_seconds
-    raise RuntimeError(missing)

@@ -13,7 +13,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .jobs import Job, State, to_json
+from ltxv.core.jobs import Job, State, to_json
 
 RESULT_NAME = "result.json"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .webhooks import WebhookVerificationError, verify_webhook
+from ltxv.core.webhooks import WebhookVerificationError, verify_webhook
 
 MAX_BODY = 1024 * 1024
 

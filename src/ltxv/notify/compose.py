@@ -6,11 +6,11 @@ the first event: `main.py` calls its root then, not at import).
 
 from __future__ import annotations
 
-from .compose import job_store, storage_client
-from .dead_letters import DeadLetters
-from .notify import WebhookNotifier
-from .settings import Settings
-from .webhook_secrets import WebhookSecrets
+from ltxv.core.compose import job_store, storage_client
+from ltxv.core.settings import Settings
+from ltxv.core.webhook_secrets import WebhookSecrets
+from ltxv.notify.dead_letters import DeadLetters
+from ltxv.notify.notifier import WebhookNotifier
 
 
 def result_ready(settings: Settings) -> WebhookNotifier:

@@ -18,19 +18,20 @@ from flask import Request, Response
 from google.cloud import storage
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from . import openapi
-from .auth import KeyRing
-from .intake import BACKEND_ERRORS, IdempotencyConflict, Intake, TooManyJobs, Unavailable
-from .job_views import JobViews
-from .jobs import State, to_json
-from .profiles import ModelProfile
-from .results import build_result, write_result_once
-from .routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
-from .settings import Settings
-from .store import BadPageToken, JobNotFound, JobStore
-from .validation import JsonSyntaxError, RequestInvalid, parse_json
-from .web import PAGE, WebPage
-from .webhook_secrets import WebhookSecrets
+from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import State, to_json
+from ltxv.core.profiles import ModelProfile
+from ltxv.core.results import build_result, write_result_once
+from ltxv.core.settings import Settings
+from ltxv.core.store import BadPageToken, JobNotFound, JobStore
+from ltxv.core.webhook_secrets import WebhookSecrets
+from ltxv.intake import openapi
+from ltxv.intake.auth import KeyRing
+from ltxv.intake.job_views import JobViews
+from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
+from ltxv.intake.submission import IdempotencyConflict, Intake, TooManyJobs, Unavailable
+from ltxv.intake.validation import JsonSyntaxError, RequestInvalid, parse_json
+from ltxv.intake.web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def unavailable(message: str) -> HttpError:
 @dataclass(eq=False)
 class JobsApi:
     """A callable that functions-framework hands each Flask request; its parts come from
-    `ltxv.compose_submit.api`."""
+    `ltxv.intake.compose.api`."""
 
     settings: Settings
     profiles: Mapping[str, ModelProfile]

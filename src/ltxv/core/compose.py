@@ -3,9 +3,9 @@
 Every part takes what it uses as constructor arguments; only a root reads Settings to
 build clients and parts, and no part is handed a bag of parts to pick from. The roots:
 
-- `ltxv.compose_submit.api`, `.prompt_file`, `.redispatch`: functions/submit's entry
+- `ltxv.intake.compose.api`, `.prompt_file`, `.redispatch`: functions/submit's entry
   points, each deployed as its own function (and run as its own process locally).
-- `ltxv.compose_notify.result_ready`, `.dead_letter`: functions/notify's entry points.
+- `ltxv.notify.compose.result_ready`, `.dead_letter`: functions/notify's entry points.
 - `gpu_worker.__main__.compose`: a GPU worker (`python -m gpu_worker`).
 
 The functions' `main.py`, the local stack (which runs those `main.py`), the tests and the
@@ -26,9 +26,9 @@ from typing import Any, TypeVar, cast
 
 from google.cloud import firestore, storage
 
-from . import logs
-from .settings import Settings, get_settings
-from .store import JobStore
+from ltxv.core import logs
+from ltxv.core.settings import Settings, get_settings
+from ltxv.core.store import JobStore
 
 T = TypeVar("T")
 

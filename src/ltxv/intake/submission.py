@@ -16,7 +16,6 @@ subscription's dead-letter limit.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import time
@@ -25,26 +24,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import google.auth.exceptions
 from google.api_core import exceptions as gexc
 
-from .dispatch import Dispatcher
-from .jobs import Job, State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
-from .store import Decision, JobExists, JobStore
-from .urlsafety import LookupTimedOut
-from .validation import FieldError, IntakePolicy, RequestInvalid, request_hash, validate_request
+from ltxv.core.dispatch import Dispatcher
+from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import Job, State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
+from ltxv.core.store import Decision, JobExists, JobStore
+from ltxv.core.urlsafety import LookupTimedOut
+from ltxv.intake.validation import (
+    FieldError,
+    IntakePolicy,
+    RequestInvalid,
+    request_hash,
+    validate_request,
+)
 
 log = logging.getLogger(__name__)
-
-# What a Firestore, Pub/Sub or Cloud Storage outage looks like from the client libraries,
-# and a failure to get or use the runtime's credentials (token refresh, IAM signBlob).
-BACKEND_ERRORS = (
-    gexc.GoogleAPIError,
-    google.auth.exceptions.GoogleAuthError,
-    concurrent.futures.TimeoutError,
-    TimeoutError,
-    ConnectionError,
-)
 
 
 class Unavailable(RuntimeError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
-from . import schemas
+from ltxv.core import schemas
 
 RESOURCES_FILE = "resources.json"
 

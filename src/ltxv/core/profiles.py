@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from . import schemas
+from ltxv.core import schemas
 
 PROFILES_FILE = "model-profiles.json"
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
-from .auth import inline_or_secret
-from .cache import Cached
-from .settings import Settings
+from ltxv.core.cache import Cached
+from ltxv.core.secrets import inline_or_secret
+from ltxv.core.settings import Settings
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix every secret starts with)
 MAX_SECRETS_PER_KEY = 4

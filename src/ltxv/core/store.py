@@ -21,7 +21,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from .jobs import Changes, Job, Page, State, transition, utcnow
+from ltxv.core.jobs import Changes, Job, Page, State, transition, utcnow
 
 
 class JobExists(Exception):

@@ -30,9 +30,10 @@ SCHEMA_FILES = {
 @cache
 def schemas_dir() -> Path:
     override = os.environ.get("LTXV_SCHEMAS_DIR")
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # ltxv/
     candidates = [Path(override)] if override else []
-    candidates += [here / "_schemas", here.parent / "schemas", here.parent.parent / "schemas"]
+    # In the wheel (ltxv/_schemas), a function archive (schemas/ beside ltxv/), the repo.
+    candidates += [package / "_schemas", package.parent / "schemas", package.parents[1] / "schemas"]
     for candidate in candidates:
         if (candidate / SCHEMA_FILES["job-request"]).is_file():
             return candidate

@@ -37,7 +37,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_match_hostname import CertificateError
 
-from .urlsafety import DEFAULT_PORTS, CheckedURL
+from ltxv.core.urlsafety import DEFAULT_PORTS, CheckedURL
 
 log = logging.getLogger(__name__)
 

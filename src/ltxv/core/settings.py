@@ -16,7 +16,7 @@ from functools import cache, cached_property
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
-from . import resources
+from ltxv.core import resources
 
 
 def setting(env: str, default: Any = None, *, also: tuple[str, ...] = ()) -> Any:

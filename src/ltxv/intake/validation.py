@@ -17,10 +17,16 @@ from typing import Any
 
 from jsonschema import ValidationError
 
-from . import schemas
-from .profiles import ModelProfile
-from .results import destination_prefix
-from .urlsafety import LookupTimedOut, Resolver, UnsafeURL, check_webhook_url, system_resolver
+from ltxv.core import schemas
+from ltxv.core.profiles import ModelProfile
+from ltxv.core.results import destination_prefix
+from ltxv.core.urlsafety import (
+    LookupTimedOut,
+    Resolver,
+    UnsafeURL,
+    check_webhook_url,
+    system_resolver,
+)
 
 REQUEST_FIELDS = (
     "prompt",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .jobs import Changes, Job, Lease, State, lease_end, transition
-from .store import Decision, JobStore
+from ltxv.core.jobs import Changes, Job, Lease, State, lease_end, transition
+from ltxv.core.store import Decision, JobStore
 
 
 class ClaimOutcome(enum.Enum):

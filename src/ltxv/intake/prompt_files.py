@@ -16,7 +16,10 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .intake import (
+from ltxv.core.jobs import job_id_for_prompt_line, to_json, utcnow
+from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
+from ltxv.core.urlsafety import LookupTimedOut, caching
+from ltxv.intake.submission import (
     BACKEND_ERRORS,
     IdempotencyConflict,
     Intake,
@@ -24,15 +27,16 @@ from .intake import (
     TooManyJobs,
     Unavailable,
 )
-from .jobs import job_id_for_prompt_line, to_json, utcnow
-from .urlsafety import LookupTimedOut, caching
-from .validation import FieldError, IntakePolicy, JsonSyntaxError, RequestInvalid, parse_json
+from ltxv.intake.validation import (
+    FieldError,
+    IntakePolicy,
+    JsonSyntaxError,
+    RequestInvalid,
+    parse_json,
+)
 
 log = logging.getLogger(__name__)
 
-INCOMING = "incoming/"
-RECEIPTS = "receipts/"
-SUFFIXES = (".json", ".jsonl")
 RECEIPT_WRITE_ATTEMPTS = 5
 
 
@@ -59,10 +63,6 @@ class Receipt:
             "rejected": self.rejected,
             "error": self.error,
         }
-
-
-def receipt_name(object_name: str) -> str:
-    return RECEIPTS + object_name.removeprefix(INCOMING) + ".json"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 
-from .jobs import State
+from ltxv.core.jobs import State
 
 __all__ = [
     "EVENT_TYPES",

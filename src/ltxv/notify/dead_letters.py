@@ -14,11 +14,11 @@ from typing import Any
 
 from google.cloud import storage
 
-from .dispatch import parse_job_id
-from .jobs import Job, JobError, State, lease_end, transition
-from .notify import RetryLater
-from .results import build_result, write_result_once
-from .store import Decision, JobStore
+from ltxv.core.dispatch import parse_job_id
+from ltxv.core.jobs import Job, JobError, State, lease_end, transition
+from ltxv.core.results import build_result, write_result_once
+from ltxv.core.store import Decision, JobStore
+from ltxv.notify.notifier import RetryLater
 
 log = logging.getLogger(__name__)
 

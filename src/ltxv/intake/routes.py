@@ -11,7 +11,7 @@ import re
 
 from werkzeug.routing import Map, Rule
 
-from . import schemas
+from ltxv.core import schemas
 
 # A job id as job.schema.json states it (26 base32 characters, jobs.new_job_id).
 JOB_ID = re.compile(schemas.load("job")["properties"]["job_id"]["pattern"])

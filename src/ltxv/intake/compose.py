@@ -3,7 +3,7 @@
 Each builds, from Settings, exactly what its entry point uses: only the API builds the
 key ring, the webhook secrets and the URL signer (the prompt-file and redispatch
 functions have no settings for the first two). Storage and Pub/Sub clients are `lazy`
-here: a GET of a queued job, say, builds neither (see `ltxv.compose`).
+here: a GET of a queued job, say, builds neither (see `ltxv.core.compose`).
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ from functools import partial
 
 from google.cloud import firestore, storage
 
-from .api import JobsApi
-from .auth import KeyRing, inline_or_secret
-from .compose import job_store, lazy, storage_client
-from .dispatch import Dispatcher, make_publisher
-from .intake import Intake
-from .job_views import JobViews
-from .profiles import ModelProfile, enabled_profiles
-from .prompt_files import PromptFiles
-from .settings import Settings
-from .signing import UrlSigner
-from .store import JobStore
-from .validation import IntakePolicy
-from .webhook_secrets import WebhookSecrets
+from ltxv.core.compose import job_store, lazy, storage_client
+from ltxv.core.dispatch import Dispatcher, make_publisher
+from ltxv.core.profiles import ModelProfile, enabled_profiles
+from ltxv.core.secrets import inline_or_secret
+from ltxv.core.settings import Settings
+from ltxv.core.signing import UrlSigner
+from ltxv.core.store import JobStore
+from ltxv.core.webhook_secrets import WebhookSecrets
+from ltxv.intake.api import JobsApi
+from ltxv.intake.auth import KeyRing
+from ltxv.intake.job_views import JobViews
+from ltxv.intake.prompt_files import PromptFiles
+from ltxv.intake.submission import Intake
+from ltxv.intake.validation import IntakePolicy
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from . import schemas
-from .jobs import State
-from .profiles import ModelProfile
-from .routes import (
+from ltxv.core import schemas
+from ltxv.core.jobs import State
+from ltxv.core.profiles import ModelProfile
+from ltxv.core.webhook_secrets import SECRET_PREFIX
+from ltxv.intake.routes import (
     IDEMPOTENCY_KEY,
     JOB_ID,
     LIST_PARAMS,
@@ -25,8 +26,7 @@ from .routes import (
     methods,
     openapi_path,
 )
-from .validation import request_rules
-from .webhook_secrets import SECRET_PREFIX
+from ltxv.intake.validation import request_rules
 
 COMPONENTS = {
     "job-request": "JobRequest",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .jobs import Job, State, to_json
-from .results import output_prefix
-from .signing import UrlSigner, split_gs_uri
+from ltxv.core.jobs import Job, State, to_json
+from ltxv.core.results import output_prefix
+from ltxv.core.signing import UrlSigner, split_gs_uri
 
 
 class JobViews:

@@ -44,12 +44,12 @@ from typing import Any, cast
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .intake import BACKEND_ERRORS
-from .jobs import Changes, DeliveryAttempt, Job, WebhookRecord, utcnow
-from .results import RESULT_NAME
-from .settings import Settings
-from .store import Decision, JobStore
-from .urlsafety import (
+from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import Changes, DeliveryAttempt, Job, WebhookRecord, utcnow
+from ltxv.core.results import RESULT_NAME
+from ltxv.core.settings import Settings
+from ltxv.core.store import Decision, JobStore
+from ltxv.core.urlsafety import (
     RESOLVE_TIMEOUT_SECONDS,
     Resolver,
     Unresolvable,
@@ -57,9 +57,15 @@ from .urlsafety import (
     check_webhook_url,
     system_resolver,
 )
-from .webhook_secrets import Secrets, WebhookSecrets
-from .webhook_sender import INTERNAL_ERROR, TIMED_OUT, SendResult, describe_error, post_pinned
-from .webhooks import build_event, encode_event, event_id, sign_headers
+from ltxv.core.webhook_secrets import Secrets, WebhookSecrets
+from ltxv.core.webhooks import build_event, encode_event, event_id, sign_headers
+from ltxv.notify.webhook_sender import (
+    INTERNAL_ERROR,
+    TIMED_OUT,
+    SendResult,
+    describe_error,
+    post_pinned,
+)
 
 log = logging.getLogger(__name__)
 

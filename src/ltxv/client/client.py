@@ -30,8 +30,8 @@ from google.cloud import storage
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .jobs import Page, State
-from .prompt_files import INCOMING, SUFFIXES, receipt_name
+from ltxv.core.jobs import Page, State
+from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
 RETRY = Retry(

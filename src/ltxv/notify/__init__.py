@@ -1,0 +1,2 @@
+"""Notify: the notify function's part (signed webhooks when a result lands, dead letters).
+Ships in notify.zip with the core."""

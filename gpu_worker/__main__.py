@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from google.cloud import pubsub_v1
+import google.cloud.pubsub_v1 as pubsub_v1
 
 from gpu_worker.lifecycle import JobLifecycle
 from ltxv.core.compose import job_store, settings_for, storage_client

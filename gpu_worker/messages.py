@@ -14,8 +14,8 @@ import logging
 import warnings
 from dataclasses import dataclass
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 
 from ltxv.core.dispatch import MODEL_ATTRIBUTE, parse_job_id
 

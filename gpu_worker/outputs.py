@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ltxv.core.results import RESULT_NAME, output_prefix

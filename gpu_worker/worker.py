@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from google.cloud import storage
+import google.cloud.storage as storage
 
 from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.core.dispatch import passes_filter

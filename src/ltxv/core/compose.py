@@ -24,7 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from google.cloud import firestore, storage
+import google.cloud.storage as storage
+from google.cloud import firestore
 
 from ltxv.core import logs
 from ltxv.core.settings import Settings, get_settings

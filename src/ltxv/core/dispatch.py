@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core.retry import Retry
-from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.types import BatchSettings
 
 JOB_ID_ATTRIBUTE = "job_id"

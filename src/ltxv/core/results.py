@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 
 from ltxv.core.jobs import Job, State, to_json
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import google.auth
 import google.auth.transport.requests
-from google.cloud import storage
+import google.cloud.storage as storage
 from google.oauth2 import service_account
 
 REFRESH_TIMEOUT_SECONDS = 10.0

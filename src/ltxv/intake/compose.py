@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from google.cloud import firestore, storage
+import google.cloud.storage as storage
+from google.cloud import firestore
 
 from ltxv.core.compose import job_store, lazy, storage_client
 from ltxv.core.dispatch import Dispatcher, make_publisher

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 
 from ltxv.core.jobs import job_id_for_prompt_line, to_json, utcnow
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name

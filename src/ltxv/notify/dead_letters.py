@@ -12,7 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from google.cloud import storage
+import google.cloud.storage as storage
 
 from ltxv.core.dispatch import parse_job_id
 from ltxv.core.jobs import Job, JobError, State, lease_end, transition

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Changes, DeliveryAttempt, Job, WebhookRecord, utcnow

@@ -21,6 +21,7 @@ import logging
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -35,15 +36,18 @@ PRESET = "veryfast"
 CRF = 20
 POSTER_QUALITY = 90
 
+# The codecs encoders are chosen from: names PyAV knows for video (its streams are typed so).
+H264Codec = Literal["h264_nvenc", "libx264"]
+
 # Each encoder's codec and options, best first.
-ENCODERS = {
+ENCODERS: dict[str, tuple[H264Codec, dict[str, str]]] = {
     "nvenc": ("h264_nvenc", {"preset": "p5", "rc": "vbr", "cq": "23", "b": "0"}),
     "x264": ("libx264", {"crf": str(CRF), "preset": PRESET}),
 }
 
 
 @cache
-def _opens(codec: str) -> bool:
+def _opens(codec: H264Codec) -> bool:
     """Whether this codec opens here: NVENC needs an NVIDIA driver and a free session."""
     try:
         with av.open(io.BytesIO(), mode="w", format="mp4") as out:
@@ -56,7 +60,7 @@ def _opens(codec: str) -> bool:
     return True
 
 
-def choose_encoder(preference: str = "auto") -> tuple[str, dict[str, str]]:
+def choose_encoder(preference: str = "auto") -> tuple[H264Codec, dict[str, str]]:
     """The codec and options to encode with: auto is NVENC when it opens, else x264."""
     if preference not in ("auto", *ENCODERS):
         raise ValueError(f"video encoder must be auto, nvenc or x264, got {preference!r}")

@@ -52,7 +52,9 @@ def after_move(pipe: Any, fit: dict[str, Any], device: str) -> dict[str, Any]:
 # -- prompt ---------------------------------------------------------------------------------
 
 
-def trim_prompt_padding(embeds: Any, mask: Any, negative: Any, negative_mask: Any) -> tuple:
+def trim_prompt_padding(
+    embeds: Any, mask: Any, negative: Any, negative_mask: Any
+) -> tuple[Any, Any, Any, Any]:
     """The prompt embeddings without the padding tokens every row masks out.
 
     T5 pads on the right to max_sequence_length (128) and the transformer's cross-attention

@@ -278,7 +278,9 @@ class Renderer:
         )
         marks: dict[str, float] = {}
 
-        def step_end(pipeline: Any, index: int, _timestep: Any, tensors: dict) -> dict:
+        def step_end(
+            pipeline: Any, index: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
             total = pipeline.num_timesteps
             if index + 1 == total:
                 _sync(device)

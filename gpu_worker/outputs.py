@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from ltxv.core.jobs import Job
 from ltxv.core.results import RESULT_NAME, output_prefix
 from ltxv.core.signing import split_gs_uri
 
@@ -57,13 +57,13 @@ class JobOutputs:
         # past the deadline the job is requeued instead.
         self.retry = DEFAULT_RETRY.with_timeout(retry_seconds)
 
-    def video_target(self, job: dict[str, Any]) -> Target:
+    def video_target(self, job: Job) -> Target:
         destination = job["request"].get("gcs_destination")
         if destination:
             return Target(*split_gs_uri(destination))
         return Target(self.outputs_bucket, output_prefix(job["job_id"]) + "video.mp4")
 
-    def check_destination(self, job: dict[str, Any]) -> None:
+    def check_destination(self, job: Job) -> None:
         """Before spending GPU time: raise DestinationTaken if the video's name is taken
         by another writer (the upload's precondition stays the authority)."""
         target = self.video_target(job)
@@ -71,7 +71,7 @@ class JobOutputs:
         if blob is not None and not _written_by(blob, job["job_id"]):
             raise DestinationTaken(target.uri)
 
-    def upload(self, job: dict[str, Any], folder: Path) -> dict[str, str]:
+    def upload(self, job: Job, folder: Path) -> dict[str, str]:
         """Upload the video and poster; the job's `outputs` (URIs and generations)."""
         job_id = job["job_id"]
         video = self.video_target(job)
@@ -86,7 +86,9 @@ class JobOutputs:
             "result": f"gs://{self.outputs_bucket}/{output_prefix(job_id)}{RESULT_NAME}",
         }
 
-    def _create(self, target: Target, path: Path, content_type: str, job_id: str, timeout: int):
+    def _create(
+        self, target: Target, path: Path, content_type: str, job_id: str, timeout: int
+    ) -> int:
         bucket = self.client.bucket(target.bucket)
         expected = 0  # nothing there
         for _ in range(3):

@@ -179,13 +179,14 @@ def default_dir() -> Path:
 def build_pipeline() -> Any:
     """The miniature `LTXPipeline` in memory, the same weights on every call and machine."""
     import torch
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXPipeline,
-        LTXVideoTransformer3DModel,
-    )
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
+
+    # From their modules: mypy reads diffusers' top-level names as its torch-less dummies.
+    from diffusers.models.autoencoders.autoencoder_kl_ltx import AutoencoderKLLTXVideo
+    from diffusers.models.transformers.transformer_ltx import LTXVideoTransformer3DModel
+
+    # transformers 5 has one T5 tokenizer (tokenizers-backed); T5TokenizerFast is its alias.
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     vocab = vocabulary()
     with torch.random.fork_rng(devices=[]):
@@ -201,7 +202,7 @@ def build_pipeline() -> Any:
                     parameter.copy_(0.1 * torch.randn_like(parameter))
         torch.manual_seed(SEED + 2)
         text_encoder = T5EncoderModel(T5Config(**_t5_config(len(vocab))))
-    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=TOKENIZER_MAX_LENGTH)
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=TOKENIZER_MAX_LENGTH)
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
     for module in (transformer, vae, text_encoder):
         module.eval()

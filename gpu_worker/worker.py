@@ -26,15 +26,17 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import google.cloud.storage as storage
 
 from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.core.dispatch import passes_filter
 from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import Job
 from ltxv.core.results import build_result, write_result_once
 from ltxv.core.settings import Settings
 
@@ -50,6 +52,9 @@ from .health import Health, device_problem
 from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
 from .outputs import DestinationTaken, JobOutputs
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ class Worker:
         self.stopping = threading.Event()  # SIGTERM: take no new job
         self.interrupting = threading.Event()  # grace over: stop the render between steps
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finisher")
-        self._finishing: Future | None = None
+        self._finishing: Future[None] | None = None
         self._load_seconds = 0.0
         self._workdir = Path(tempfile.mkdtemp(prefix="ltxv-worker-"))
         self._renders = 0  # renders this process has started (1: the first, a fresh process)
@@ -173,9 +178,11 @@ class Worker:
         try:
             claim = self.lifecycle.claim(job_id)
             if claim.outcome is ClaimOutcome.CLAIMED:
+                assert claim.job is not None  # every outcome but MISSING carries the job
                 self._render(claim.job, received, keeper)  # the keeper is the render's now
                 return
             if claim.outcome is ClaimOutcome.SETTLED:
+                assert claim.job is not None
                 self._repair_result(claim.job)
         except BACKEND_ERRORS as exc:
             keeper.stop()
@@ -198,6 +205,7 @@ class Worker:
         elif claim.outcome is ClaimOutcome.SETTLED:
             self.messages.ack(received)
         elif claim.outcome is ClaimOutcome.FOREIGN:
+            assert claim.job is not None  # every outcome but MISSING carries the job
             log.error(
                 "job recorded for another model; not rendered",
                 extra={"job_id": job_id, "job_model": claim.job["model"], "worker_model": model},
@@ -208,7 +216,7 @@ class Worker:
             self.messages.nack(received, delay_seconds=int(claim.lease_left) + 1)
             log.info("job leased elsewhere; deferred", extra={"job_id": job_id})
 
-    def _render(self, job: dict[str, Any], received: Received, keeper: AckKeeper) -> None:
+    def _render(self, job: Job, received: Received, keeper: AckKeeper) -> None:
         job_id = job["job_id"]
         request = job["request"]
         control = JobControl(job_id, request["num_inference_steps"])
@@ -253,7 +261,16 @@ class Worker:
 
     # --- after the render -----------------------------------------------------------------
 
-    def _finish(self, job, frames, timings, received, keeper, lease, control) -> None:
+    def _finish(
+        self,
+        job: Job,
+        frames: np.ndarray,
+        timings: dict[str, float],
+        received: Received,
+        keeper: AckKeeper,
+        lease: LeaseKeeper,
+        control: JobControl,
+    ) -> None:
         job_id = job["job_id"]
         try:
             started = time.monotonic()
@@ -360,7 +377,7 @@ class Worker:
         else:
             self._requeue(job_id, received, "worker_shutdown", "the worker stopped mid-render")
 
-    def _settle_with_result(self, received: Received, settle) -> None:
+    def _settle_with_result(self, received: Received, settle: Callable[[], Job]) -> None:
         try:
             job = settle()
             write_result_once(self.storage, self.settings.outputs, build_result(job))
@@ -384,7 +401,7 @@ class Worker:
         self.messages.nack(received)
         log.warning("job requeued", extra={"job_id": job_id, "code": code, "reason": message})
 
-    def _repair_result(self, job: dict[str, Any]) -> None:
+    def _repair_result(self, job: Job) -> None:
         """A settled job whose result.json may be missing (a crash before it was written)."""
         try:
             # Written only if absent (if_generation_match=0): one request either way.

@@ -68,9 +68,9 @@ def read_pins(text: str) -> dict[str, str]:
         except InvalidRequirement:
             pins[line] = ""  # reported as not in pyproject.toml
             continue
-        (spec, *more) = list(requirement.specifier) or [None]
-        pinned = spec is not None and not more and spec.operator == "=="
-        pins[canonicalize_name(requirement.name)] = spec.version if pinned else ""
+        specs = list(requirement.specifier)
+        pinned = len(specs) == 1 and specs[0].operator == "=="
+        pins[canonicalize_name(requirement.name)] = specs[0].version if pinned else ""
     return pins
 
 

@@ -18,7 +18,7 @@ from functools import cache
 
 import functions_framework
 from cloudevents.http import CloudEvent
-from flask import jsonify
+from flask import Response, jsonify
 
 from ltxv.core.compose import settings_for
 from ltxv.notify import compose as compose_notify
@@ -33,7 +33,7 @@ _dead_letters = cache(lambda: compose_notify.dead_letter(settings_for("notify"))
 
 
 @functions_framework.errorhandler(RetryLater)
-def _retry_later(exc: RetryLater):
+def _retry_later(exc: RetryLater) -> tuple[Response, int]:
     log.info("retry requested", extra={"job_id": exc.job_id, "reason": exc.reason, "at": exc.at})
     return jsonify({"retry_at": exc.at.isoformat(), "reason": exc.reason}), 503
 

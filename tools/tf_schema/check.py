@@ -33,7 +33,7 @@ RESOURCE_META = (
     {"lifecycle", "provisioner", "connection"},
 )
 DATA_META = ({"count", "for_each", "depends_on", "provider"}, {"lifecycle"})
-PROVIDER_META = ({"alias", "version"}, set())
+PROVIDER_META: tuple[set[str], set[str]] = ({"alias", "version"}, set())
 NOT_RESOURCES = {"var", "local", "module", "data", "path", "terraform", "each", "count", "self"}
 # Blocks whose expressions name addresses that need not (or must not) exist any more.
 SKIP_REFS = {"terraform", "moved", "removed", "import", "check"}
@@ -121,7 +121,9 @@ class Module:
         self.declared: dict[tuple[str, str, str], bool] = {}
         for _, body in self.files:
             for block in _items(body):
-                labels = [_label(x) for x in block.labels] if isinstance(block, BlockRule) else []
+                if not isinstance(block, BlockRule):
+                    continue
+                labels = [_label(x) for x in block.labels]
                 if len(labels) == 3 and labels[0] in ("resource", "data"):
                     multi = any(_attr(block.body, m) for m in ("count", "for_each"))
                     self.declared[(labels[0], labels[1], labels[2])] = multi
@@ -184,7 +186,7 @@ class Module:
                     self.check_refs(file, block)
         return sorted(self.findings)
 
-    def check_resource(self, file: str, block: BlockRule, kind: str, type_: str, name: str):
+    def check_resource(self, file: str, block: BlockRule, kind: str, type_: str, name: str) -> None:
         if (kind, type_, name) in self.foreign or self.provider_of(type_) is None:
             return
         schema = self.type_schema(kind, type_)
@@ -261,7 +263,7 @@ class Module:
             if sub.get("max") and static.get(name, 0) > sub["max"]:
                 self.add(file, line, f"{where}: at most {sub['max']} {name!r} block(s)")
 
-    def check_dynamic(self, file: str, item: BlockRule, schema: dict[str, Any], where: str):
+    def check_dynamic(self, file: str, item: BlockRule, schema: dict[str, Any], where: str) -> None:
         name = _label(item.labels[1])
         if name not in schema["b"]:
             if name not in schema["a"]:

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import google.cloud.storage as storage
 import requests
@@ -161,7 +162,9 @@ class Client:
         self.session.headers["User-Agent"] = "ltxv-client"
 
     @classmethod
-    def configured(cls, url: str | None = None, api_key: str | None = None, **kwargs) -> Client:
+    def configured(
+        cls, url: str | None = None, api_key: str | None = None, **kwargs: Any
+    ) -> Client:
         """From the arguments, else LTXV_API_URL and LTXV_API_KEY, else `.local/stack.env`."""
         url, api_key = setting("LTXV_API_URL", url), setting("LTXV_API_KEY", api_key)
         if not url:
@@ -308,7 +311,7 @@ class Client:
 
 def _segment(job_id: str) -> str:
     """A job id as one path segment: a `/` in it must not reach another route."""
-    return requests.utils.quote(job_id, safe="")
+    return quote(job_id, safe="")
 
 
 # --- prompt files ---------------------------------------------------------------------------

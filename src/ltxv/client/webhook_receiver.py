@@ -134,7 +134,9 @@ class WebhookReceiver:
                 # Recorded once answered: whoever waits on it may stop the server next.
                 receiver._record(delivery)
 
-            def _answer(self, status: int, body: bytes, extra: dict[str, str] | None = None):
+            def _answer(
+                self, status: int, body: bytes, extra: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 for name, value in (extra or {}).items():
                     self.send_header(name, value)

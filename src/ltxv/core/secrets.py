@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.cloud import secretmanager
 
 SECRET_TIMEOUT_SECONDS = 10.0
 
 
 @cache
-def _secret_client():
-    from google.cloud import secretmanager
+def _secret_client() -> secretmanager.SecretManagerServiceClient:
+    from google.cloud import secretmanager  # here: only deployments read Secret Manager
 
     return secretmanager.SecretManagerServiceClient()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any, Protocol, cast
 
 import google.auth
 import google.auth.transport.requests
@@ -11,6 +12,22 @@ import google.cloud.storage as storage
 from google.oauth2 import service_account
 
 REFRESH_TIMEOUT_SECONDS = 10.0
+
+
+class _RuntimeCredentials(Protocol):
+    """What signing needs of the runtime's credentials (google.auth.default() on Cloud Run
+    and GCE: the metadata server's service account), beyond google.auth's base class."""
+
+    @property
+    def valid(self) -> bool: ...
+
+    @property
+    def token(self) -> str: ...  # live once `valid`
+
+    @property
+    def service_account_email(self) -> str: ...
+
+    def refresh(self, request: google.auth.transport.Request) -> None: ...
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -43,7 +60,7 @@ class UrlSigner:
             else None
         )
         self.endpoint = endpoint
-        self._runtime_credentials = None
+        self._runtime_credentials: _RuntimeCredentials | None = None
         self._lock = threading.Lock()
 
     def sign(
@@ -80,7 +97,8 @@ class UrlSigner:
         errors, e.g. RefreshError, reach the caller as the backend errors they are)."""
         with self._lock:
             if self._runtime_credentials is None:
-                self._runtime_credentials, _ = google.auth.default()
+                found, _ = google.auth.default()
+                self._runtime_credentials = cast(_RuntimeCredentials, found)
             credentials = self._runtime_credentials
             if not credentials.valid:
                 credentials.refresh(_BoundedRequest())
@@ -91,5 +109,6 @@ class _BoundedRequest(google.auth.transport.requests.Request):
     """google.auth's transport, with a timeout fit for a request path: its default is
     120 s, and every signing in the process waits behind a refresh."""
 
-    def __call__(self, *args, timeout: float = REFRESH_TIMEOUT_SECONDS, **kwargs):
-        return super().__call__(*args, timeout=timeout, **kwargs)
+    def __call__(self, *args: Any, timeout: float = REFRESH_TIMEOUT_SECONDS, **kwargs: Any) -> Any:
+        kwargs["timeout"] = timeout
+        return super().__call__(*args, **kwargs)

@@ -15,13 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
 from ltxv.core.jobs import Changes, Job, Page, State, transition, utcnow
+
+if TYPE_CHECKING:
+    from google.cloud.firestore_v1.aggregation import AggregationQuery
+    from google.cloud.firestore_v1.base_aggregation import AggregationResult
 
 
 class JobExists(Exception):
@@ -140,7 +144,14 @@ class JobStore:
         ).where(filter=firestore.FieldFilter("state", "in", [State.QUEUED, State.RUNNING]))
         if up_to is not None:
             query = query.limit(up_to)
-        (result,) = query.count().get(retry=self.retry, timeout=self.timeout)[0]
+        # firestore annotates count() as returning the AggregationQuery class and get() as a
+        # list of results: count() returns an instance, get() one list per aggregation query.
+        counting = cast("AggregationQuery", query.count())
+        rows = cast(
+            "list[list[AggregationResult]]",
+            counting.get(retry=self.retry, timeout=self.timeout),
+        )
+        (result,) = rows[0]
         return int(result.value)
 
     def list(
@@ -161,7 +172,7 @@ class JobStore:
         if page_token:
             query = query.start_after(_decode_cursor(page_token))
         docs = [
-            s.to_dict()
+            cast(dict[str, Any], s.to_dict())  # None only for a snapshot of no document
             for s in query.limit(page_size + 1).stream(retry=self.retry, timeout=self.timeout)
         ]
         more = len(docs) > page_size

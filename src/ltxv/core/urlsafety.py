@@ -132,25 +132,27 @@ def system_resolver(host: str, port: int, *, timeout: float = RESOLVE_TIMEOUT_SE
     queue behind them and time out. A stuck lookup keeps its thread until the system
     resolver gives up (seconds), so their number is bounded by the requests in flight.
     """
-    answer: dict[str, object] = {}
+    addresses: list[str] = []
+    errors: list[BaseException] = []
     done = threading.Event()
 
     def lookup() -> None:
         try:
-            answer["infos"] = socket.getaddrinfo(
+            infos = socket.getaddrinfo(
                 host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP
             )
+            addresses.extend(str(info[4][0]) for info in infos)
         except BaseException as exc:  # handed to the caller below
-            answer["error"] = exc
+            errors.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=lookup, name=f"resolve-{host}"[:60], daemon=True).start()
     if not done.wait(timeout):
         raise ResolveTimeout(f"{host} did not resolve within {timeout:g} s")
-    if "error" in answer:
-        raise answer["error"]  # type: ignore[misc]
-    return list(dict.fromkeys(str(info[4][0]) for info in answer["infos"]))  # type: ignore[union-attr]
+    if errors:
+        raise errors[0]
+    return list(dict.fromkeys(addresses))
 
 
 def caching(resolver: Resolver) -> Resolver:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
@@ -71,7 +72,9 @@ def _check(key_id: str, secret: object) -> None:
 class WebhookSecrets:
     """Each API key's signing secrets, from a loader of the JSON above."""
 
-    def __init__(self, load: Callable[[], str], ttl_seconds: float = 300.0, **cache_options):
+    def __init__(
+        self, load: Callable[[], str], ttl_seconds: float = 300.0, **cache_options: Any
+    ) -> None:
         self._secrets = Cached(
             lambda: parse_webhook_secrets(load()), ttl_seconds, name="webhook secrets",
             **cache_options,

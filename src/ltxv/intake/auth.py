@@ -12,6 +12,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ltxv.core.cache import Cached
 
@@ -54,7 +55,9 @@ class KeyRing:
     redeploy, and a slow or failing Secret Manager never holds up a request once the
     hashes have been read (see `Cached`)."""
 
-    def __init__(self, load: Callable[[], str], ttl_seconds: float = 300.0, **cache_options):
+    def __init__(
+        self, load: Callable[[], str], ttl_seconds: float = 300.0, **cache_options: Any
+    ) -> None:
         self._hashes = Cached(
             lambda: parse_key_hashes(load()), ttl_seconds, name="API key hashes", **cache_options
         )

@@ -16,11 +16,11 @@ from typing import Any
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
+from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import job_id_for_prompt_line, to_json, utcnow
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 from ltxv.core.urlsafety import LookupTimedOut, caching
 from ltxv.intake.submission import (
-    BACKEND_ERRORS,
     IdempotencyConflict,
     Intake,
     JobOrigin,

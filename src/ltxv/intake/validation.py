@@ -149,9 +149,12 @@ _PATTERN_MESSAGES = {
 
 def _schema_message(error: ValidationError) -> str:
     """A message that says what is expected without quoting a possibly huge value."""
-    kind, expected, value = error.validator, error.validator_value, error.instance
+    # Typed `Any | Unset`: unset only on an error built by hand, never on one iter_errors gives.
+    kind = error.validator
+    expected: Any = error.validator_value
+    value: Any = error.instance
     if kind == "type":
-        types = expected if isinstance(expected, list) else [expected]
+        types: list[str] = expected if isinstance(expected, list) else [expected]
         return "must be " + " or ".join(_TYPE_NAMES.get(t, t) for t in types)
     if kind == "minLength":
         return "must not be empty" if expected == 1 else f"must be at least {expected} characters"
@@ -198,7 +201,9 @@ def _schema_errors(body: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
-def _check_range(errors: list[FieldError], request: dict, field: str, profile: ModelProfile):
+def _check_range(
+    errors: list[FieldError], request: dict[str, Any], field: str, profile: ModelProfile
+) -> None:
     bounds = profile.limits[field]
     value = request[field]
     if value not in bounds:
@@ -275,7 +280,12 @@ def _destination_errors(
 
 def _first_per_path(errors: list[FieldError]) -> list[FieldError]:
     seen: set[str] = set()
-    return [e for e in errors if not (e.path in seen or seen.add(e.path))]
+    first: list[FieldError] = []
+    for error in errors:
+        if error.path not in seen:
+            seen.add(error.path)
+            first.append(error)
+    return first
 
 
 def _storable_errors(value: Any, path: str = "$") -> list[FieldError]:
@@ -327,7 +337,7 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
             )
         raise RequestInvalid(errors)
 
-    request = {field: body.get(field) for field in REQUEST_FIELDS}
+    request: dict[str, Any] = {field: body.get(field) for field in REQUEST_FIELDS}
     for field in PROFILE_DEFAULTED:
         if request[field] is None or field in bad:
             # A field that failed the schema is checked no further; the default stands

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
@@ -135,6 +135,14 @@ class Claim:
     url: str
     secrets: tuple[str, ...]
     send_by: float  # the notifier's clock: the POST must have ended by then
+
+
+class _Outcome(TypedDict):
+    """What a sent attempt adds to its DeliveryAttempt (beside `at`)."""
+
+    status_code: int | None
+    error: str | None
+    duration_seconds: float
 
 
 class WebhookNotifier:
@@ -312,7 +320,7 @@ class WebhookNotifier:
     ) -> tuple[str, datetime | None]:
         """Fill in the claimed attempt and settle the record: (state, next attempt at)."""
         rng = self.rng()
-        outcome = {
+        outcome: _Outcome = {
             "status_code": sent.status_code,
             "error": sent.error,
             "duration_seconds": sent.duration_seconds,

@@ -117,7 +117,8 @@ class _CappedReader:
 class _CappedResponse(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.fp = _CappedReader(self.fp, MAX_HEADER_BYTES)
+        # http.client reads `fp` as any file-like object; typeshed declares a BufferedReader.
+        self.fp = _CappedReader(self.fp, MAX_HEADER_BYTES)  # type: ignore[assignment]
 
 
 class _Watchdog:

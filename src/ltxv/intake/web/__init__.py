@@ -94,4 +94,5 @@ class WebPage:
         response = Response(asset.body, status=200, content_type=asset.content_type)
         response.headers.update(self.headers)
         response.set_etag(asset.etag)
-        return response.make_conditional(request)
+        response.make_conditional(request)  # in place (it returns the same response)
+        return response

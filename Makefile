@@ -87,6 +87,11 @@ tf-check: venv
 tf-schema: venv
 	$(PY) -m tools.tf_schema extract
 
+# The Cloud Functions' requirements.txt: pyproject.toml's dependencies pinned to the versions
+# installed here (tests/unit/test_package.py fails when they drift from pyproject.toml).
+requirements: venv
+	$(PY) -m tools.function_requirements
+
 # The deployable archives terraform uploads (it runs the same script itself on plan).
 package:
 	$(PYTHON) tools/package.py build/package

@@ -13,6 +13,7 @@ never reach the worker of a `make dev` stack.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -23,12 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.cloud import firestore
 
-from ltxv import schemas
-from ltxv.dispatch import Dispatcher, make_publisher
+from ltxv import compose_submit, schemas
 from ltxv.jobs import new_job, new_job_id
 from ltxv.local.stack import LocalStack
 from ltxv.settings import Settings
-from ltxv.store import JobStore
 from ltxv.validation import request_hash
 
 BODY = schemas.old_predict_example()
@@ -78,9 +77,13 @@ def main() -> int:
             if response.status_code != 202:
                 raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
 
-        client = firestore.Client(project=settings.project)
-        collection = client.collection("bench-floor")
-        dispatcher = Dispatcher(make_publisher(), settings.topic_path)
+        # The intake's own store and dispatcher, as its composition root builds them; the
+        # floor's jobs go to a collection of their own.
+        floor_parts = compose_submit.parts(
+            dataclasses.replace(settings, jobs_collection="bench-floor")
+        )
+        client, collection = floor_parts.firestore, floor_parts.store.collection
+        dispatcher = floor_parts.dispatcher
         request = {**BODY, "model": "tiny-random"}
         digest = request_hash(request)
 
@@ -101,11 +104,9 @@ def main() -> int:
             dispatcher.publish([job])
             ref.update({"published": True, "published_at": firestore.SERVER_TIMESTAMP})
 
-        in_flight = JobStore(client, "bench-floor")
-
         def floor_mark_and_count(_i: int) -> None:
             """Plus the per-key in-flight count intake takes before it creates a job."""
-            in_flight.count_in_flight("bench", up_to=1000)
+            floor_parts.store.count_in_flight("bench", up_to=1000)
             floor_and_mark(_i)
 
         results = {

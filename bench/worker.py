@@ -16,6 +16,7 @@ uploads overlapping the next render it approaches 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -23,20 +24,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
-
-from google.cloud import firestore, pubsub_v1, storage
 
 from gpu_worker import worker as worker_module
-from gpu_worker.generation import Renderer
-from gpu_worker.messages import JobMessages
-from gpu_worker.worker import Worker
-from ltxv.lifecycle import JobLifecycle
+from gpu_worker.__main__ import compose as compose_worker
+from ltxv import compose_submit
 from ltxv.local.stack import EMULATORS, LocalStack
-from ltxv.profiles import all_profiles
-from ltxv.service import Service
 from ltxv.settings import Settings
-from ltxv.store import JobStore
 
 REQUEST = {
     "prompt": "a red fox in snow",
@@ -79,34 +72,28 @@ def main() -> int:
         stack.up()
         try:
             os.environ.update(stack.service_env())
-            settings = Settings.from_env()
-            service = Service(settings)
+            # The worker as `python -m gpu_worker` builds it, as one lease owner, its model
+            # in the private state folder.
+            settings = dataclasses.replace(
+                Settings.from_env(), worker_id="bench-worker", model_dir=f"{state}/model"
+            )
+            intake = compose_submit.parts(settings).intake
+            worker = compose_worker(settings)
             clock = Clock()
 
-            store = JobStore(firestore.Client(project=settings.project))
-            lifecycle = JobLifecycle(
-                store, "bench-worker", lease_seconds=60, model=settings.worker_model
-            )
+            lifecycle, renderer, store = worker.lifecycle, worker.renderer, worker.lifecycle.store
             for name in ("claim", "renew", "succeed"):
                 setattr(lifecycle, name, clock.wrap(name, getattr(lifecycle, name)))
-            renderer = Renderer(all_profiles()["tiny-random"], model_dir=Path(state) / "model")
             renderer.render = clock.wrap("render", renderer.render)
             worker_module.encode_mp4 = clock.wrap("encode", worker_module.encode_mp4)
             worker_module.write_poster = clock.wrap("poster", worker_module.write_poster)
             worker_module.write_result_once = clock.wrap(
                 "result.json", worker_module.write_result_once
             )
-            worker = Worker(
-                settings,
-                lifecycle=lifecycle,
-                storage_client=storage.Client(project=settings.project),
-                messages=JobMessages(pubsub_v1.SubscriberClient(), settings.subscription_path),
-                renderer=renderer,
-            )
             worker.outputs.upload = clock.wrap("upload", worker.outputs.upload)
 
             job_ids = [
-                service.intake.submit_http(REQUEST, api_key_id="bench").job["job_id"]
+                intake.submit_http(REQUEST, api_key_id="bench").job["job_id"]
                 for _ in range(args.jobs)
             ]
             renderer.load()

@@ -9,13 +9,12 @@ import sys
 import uuid
 from pathlib import Path
 
-from google.cloud import firestore, pubsub_v1, storage
+from google.cloud import pubsub_v1
 
-from ltxv import logs
+from ltxv.compose import job_store, settings_for, storage_client
 from ltxv.lifecycle import JobLifecycle
 from ltxv.profiles import all_profiles
-from ltxv.settings import get_settings
-from ltxv.store import JobStore
+from ltxv.settings import Settings
 
 from . import health
 from .compile_cache import CompileCache
@@ -29,38 +28,23 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def main() -> int:
-    settings = get_settings()
-    logs.setup("gpu_worker", settings.log_level)
-    # Up before the model loads, so that a probe hears "loading" (503), not silence.
-    status = health.Health(
-        model=settings.worker_model,
-        stall_seconds=settings.health_stall_seconds,
-        busy_seconds=settings.health_busy_seconds,
-        failing_seconds=settings.health_failing_seconds,
-    )
-    if settings.worker_health_port:
-        health.serve(status, settings.health_host, settings.worker_health_port)
-    storage_client = storage.Client(project=settings.project)
+def compose(settings: Settings, status: health.Health | None = None) -> Worker:
+    """The worker process's composition root (the benchmark builds its worker here too).
+
+    Its clients are built at once: the model's load dwarfs them, and every job uses all."""
+    storage = storage_client(settings)
     compile_cache = None
     if settings.compile_cache_uri:
-        compile_cache = CompileCache(
-            storage_client, settings.compile_cache_uri, settings.worker_model
-        )
-    store = JobStore(
-        firestore.Client(project=settings.project),
-        settings.jobs_collection,
-        settings.rpc_timeout_seconds,
-    )
-    worker = Worker(
+        compile_cache = CompileCache(storage, settings.compile_cache_uri, settings.worker_model)
+    return Worker(
         settings,
         lifecycle=JobLifecycle(
-            store,
+            job_store(settings),
             settings.worker_id or worker_id(),
             settings.lease_seconds,
             model=settings.worker_model,
         ),
-        storage_client=storage_client,
+        storage_client=storage,
         messages=JobMessages(
             pubsub_v1.SubscriberClient(), settings.subscription_path, settings.ack_extension_seconds
         ),
@@ -71,6 +55,20 @@ def main() -> int:
         ),
         health=status,
     )
+
+
+def main() -> int:
+    settings = settings_for("gpu_worker")
+    # Up before the model loads, so that a probe hears "loading" (503), not silence.
+    status = health.Health(
+        model=settings.worker_model,
+        stall_seconds=settings.health_stall_seconds,
+        busy_seconds=settings.health_busy_seconds,
+        failing_seconds=settings.health_failing_seconds,
+    )
+    if settings.worker_health_port:
+        health.serve(status, settings.health_host, settings.worker_health_port)
+    worker = compose(settings, status)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
     return worker.run()

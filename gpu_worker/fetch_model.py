@@ -15,7 +15,7 @@ from ltxv import logs
 from ltxv.profiles import ModelProfile, all_profiles
 from ltxv.settings import get_settings
 
-from . import tiny_random
+from . import loading, tiny_random
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,10 @@ def fetch(profile: ModelProfile, directory: Path) -> Path:
 
     weights_file = source.get("weights_file")
     if weights_file:
-        # The single checkpoint plus the diffusers-format parts it does not hold.
-        hf_hub_download(source["repo"], weights_file, local_dir=directory)
+        # The single checkpoint plus the diffusers-format parts it does not hold, and the
+        # transformer's and VAE's configs, which it does not carry either.
+        checkpoint = hf_hub_download(source["repo"], weights_file, local_dir=directory)
+        loading.fetch_model_configs(Path(checkpoint), directory)
         snapshot_download(
             source.get("text_encoder_repo") or source["repo"],
             local_dir=directory,

@@ -1,9 +1,9 @@
 """Generation: a model profile's diffusers LTX pipeline, loaded once, rendering job requests.
 
-`Renderer(profile).load()` loads the pipeline (the `tiny-random` profile builds its
-miniature model on the fly; a Hugging Face profile reads a synced model directory or the
-hub), and `render(request)` turns one validated job request into uint8 RGB frames,
-reporting each denoising step and stopping between steps when asked.
+`Renderer(profile).load()` loads the pipeline (gpu_worker/loading.py: the `tiny-random`
+profile builds its miniature model on the fly; a Hugging Face profile reads a synced model
+directory or the hub), and `render(request)` turns one validated job request into uint8
+RGB frames, reporting each denoising step and stopping between steps when asked.
 
 Same seed and parameters give the same frames: the initial noise comes from a generator
 seeded with the request's seed, and torch's global RNG (which the VAE decoder's noise
@@ -26,7 +26,7 @@ import numpy as np
 
 from ltxv.profiles import ModelProfile
 
-from . import fit
+from . import fit, loading, sampling
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,7 @@ class Renderer:
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
         started = time.perf_counter()
-        kind = self.profile.source.get("kind")
-        if kind == "tiny-random":
-            pipe = self._load_tiny_random()
-        elif kind == "huggingface":
-            pipe = self._load_huggingface()
-        else:
-            raise ValueError(f"profile {self.profile.name!r}: unknown source kind {kind!r}")
-        self.use(pipe)
+        self.use(loading.load_pipeline(self.profile, self.model_dir, self.dtype))
         if self.applied["compile"]:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
@@ -168,13 +161,9 @@ class Renderer:
     def use(self, pipe: Any) -> None:
         """Render with this pipeline (as `load` does with the one it loads; benchmarks hand
         in one built elsewhere)."""
-        if type(pipe).__name__ == "LTXConditionPipeline" and pipe.scheduler.config.get(
-            "use_dynamic_shifting"
-        ):
-            # It hands the scheduler explicit timesteps, which dynamic shifting refuses.
-            pipe.scheduler = type(pipe.scheduler).from_config(
-                pipe.scheduler.config, use_dynamic_shifting=False
-            )
+        if type(pipe).__name__ == "LTXConditionPipeline":
+            # It hands the scheduler explicit timesteps, to be taken as the sigmas.
+            pipe.scheduler = sampling.condition_scheduler(pipe.scheduler)
         fit.before_move(pipe, self.profile.fit)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -217,46 +206,6 @@ class Renderer:
         seconds = time.perf_counter() - started
         log.info("warmed up", extra={"seconds": round(seconds, 3), "compile": self.applied})
         return seconds
-
-    def _pipeline_class(self) -> Any:
-        import diffusers
-
-        return getattr(diffusers, self.profile.pipeline)
-
-    def _load_tiny_random(self) -> Any:
-        from . import tiny_random
-
-        directory = tiny_random.ensure(self.model_dir)
-        return self._pipeline_class().from_pretrained(directory, dtype=self.dtype)
-
-    # Real weights. Not exercised by the tests (no hub here); keep it small.
-    def _load_huggingface(self) -> Any:
-        source = self.profile.source
-        cls = self._pipeline_class()
-        local = self.model_dir if self.model_dir and self.model_dir.is_dir() else None
-        weights_file = source.get("weights_file")
-        if weights_file is None:
-            # A diffusers-format repository (or a directory synced from it).
-            if local is not None and (local / "model_index.json").is_file():
-                return cls.from_pretrained(local, dtype=self.dtype)
-            return cls.from_pretrained(source["repo"], dtype=self.dtype)
-        # A single-file checkpoint (transformer and VAE in one safetensors), with the text
-        # encoder, tokenizer and scheduler from a diffusers-format repository.
-        from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
-
-        if local is not None and (local / weights_file).is_file():
-            checkpoint = str(local / weights_file)
-        else:
-            from huggingface_hub import hf_hub_download
-
-            checkpoint = hf_hub_download(source["repo"], weights_file)
-        transformer = LTXVideoTransformer3DModel.from_single_file(checkpoint, dtype=self.dtype)
-        vae = AutoencoderKLLTXVideo.from_single_file(checkpoint, dtype=self.dtype)
-        if local is not None and (local / "model_index.json").is_file():
-            base: Any = local
-        else:
-            base = source.get("text_encoder_repo") or source["repo"]
-        return cls.from_pretrained(base, transformer=transformer, vae=vae, dtype=self.dtype)
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -320,6 +269,9 @@ class Renderer:
         seed = int(params["seed"])
         call = {k: params[k] for k in _PIPELINE_KEYS if k in params}
         call["frame_rate"] = params["fps"]
+        schedule = sampling.timesteps(self.profile, call["num_inference_steps"])
+        if schedule is not None:
+            call["timesteps"] = schedule
         signature = inspect.signature(type(pipe).__call__).parameters
         max_sequence_length = params.get(
             "max_sequence_length", signature["max_sequence_length"].default

@@ -8,6 +8,9 @@ time (height and width must be multiples of 32, frames 8k + 1), its decoder is t
 conditioned and injects noise, and the text encoder is a T5 v1.1 encoder. Only the widths
 and depths are tiny. The videos it renders are noise.
 
+`single_file_dir` lays the same weights out as a single-file profile's model directory
+(one checkpoint in Lightricks' original layout beside the diffusers-format parts).
+
 The directory is byte-identical whichever process builds it. It is built once: a marker
 file, written last, records the recipe and every file's digest; a directory without it
 (a build that died half-way) or with another recipe is rebuilt.
@@ -266,6 +269,113 @@ def ensure(directory: Path | str | None = None) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# -- the single-file layout ------------------------------------------------------------
+# Lightricks publish each LTX-Video release as one safetensors (ltxv-2b-0.9.8-distilled
+# .safetensors): the transformer under "model.diffusion_model.", the VAE under "vae.", in
+# the original module names that diffusers' from_single_file converts from
+# (diffusers/loaders/single_file_utils.py: convert_ltx_transformer_checkpoint_to_diffusers,
+# convert_ltx_vae_checkpoint_to_diffusers with its 0.9.1 renames, which this layout takes).
+
+SINGLE_FILE = "tiny-random-single-file.safetensors"
+
+# diffusers' name -> the original's, for the transformer (its renames reversed).
+_TRANSFORMER_RENAMES = {
+    "proj_in": "patchify_proj",
+    "time_embed": "adaln_single",
+    "norm_q": "q_norm",
+    "norm_k": "k_norm",
+}
+# diffusers' module prefix -> the original's, for the VAE; the longest matching one wins.
+_VAE_PREFIXES = {
+    "decoder.mid_block": "decoder.up_blocks.0",
+    **{
+        f"decoder.up_blocks.{i}{part}": f"decoder.up_blocks.{2 * i + offset}"
+        for i in range(4)
+        for part, offset in ((".upsamplers.0", 1), ("", 2))
+    },
+    "decoder.time_embedder": "decoder.last_time_embedder",
+    "decoder.scale_shift_table": "decoder.last_scale_shift_table",
+    "encoder.down_blocks.0": "encoder.down_blocks.0",
+    "encoder.down_blocks.0.downsamplers.0": "encoder.down_blocks.1",
+    "encoder.down_blocks.0.conv_out": "encoder.down_blocks.2",
+    "encoder.down_blocks.1": "encoder.down_blocks.3",
+    "encoder.down_blocks.1.downsamplers.0": "encoder.down_blocks.4",
+    "encoder.down_blocks.1.conv_out": "encoder.down_blocks.5",
+    "encoder.down_blocks.2": "encoder.down_blocks.6",
+    "encoder.down_blocks.2.downsamplers.0": "encoder.down_blocks.7",
+    "encoder.down_blocks.3": "encoder.down_blocks.8",
+    "encoder.mid_block": "encoder.down_blocks.9",
+    "latents_mean": "per_channel_statistics.mean-of-means",
+    "latents_std": "per_channel_statistics.std-of-means",
+}
+_VAE_RENAMES = {
+    ".resnets.": ".res_blocks.",
+    ".conv_shortcut.conv.": ".conv_shortcut.",
+    ".norm3.": ".norm3.norm.",
+}
+
+
+def _original_vae_key(key: str) -> str:
+    prefixes = [p for p in _VAE_PREFIXES if key == p or key.startswith(p + ".")]
+    if prefixes:
+        prefix = max(prefixes, key=len)
+        key = _VAE_PREFIXES[prefix] + key[len(prefix) :]
+    for new, old in _VAE_RENAMES.items():
+        key = key.replace(new, old)
+    return "vae." + key
+
+
+def _original_transformer_key(key: str) -> str:
+    for new, old in _TRANSFORMER_RENAMES.items():
+        key = key.replace(new, old)
+    return "model.diffusion_model." + key
+
+
+def write_single_file(model_dir: Path | str, path: Path | str) -> Path:
+    """The tiny model's transformer and VAE as one checkpoint in the original layout.
+
+    Checked on the way: diffusers' conversion of the file gives back exactly the tiny
+    model's state dicts (every tensor, by name)."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ltx_transformer_checkpoint_to_diffusers,
+        convert_ltx_vae_checkpoint_to_diffusers,
+    )
+    from safetensors.torch import load_file, save_file
+
+    model_dir, path = Path(model_dir), Path(path)
+    weights = "diffusion_pytorch_model.safetensors"
+    transformer = load_file(model_dir / "transformer" / weights)
+    vae = load_file(model_dir / "vae" / weights)
+    original = {_original_transformer_key(k): v for k, v in transformer.items()}
+    original |= {_original_vae_key(k): v for k, v in vae.items()}
+    back = convert_ltx_transformer_checkpoint_to_diffusers(dict(original))
+    back_vae = convert_ltx_vae_checkpoint_to_diffusers(dict(original))
+    for name, ours, theirs in (("transformer", transformer, back), ("vae", vae, back_vae)):
+        if set(ours) != set(theirs) or any(not ours[k].equal(theirs[k]) for k in ours):
+            unmatched = sorted(set(ours) ^ set(theirs))[:5]
+            raise RuntimeError(f"the {name}'s original names do not convert back: {unmatched}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(original, path)
+    return path
+
+
+def single_file_dir(target: Path | str, model_dir: Path | str | None = None) -> Path:
+    """A model directory laid out as the worker's for a single-file profile (what
+    gpu_worker.fetch_model puts there: model_index.json, scheduler, text encoder and
+    tokenizer, beside the checkpoint SINGLE_FILE), plus the transformer's and the VAE's
+    configs, so that it loads with no hub."""
+    source, target = ensure(model_dir), Path(target).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "model_index.json", target)
+    for part in ("scheduler", "text_encoder", "tokenizer"):
+        shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+    for part in ("transformer", "vae"):
+        (target / part).mkdir(exist_ok=True)
+        shutil.copy2(source / part / "config.json", target / part)
+    write_single_file(source, target / SINGLE_FILE)
     return target
 
 

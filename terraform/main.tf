@@ -1,24 +1,36 @@
-# Names follow src/ltxv/settings.py, so the code finds every resource from LTXV_PREFIX alone.
 locals {
   labels = merge({ app = "ltx-video-pipeline", deployment = var.prefix }, var.labels)
 
-  topic_jobs        = "${var.prefix}-jobs"
-  subscription_jobs = "${var.prefix}-jobs-worker"
-  topic_dead_letter = "${var.prefix}-jobs-dead-letter"
-  topic_sweep       = "${var.prefix}-sweep"
+  # Resource names and the worker subscriptions' delivery policy are stated once, in
+  # schemas/resources.json, which src/ltxv/resources.py reads too: the code finds every
+  # resource from LTXV_PREFIX alone, and the local stack delivers as Pub/Sub does here.
+  resources = jsondecode(file("${path.module}/../schemas/resources.json"))
+  names     = { for kind, pattern in local.resources.names : kind => replace(pattern, "{prefix}", var.prefix) }
 
-  bucket_prompts     = "${var.prefix}-prompts"
-  bucket_outputs     = "${var.prefix}-outputs"
-  bucket_model_cache = "${var.prefix}-model-cache"
-  bucket_source      = "${var.prefix}-function-source"
+  topic_jobs        = local.names.topic
+  topic_dead_letter = local.names.dead_letter_topic
+  topic_sweep       = local.names.sweep_topic
+
+  bucket_prompts     = local.names.prompts_bucket
+  bucket_outputs     = local.names.outputs_bucket
+  bucket_model_cache = local.names.model_cache_bucket
+  bucket_source      = local.names.function_source_bucket
+
+  # What every model's worker subscription starts with (the oldest-job alert covers them).
+  worker_subscription_prefix = replace(local.names.worker_subscription, "{model}", "")
+  # The table's policy, with the two values a deployment may override (variables.tf).
+  worker_delivery = merge(local.resources.worker_subscription, {
+    ack_deadline_seconds  = coalesce(var.worker_ack_deadline_seconds, local.resources.worker_subscription.ack_deadline_seconds)
+    max_delivery_attempts = coalesce(var.max_delivery_attempts, local.resources.worker_subscription.max_delivery_attempts)
+  })
 
   # Every model in var.models gets its own worker pool (a subscription, an instance
   # template, a group and its autoscaler); the first also takes requests that name none.
   default_model = var.models[0]
   worker_pools = {
     for model in var.models : model => {
-      # As src/ltxv/settings.py names it (Settings.subscription_for).
-      subscription = "${local.subscription_jobs}-${model}"
+      # As src/ltxv/settings.py names it too (Settings.subscription_for).
+      subscription = replace(local.names.worker_subscription, "{model}", model)
       # The same filter as src/ltxv/dispatch.py's subscription_filter(), character for
       # character (tests/terraform compares them). The default pool also takes messages
       # without a model attribute, published before messages carried one.

@@ -20,7 +20,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Job messages reached ${local.topic_dead_letter} after ${var.max_delivery_attempts} deliveries: those jobs failed with attempts_exhausted. Inspect them with `gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter_audit.name} --limit 10` and the workers' logs (jsonPayload.job_id); ack them once handled."
+    content   = "Job messages reached ${local.topic_dead_letter} after ${local.worker_delivery.max_delivery_attempts} deliveries: those jobs failed with attempts_exhausted. Inspect them with `gcloud pubsub subscriptions pull ${google_pubsub_subscription.dead_letter_audit.name} --limit 10` and the workers' logs (jsonPayload.job_id); ack them once handled."
   }
 
   conditions {
@@ -53,7 +53,7 @@ resource "google_monitoring_alert_policy" "oldest_job" {
     display_name = "oldest unacknowledged job message"
     condition_threshold {
       # Every model's worker subscription (each is its own time series, so each alerts).
-      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = starts_with(\"${local.subscription_jobs}-\") AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = starts_with(\"${local.worker_subscription_prefix}\") AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
       comparison      = "COMPARISON_GT"
       threshold_value = var.oldest_job_alert_seconds
       duration        = "300s"

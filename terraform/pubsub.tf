@@ -26,27 +26,28 @@ resource "google_pubsub_topic" "sweep" {
 # model attribute, so a pool only receives jobs recorded for the model it loads (the worker
 # checks again, see docs/architecture.md "Routing"). A filter cannot be changed: a new one
 # replaces the subscription and what waits in it, so drain the queue before such an apply.
-# A render takes minutes: workers set the deadline as soon as they pull and keep extending
-# it, so the subscription's own deadline only decides how fast a killed worker's job comes
-# back.
+# How Pub/Sub delivers to the workers is schemas/resources.json's worker_subscription
+# (local.worker_delivery), which the local stack's subscriptions follow too. A render takes
+# minutes: workers set the deadline as soon as they pull and keep extending it, so the
+# subscription's own deadline only decides how fast a killed worker's job comes back.
 resource "google_pubsub_subscription" "worker" {
   for_each                     = local.worker_pools
   name                         = each.value.subscription
   topic                        = google_pubsub_topic.jobs.id
   labels                       = local.labels
   filter                       = each.value.filter
-  ack_deadline_seconds         = var.worker_ack_deadline_seconds
-  enable_exactly_once_delivery = true
+  ack_deadline_seconds         = local.worker_delivery.ack_deadline_seconds
+  enable_exactly_once_delivery = local.worker_delivery.enable_exactly_once_delivery
   message_retention_duration   = "604800s"
 
   retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
+    minimum_backoff = "${local.worker_delivery.minimum_backoff_seconds}s"
+    maximum_backoff = "${local.worker_delivery.maximum_backoff_seconds}s"
   }
 
   dead_letter_policy {
     dead_letter_topic     = google_pubsub_topic.dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
+    max_delivery_attempts = local.worker_delivery.max_delivery_attempts
   }
 
   # Never delete the subscription for inactivity (a deployment may idle for months).

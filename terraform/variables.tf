@@ -197,23 +197,23 @@ variable "prompt_retention_days" {
 }
 
 variable "max_delivery_attempts" {
-  description = "Deliveries of a job's message before it goes to the dead-letter topic and the job fails."
+  description = "Deliveries of a job's message before it goes to the dead-letter topic and the job fails. Unset (null): schemas/resources.json's worker_subscription.max_delivery_attempts, which the local stack uses too."
   type        = number
-  default     = 5
+  default     = null
 
   validation {
-    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    condition     = var.max_delivery_attempts == null ? true : (var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100)
     error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
   }
 }
 
 variable "worker_ack_deadline_seconds" {
-  description = "The ack deadline of each model's worker subscription. Workers extend it while they render; a killed worker's job is redelivered after it."
+  description = "The ack deadline of each model's worker subscription. Workers extend it while they render; a killed worker's job is redelivered after it. Unset (null): schemas/resources.json's worker_subscription.ack_deadline_seconds, which the local stack uses too."
   type        = number
-  default     = 60
+  default     = null
 
   validation {
-    condition     = var.worker_ack_deadline_seconds >= 10 && var.worker_ack_deadline_seconds <= 600
+    condition     = var.worker_ack_deadline_seconds == null ? true : (var.worker_ack_deadline_seconds >= 10 && var.worker_ack_deadline_seconds <= 600)
     error_message = "worker_ack_deadline_seconds must be between 10 and 600."
   }
 }

@@ -20,30 +20,16 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import jsonify
 
-from ltxv.dead_letters import DeadLetters
-from ltxv.notify import RetryLater, WebhookNotifier
-from ltxv.service import Service
+from ltxv import compose_notify
+from ltxv.compose import settings_for
+from ltxv.notify import RetryLater
 
 log = logging.getLogger("ltxv.notify")
 
-
-@cache
-def _service() -> Service:
-    return Service.for_function("notify")
-
-
-@cache
-def _notifier() -> WebhookNotifier:
-    service = _service()
-    return WebhookNotifier(
-        service.store, service.storage, service.settings, secrets=service.webhook_secrets
-    )
-
-
-@cache
-def _dead_letters() -> DeadLetters:
-    service = _service()
-    return DeadLetters(service.store, service.storage, service.settings.outputs)
+# Each entry point is deployed as a function of its own: its process builds its parts
+# (`compose_notify`, one root per entry point) at its first event, not at import.
+_notifier = cache(lambda: compose_notify.result_ready(settings_for("notify")))
+_dead_letters = cache(lambda: compose_notify.dead_letter(settings_for("notify")))
 
 
 @functions_framework.errorhandler(RetryLater)

@@ -5,45 +5,26 @@
 - `redispatch` (CloudEvent, Pub/Sub message from Cloud Scheduler): publishes jobs that a
   crash left recorded but unpublished.
 
-Thin on purpose: everything here is wiring; the logic lives in the `ltxv` package.
+Thin on purpose: the wiring is in `ltxv.compose_submit`, the logic in the `ltxv` package.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import cache
 
 import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
-from ltxv.api import JobsApi, framework_error
-from ltxv.prompt_files import PromptFiles
-from ltxv.service import Service
+from ltxv import compose_submit
+from ltxv.api import framework_error
+from ltxv.compose import settings_for
 
-
-@cache
-def _service() -> Service:
-    return Service.for_function("submit")
-
-
-@cache
-def _api() -> JobsApi:
-    return JobsApi(_service())
-
-
-@cache
-def _prompt_files() -> PromptFiles:
-    service = _service()
-    settings = service.settings
-    return PromptFiles(
-        service.intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner=settings.prompt_file_owner,
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
+# Each entry point is deployed as a function of its own: its process builds its parts
+# (`compose_submit`, one root per entry point) at its first event, not at import.
+_api = cache(lambda: compose_submit.api(settings_for("submit")))
+_prompt_files = cache(lambda: compose_submit.prompt_file(settings_for("submit")))
+_redispatch = cache(lambda: compose_submit.redispatch(settings_for("submit")))
 
 
 # Some requests never reach `api` (a path with a newline, say); answer those in JSON too.
@@ -69,5 +50,4 @@ def prompt_file(event: CloudEvent) -> None:
 
 @functions_framework.cloud_event
 def redispatch(event: CloudEvent) -> None:
-    service = _service()
-    service.intake.redispatch(timedelta(seconds=service.settings.redispatch_after_seconds))
+    _redispatch()()

@@ -10,55 +10,35 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
-from functools import cached_property
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Request, Response
+from google.cloud import storage
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
 
 from . import openapi
-from .intake import BACKEND_ERRORS, IdempotencyConflict, TooManyJobs, Unavailable
+from .auth import KeyRing
+from .intake import BACKEND_ERRORS, IdempotencyConflict, Intake, TooManyJobs, Unavailable
 from .job_views import JobViews
 from .jobs import State, to_json
+from .profiles import ModelProfile
 from .results import build_result, write_result_once
-from .service import Service
-from .store import BadPageToken, JobNotFound
+from .routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
+from .settings import Settings
+from .store import BadPageToken, JobNotFound, JobStore
 from .validation import JsonSyntaxError, RequestInvalid, parse_json
 from .web import PAGE, WebPage
+from .webhook_secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[a-z2-7]{26}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE | re.ASCII)
 PAGE_SIZE = re.compile(r"[0-9]{1,4}")
-LIST_PARAMS = {"state", "page_size", "page_token"}
-MAX_PAGE_SIZE = 100
-
-ROUTES = Map(
-    [
-        Rule("/", endpoint="page", methods=["GET"]),
-        Rule("/assets/<path:name>", endpoint="asset", methods=["GET"]),
-        Rule("/healthz", endpoint="health", methods=["GET"]),
-        Rule("/health", endpoint="health", methods=["GET"]),
-        Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
-        Rule("/v1/jobs", endpoint="create_job", methods=["POST"]),
-        Rule("/v1/jobs", endpoint="list_jobs", methods=["GET"]),
-        Rule("/v1/jobs/<job_id>", endpoint="get_job", methods=["GET"]),
-        Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
-        Rule("/predict", endpoint="predict", methods=["POST"]),
-        Rule("/v1/webhooks/secret", endpoint="webhook_secret", methods=["GET"]),
-    ],
-    strict_slashes=False,
-    # Merging would answer `//x` with a redirect (RequestRedirect); an API has no use for
-    # one, so such a path simply matches no route.
-    merge_slashes=False,
-)
 
 
-class ApiError(Exception):
+class HttpError(Exception):
     def __init__(
         self,
         status: int,
@@ -108,37 +88,35 @@ def framework_error(error: HTTPException) -> Response:
     """Errors raised before a request reaches JobsApi (e.g. a path no route can hold)."""
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     status = error.code or 500
-    return ApiError(
+    return HttpError(
         status,
         code.get(status, "invalid_argument" if status < 500 else "internal"),
         error.description or error.name,
     ).response()
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
+def unavailable(message: str) -> HttpError:
+    return HttpError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
 
 
+@dataclass(eq=False)
 class JobsApi:
-    """A callable that functions-framework hands each Flask request."""
+    """A callable that functions-framework hands each Flask request; its parts come from
+    `ltxv.compose_submit.api`."""
 
-    def __init__(
-        self,
-        service: Service,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.service = service
-        self.settings = service.settings
-        self.sleep = sleep
-        self.clock = clock
+    settings: Settings
+    profiles: Mapping[str, ModelProfile]
+    store: JobStore
+    intake: Intake
+    keyring: KeyRing
+    webhook_secrets: WebhookSecrets
+    storage: storage.Client
+    views: JobViews
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
         self.web = WebPage(self.settings.storage_origin)
-
-    @cached_property
-    def views(self) -> JobViews:
-        # Built at first use: the signer's storage client is not needed to answer most calls.
-        return JobViews(self.service.signer, self.settings.signed_url_minutes)
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -146,23 +124,23 @@ class JobsApi:
             endpoint, args = ROUTES.bind("", "").match(request.path, request.method)
             response = getattr(self, endpoint)(request, **args)
         except NotFound:
-            response = ApiError(404, "not_found", f"no route for {request.path}").response()
+            response = HttpError(404, "not_found", f"no route for {request.path}").response()
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or []))
-            response = ApiError(
+            response = HttpError(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.path}; use {allowed}",
                 headers={"Allow": allowed},
             ).response()
-        except ApiError as exc:
+        except HttpError as exc:
             response = exc.response()
         except (Unavailable, *BACKEND_ERRORS) as exc:
             log.warning("backend unavailable", extra={"error": str(exc)})
             response = unavailable("a backend is unavailable; retry shortly").response()
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
-            response = ApiError(500, "internal", "internal error").response()
+            response = HttpError(500, "internal", "internal error").response()
         log.info(
             "request",
             extra={
@@ -184,7 +162,7 @@ class JobsApi:
         if presented is None and authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(
+                raise HttpError(
                     401,
                     "unauthenticated",
                     "Authorization must be 'Bearer <API key>'",
@@ -193,18 +171,18 @@ class JobsApi:
                 )
             presented = token.strip()
         if not presented:
-            raise ApiError(
+            raise HttpError(
                 401,
                 "unauthenticated",
                 "missing API key: send X-API-Key: <key> or Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            key_id = self.service.keyring.authenticate(presented)
+            key_id = self.keyring.authenticate(presented)
         except BACKEND_ERRORS as exc:
             raise unavailable("API keys cannot be read right now; retry shortly") from exc
         if key_id is None:
-            raise ApiError(
+            raise HttpError(
                 401, "unauthenticated", "invalid API key", headers={"WWW-Authenticate": "Bearer"}
             )
         return key_id
@@ -212,7 +190,7 @@ class JobsApi:
     def _json_body(self, request: Request) -> Any:
         limit = self.settings.max_body_bytes
         if request.mimetype != "application/json":
-            raise ApiError(
+            raise HttpError(
                 415,
                 "unsupported_media_type",
                 "send the request body as JSON with Content-Type: application/json",
@@ -224,17 +202,17 @@ class JobsApi:
         if len(raw) > limit:
             raise self._too_large(limit)
         if not raw.strip():
-            raise ApiError(400, "invalid_json", "request body is empty; send a JSON object")
+            raise HttpError(400, "invalid_json", "request body is empty; send a JSON object")
         try:
             return parse_json(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
-            raise ApiError(400, "invalid_json", "request body is not valid UTF-8") from exc
+            raise HttpError(400, "invalid_json", "request body is not valid UTF-8") from exc
         except JsonSyntaxError as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+            raise HttpError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
 
     @staticmethod
-    def _too_large(limit: int) -> ApiError:
-        return ApiError(
+    def _too_large(limit: int) -> HttpError:
+        return HttpError(
             413, "payload_too_large", f"request body is larger than the limit of {limit} bytes"
         )
 
@@ -244,7 +222,7 @@ class JobsApi:
         if key is None:
             return None
         if not IDEMPOTENCY_KEY.match(key):
-            raise ApiError(
+            raise HttpError(
                 400,
                 "invalid_argument",
                 "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
@@ -257,10 +235,10 @@ class JobsApi:
         return min(int(match.group(1)), self.settings.max_wait_seconds) if match else 0
 
     def _owned_job(self, job_id: str, key_id: str) -> dict[str, Any]:
-        job = self.service.store.get(job_id) if JOB_ID.match(job_id) else None
+        job = self.store.get(job_id) if JOB_ID.match(job_id) else None
         if job is None or job["api_key_id"] != key_id:
             # Another key's job is reported exactly like a missing one: ids leak nothing.
-            raise ApiError(404, "not_found", f"job {job_id} not found")
+            raise HttpError(404, "not_found", f"job {job_id} not found")
         return job
 
     def _wait_until_settled(self, job: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -269,7 +247,7 @@ class JobsApi:
         while not State(job["state"]).terminal and self.clock() < deadline:
             self.sleep(min(interval, max(0.0, deadline - self.clock())))
             interval = min(interval * 1.5, 1.0)
-            job = self.service.store.get(job["job_id"]) or job
+            job = self.store.get(job["job_id"]) or job
         return job
 
     def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
@@ -277,18 +255,18 @@ class JobsApi:
         idempotency_key = self._idempotency_key(request)
         body = self._json_body(request)
         try:
-            accepted = self.service.intake.submit_http(
+            accepted = self.intake.submit_http(
                 body, api_key_id=key_id, idempotency_key=idempotency_key
             )
         except RequestInvalid as exc:
-            raise ApiError(
+            raise HttpError(
                 422,
                 "validation_failed",
                 f"the request has {len(exc.errors)} invalid field(s)",
                 [e.as_dict() for e in exc.errors],
             ) from exc
         except TooManyJobs as exc:
-            raise ApiError(
+            raise HttpError(
                 429,
                 "too_many_jobs",
                 f"{exc}; submit again once some have finished",
@@ -296,7 +274,7 @@ class JobsApi:
                 headers={"Retry-After": "30"},
             ) from exc
         except IdempotencyConflict as exc:
-            raise ApiError(
+            raise HttpError(
                 409,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request body",
@@ -314,7 +292,7 @@ class JobsApi:
         """The web page's files; no key needed (they hold no data, the API calls do)."""
         response = self.web.response(name, request)
         if response is None:
-            raise ApiError(404, "not_found", f"no such asset: {name}")
+            raise HttpError(404, "not_found", f"no such asset: {name}")
         return response
 
     def health(self, request: Request) -> Response:
@@ -323,7 +301,7 @@ class JobsApi:
     def openapi(self, request: Request) -> Response:
         settings = self.settings
         return json_response(
-            openapi.document(self.service.profiles, settings.max_body_bytes, settings.default_model)
+            openapi.document(self.profiles, settings.max_body_bytes, settings.default_model)
         )
 
     def create_job(self, request: Request) -> Response:
@@ -347,7 +325,7 @@ class JobsApi:
         args = request.args
         problems = [
             {"path": f"query.{name}", "message": "unknown query parameter"}
-            for name in sorted(set(args) - LIST_PARAMS)
+            for name in sorted(set(args).difference(LIST_PARAMS))
         ]
         state = args.get("state")
         if state is not None and state not in {s.value for s in State}:
@@ -360,13 +338,13 @@ class JobsApi:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             problems.append({"path": "query.page_size", "message": f"must be 1 to {MAX_PAGE_SIZE}"})
         if problems:
-            raise ApiError(400, "invalid_argument", "invalid query parameters", problems)
+            raise HttpError(400, "invalid_argument", "invalid query parameters", problems)
         try:
-            page = self.service.store.list(
+            page = self.store.list(
                 key_id, state=state, page_size=page_size, page_token=args.get("page_token")
             )
         except BadPageToken as exc:
-            raise ApiError(
+            raise HttpError(
                 400,
                 "invalid_argument",
                 str(exc),
@@ -379,13 +357,13 @@ class JobsApi:
     def cancel_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
         if not JOB_ID.match(job_id):
-            raise ApiError(404, "not_found", f"job {job_id} not found")
+            raise HttpError(404, "not_found", f"job {job_id} not found")
         try:
-            job, changed = self.service.store.request_cancel(job_id, key_id)
+            job, changed = self.store.request_cancel(job_id, key_id)
         except JobNotFound as exc:
-            raise ApiError(404, "not_found", f"job {job_id} not found") from exc
+            raise HttpError(404, "not_found", f"job {job_id} not found") from exc
         if job["state"] in (State.SUCCEEDED, State.FAILED):
-            raise ApiError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
+            raise HttpError(409, "conflict", f"job {job_id} already {job['state']}", job_id=job_id)
         if job["state"] == State.CANCELED and changed:
             self._write_canceled_result(job)  # once, by the call that canceled it
         # A running job stops between denoising steps: accepted, not yet done.
@@ -400,7 +378,7 @@ class JobsApi:
         settled without a result.json and writes it.
         """
         try:
-            write_result_once(self.service.storage, self.settings.outputs, build_result(job))
+            write_result_once(self.storage, self.settings.outputs, build_result(job))
         except BACKEND_ERRORS as exc:
             log.warning(
                 "result.json for a canceled job not written yet",
@@ -419,7 +397,7 @@ class JobsApi:
         if state == State.FAILED:
             error = job.get("error") or {}
             retryable = bool(error.get("retryable"))
-            raise ApiError(
+            raise HttpError(
                 503 if retryable else 422,
                 "job_failed",
                 error.get("message") or "the job failed",
@@ -427,9 +405,9 @@ class JobsApi:
                 job_id=job_id,
             )
         if state == State.CANCELED:
-            raise ApiError(409, "job_canceled", f"job {job_id} was canceled", job_id=job_id)
+            raise HttpError(409, "job_canceled", f"job {job_id} was canceled", job_id=job_id)
         waited = round(self.clock() - started)
-        raise ApiError(
+        raise HttpError(
             504,
             "timeout",
             f"job {job_id} did not finish within {waited}s; it goes on, follow it at "
@@ -443,9 +421,9 @@ class JobsApi:
         """This key's webhook signing secrets (current first), and no other key's."""
         key_id = self._authenticate(request)
         try:
-            secrets = self.service.webhook_secrets.for_key(key_id)
+            secrets = self.webhook_secrets.for_key(key_id)
         except BACKEND_ERRORS as exc:
             raise unavailable("webhook secrets cannot be read right now; retry shortly") from exc
         if not secrets:
-            raise ApiError(404, "not_found", "this API key has no webhook signing secret")
+            raise HttpError(404, "not_found", "this API key has no webhook signing secret")
         return json_response({"key_id": key_id, "secret": secrets[0], "secrets": list(secrets)})

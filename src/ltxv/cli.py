@@ -43,6 +43,7 @@ from .client import (
     use_local_emulators,
 )
 from .jobs import State
+from .resources import worker_delivery
 from .webhooks import WebhookVerificationError, verify_webhook
 
 EXIT_FAILED = 1
@@ -207,9 +208,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-TIMINGS = ("queue", "model_load", "generate", "encode", "upload", "total")
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -691,7 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dead-letter", help="send a job to the dead-letter topic as Pub/Sub would"
     )
     dead.add_argument("job_id")
-    dead.add_argument("--attempts", type=int, default=5, help="delivery count to report")
+    dead.add_argument(
+        "--attempts",
+        type=int,
+        default=worker_delivery().max_delivery_attempts,
+        help="delivery count to report (default: max_delivery_attempts, %(default)s)",
+    )
     dead.set_defaults(run=cmd_dev_dead_letter)
     return parser
 

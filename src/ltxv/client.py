@@ -21,7 +21,6 @@ import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from google.cloud import storage
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .jobs import State
+from .jobs import Page, State
 from .prompt_files import INCOMING, SUFFIXES, receipt_name
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
@@ -89,12 +88,6 @@ class ApiError(ClientError):
         except (ValueError, KeyError, TypeError):
             text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
             return cls(response.status_code, "http_error", text or response.reason or "no body")
-
-
-@dataclass(frozen=True)
-class Page:
-    jobs: list[dict[str, Any]]
-    next_page_token: str | None
 
 
 # --- configuration --------------------------------------------------------------------------

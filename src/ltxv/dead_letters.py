@@ -15,10 +15,10 @@ from typing import Any
 from google.cloud import storage
 
 from .dispatch import parse_job_id
-from .jobs import State, check_transition
+from .jobs import Job, JobError, State, lease_end, transition
 from .notify import RetryLater
 from .results import build_result, write_result_once
-from .store import JobStore
+from .store import Decision, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -60,42 +60,34 @@ class DeadLetters:
         return self.handle(job_id, int(count) if DELIVERY_COUNT.fullmatch(count) else None)
 
     def handle(self, job_id: str, delivery_attempts: int | None = None) -> str:
-        seen: dict[str, str] = {}
-
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        def decide(job: Job, now: datetime) -> Decision[str]:
             state = State(job["state"])
             if state.terminal:
-                seen["outcome"] = "already_" + state.value
-                return None
-            lease = job.get("lease") or {}
-            if state == State.RUNNING and lease.get("expires_at") and lease["expires_at"] > now:
+                return Decision("already_" + state.value)
+            busy_until = lease_end(job, now)
+            if busy_until is not None:
                 # A worker is still on it (its last delivery outlived the message): let it
                 # finish; the job is decided when its lease ends, one way or the other.
-                raise RetryLater(job_id, lease["expires_at"], "a worker holds a live lease")
-            check_transition(state, State.FAILED)
-            seen["outcome"] = "failed"
-            return {
-                "state": State.FAILED.value,
-                f"state_times.{State.FAILED.value}": now,
-                "lease": None,
-                "error": self._error(job, delivery_attempts),
-            }
+                raise RetryLater(job_id, busy_until, "a worker holds a live lease")
+            error = self._error(job, delivery_attempts)
+            return Decision("failed", transition(job, State.FAILED, now, error=error))
 
-        job = self.store.transact(job_id, decide)
-        if job is None:
+        decided = self.store.decide(job_id, decide)
+        if decided is None:
             log.error("dead letter for a job that does not exist", extra={"job_id": job_id})
             return "missing"
+        job, outcome = decided
         wrote = write_result_once(self.storage, self.outputs_bucket, build_result(job))
         log.warning(
             "dead letter",
-            extra={"job_id": job_id, "outcome": seen["outcome"], "result_written": wrote},
+            extra={"job_id": job_id, "outcome": outcome, "result_written": wrote},
         )
-        return seen["outcome"]
+        return outcome
 
-    def _error(self, job: dict[str, Any], delivery_attempts: int | None) -> dict[str, Any]:
+    def _error(self, job: Job, delivery_attempts: int | None) -> JobError:
         tries = delivery_attempts or job.get("attempts") or 0
         message = f"gave up after {tries} deliveries of the job without it finishing"
-        last = job.get("error") or {}
-        if last.get("message"):
+        last = job.get("error")
+        if last and last.get("message"):
             message += f"; last error: {last['message']}"
         return {"code": self.CODE, "message": message, "retryable": False}

@@ -29,8 +29,8 @@ import google.auth.exceptions
 from google.api_core import exceptions as gexc
 
 from .dispatch import Dispatcher
-from .jobs import State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
-from .store import JobExists, JobStore
+from .jobs import Job, State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
+from .store import Decision, JobExists, JobStore
 from .urlsafety import LookupTimedOut
 from .validation import FieldError, IntakePolicy, RequestInvalid, request_hash, validate_request
 
@@ -74,14 +74,14 @@ class TooManyJobs(Exception):
 
 
 class IdempotencyConflict(Exception):
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: Job) -> None:
         super().__init__(job["job_id"])
         self.job = job
 
 
 @dataclass(frozen=True)
 class Accepted:
-    job: dict[str, Any]
+    job: Job
     created: bool  # False: an earlier request (or event) had already created this job
 
 
@@ -184,7 +184,7 @@ class Intake:
             raise Unavailable(f"job queue unavailable: {exc}") from exc
         return Accepted(self._mark_published(job), created=True)
 
-    def _replay(self, job: dict[str, Any], digest: str) -> Accepted:
+    def _replay(self, job: Job, digest: str) -> Accepted:
         if job.get("request_hash") != digest:
             raise IdempotencyConflict(job)
         give_up = time.monotonic() + REPLAY_WAIT_SECONDS
@@ -207,29 +207,26 @@ class Intake:
             pause = min(pause * 1.5, 0.5)
         return Accepted(job, created=False)
 
-    def _claim_publish(self, job_id: str) -> tuple[bool, dict[str, Any] | None]:
+    def _claim_publish(self, job_id: str) -> tuple[bool, Job | None]:
         """(True, job) if this caller now holds the job's publish claim; (False, job) if
         it is published, settled or claimed by someone else; (False, None) if it is gone."""
-        claimed = False
 
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            nonlocal claimed
-            # `transact` decides again when its write lost to another: only the decision
-            # that was written counts.
-            claimed = False
+        def decide(job: Job, now: datetime) -> Decision[bool]:
             held_until = job.get("publish_claim_until")
             if job.get("published") or job["state"] != State.QUEUED:
-                return None
+                return Decision(False)
             if held_until is not None and held_until > now:
-                return None
-            claimed = True
-            return {"publish_claim_until": now + self.publish_claim}
+                return Decision(False)
+            return Decision(True, {"publish_claim_until": now + self.publish_claim})
 
         with _unavailable_on_error("job store"):
-            job = self.store.transact(job_id, decide)
+            decided = self.store.decide(job_id, decide)
+        if decided is None:
+            return False, None
+        job, claimed = decided
         return claimed, job
 
-    def _mark_published(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _mark_published(self, job: Job) -> Job:
         try:
             self.store.mark_published([job["job_id"]])
         except gexc.NotFound as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .jobs import State, to_json
+from .jobs import Job, State, to_json
 from .results import output_prefix
 from .signing import UrlSigner, split_gs_uri
 
@@ -15,7 +15,7 @@ class JobViews:
         self.signer = signer
         self.url_minutes = url_minutes
 
-    def job(self, job: dict[str, Any]) -> dict[str, Any]:
+    def job(self, job: Job) -> dict[str, Any]:
         """The job as the API answers it; a succeeded one with `video_url`, `download_url`
         (served as an attachment) and `poster_url`."""
         body = to_json(job)
@@ -30,9 +30,9 @@ class JobViews:
             body["poster_url"] = self._sign(*poster)
         return body
 
-    def predict(self, job: dict[str, Any]) -> dict[str, Any]:
+    def predict(self, job: Job) -> dict[str, Any]:
         """A succeeded job in the old synchronous API's shape, plus its id."""
-        video = job["outputs"]["video"]
+        video = (job.get("outputs") or {})["video"]
         bucket, blob = split_gs_uri(video)
         timings = job.get("timings") or {}
         signable = _signable(job, "video")
@@ -42,9 +42,7 @@ class JobViews:
             "seed": job["request"]["seed"],
             "gcs_bucket": bucket,
             "gcs_blob": blob,
-            "generation_time_seconds": timings.get(
-                "generate_seconds", timings.get("total_seconds")
-            ),
+            "generation_time_seconds": timings.get("generate_seconds"),
             "metadata": job["request"].get("metadata") or {},
             "job_id": job["job_id"],
         }
@@ -53,7 +51,7 @@ class JobViews:
         return self.signer.sign(uri, self.url_minutes, attachment=attachment, generation=generation)
 
 
-def _signable(job: dict[str, Any], name: str) -> tuple[str, int | None] | None:
+def _signable(job: Job, name: str) -> tuple[str, int | None] | None:
     """(URI, generation) of an output to sign a URL for: only the generation the job itself
     wrote, so a URL never shows what someone wrote to that name later. Jobs from before
     generations were recorded: only what lies in their own jobs/ tree."""

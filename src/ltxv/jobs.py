@@ -6,9 +6,10 @@ import base64
 import hashlib
 import math
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 
 class State(StrEnum):
@@ -26,10 +27,13 @@ class State(StrEnum):
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
 
 # running -> queued is a worker losing its job (preemption, crash, lease expiry);
+# running -> running is another worker taking over a job whose lease ran out;
 # queued -> failed is the dead-letter topic ending a job whose message kept coming back.
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.RUNNING, State.CANCELED, State.FAILED}),
-    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED, State.QUEUED}),
+    State.RUNNING: frozenset(
+        {State.SUCCEEDED, State.FAILED, State.CANCELED, State.QUEUED, State.RUNNING}
+    ),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELED: frozenset(),
@@ -43,6 +47,111 @@ class InvalidTransition(ValueError):
 def check_transition(current: str, target: str) -> None:
     if State(target) not in TRANSITIONS[State(current)]:
         raise InvalidTransition(f"a {current} job cannot become {target}")
+
+
+class Lease(TypedDict):
+    owner: str
+    expires_at: datetime
+
+
+class Progress(TypedDict):
+    step: int
+    total: int
+
+
+class JobError(TypedDict):
+    code: str
+    message: str
+    retryable: bool
+
+
+# Each document type below is a class of the fields its schema requires and a subclass,
+# `total=False`, of those it may lack. (`Required[...]` in one class would do, but this
+# module's postponed annotations hide it from TypedDict in Python 3.11.)
+
+
+class _DeliveryAttempt(TypedDict):
+    at: datetime
+
+
+class DeliveryAttempt(_DeliveryAttempt, total=False):
+    status_code: int | None
+    error: str | None
+    duration_seconds: float
+    in_flight: bool
+
+
+class _WebhookRecord(TypedDict):
+    url: str
+    state: str  # pending, retrying, delivered, failed
+    attempts: list[DeliveryAttempt]
+
+
+class WebhookRecord(_WebhookRecord, total=False):
+    event_id: str | None
+    next_attempt_at: datetime | None
+    sending_until: datetime | None
+    reason: str | None
+
+
+class _Job(TypedDict):
+    job_id: str
+    state: str  # a State
+    model: str
+    request: dict[str, Any]
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    state_times: dict[str, datetime]  # state -> when the job last entered it
+    attempts: int
+    api_key_id: str
+    cancel_requested: bool
+    expires_at: datetime
+    published: bool
+
+
+class Job(_Job, total=False):
+    """The job document, Firestore `jobs/{job_id}` (schemas/job.schema.json, timestamps as
+    datetimes)."""
+
+    request_hash: str
+    source_generation: str | None
+    source_line: int | None
+    lease: Lease | None
+    progress: Progress | None
+    outputs: dict[str, str] | None
+    timings: dict[str, float]
+    error: JobError | None
+    webhook: WebhookRecord | None
+    idempotency_key: str | None
+    cancel_requested_at: datetime | None
+    published_at: datetime | None
+    publish_claim_until: datetime | None
+
+
+def lease_end(job: Job, now: datetime) -> datetime | None:
+    """When the live lease of a running job ends: a worker is on it until then. None if
+    the job is not running or its lease ran out."""
+    lease = job.get("lease")
+    expires_at = lease.get("expires_at") if lease else None
+    if job["state"] == State.RUNNING and expires_at and expires_at > now:
+        return expires_at
+    return None
+
+
+# One Firestore `update`: field paths (`state_times.running`) to their new values.
+Changes = dict[str, Any]
+
+
+def transition(job: Job, target: State, now: datetime, **fields: Any) -> Changes:
+    """The write that moves `job` to `target` at `now`: the state, when it entered it, no
+    lease unless it is running (only a running job has a worker), and `fields` besides.
+    Raises InvalidTransition for a move the contract does not allow."""
+    check_transition(job["state"], target)
+    changes: Changes = {"state": target.value, f"state_times.{target.value}": now}
+    if target != State.RUNNING:
+        changes["lease"] = None
+    return {**changes, **fields}
 
 
 def utcnow() -> datetime:
@@ -85,7 +194,7 @@ def new_job(
     idempotency_key: str | None = None,
     ttl_days: int = 30,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> Job:
     """The Firestore document of a freshly accepted job."""
     now = now or utcnow()
     webhook_url = request.get("webhook_url")
@@ -118,6 +227,15 @@ def new_job(
         "published_at": None,
         "expires_at": now + timedelta(days=ttl_days),
     }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an API key's jobs, newest first, and the token that asks for the next
+    (None on the last): the store's documents, the API's JSON in the client."""
+
+    jobs: list[dict[str, Any]]
+    next_page_token: str | None
 
 
 def to_json(value: Any) -> Any:

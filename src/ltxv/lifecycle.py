@@ -1,5 +1,5 @@
 """A job's life after intake: claimed, leased, progressing, and settled, each step a
-conditional write on `jobs/{job_id}` (`JobStore.transact`) so that two workers (or a
+conditional write on `jobs/{job_id}` (`JobStore.decide`) so that two workers (or a
 worker and a cancel) can never both win.
 
 The lease is what makes "exactly one video per job" hold through crashes: a worker owns a
@@ -10,12 +10,12 @@ ran out is taken over (attempts + 1), one for a live lease is left to its owner.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .jobs import State, check_transition
-from .store import JobStore
+from .jobs import Changes, Job, Lease, State, lease_end, transition
+from .store import Decision, JobStore
 
 
 class ClaimOutcome(enum.Enum):
@@ -29,7 +29,7 @@ class ClaimOutcome(enum.Enum):
 @dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
-    job: dict[str, Any] | None = None
+    job: Job | None = None
     lease_left: float = 0.0  # seconds, for BUSY
 
 
@@ -46,115 +46,100 @@ class JobLifecycle:
         self.lease_seconds = lease_seconds
         self.model = model  # the only model this worker renders
 
-    def _lease(self, now: datetime) -> dict[str, Any]:
+    def _lease(self, now: datetime) -> Lease:
         return {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_seconds)}
 
-    def _owns(self, job: dict[str, Any]) -> bool:
-        lease = job.get("lease") or {}
-        return job["state"] == State.RUNNING and lease.get("owner") == self.owner
+    def _owns(self, job: Job) -> bool:
+        lease = job.get("lease")
+        owner = lease.get("owner") if lease else None
+        return job["state"] == State.RUNNING and owner == self.owner
 
     def claim(self, job_id: str) -> Claim:
-        seen: dict[str, Any] = {}
-
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            seen.clear()
+        def decide(job: Job, now: datetime) -> Decision[Claim]:
             state = State(job["state"])
-            lease = job.get("lease") or {}
             if state.terminal:
-                seen["outcome"] = ClaimOutcome.SETTLED
-                return None
-            if state == State.RUNNING and lease.get("expires_at") and lease["expires_at"] > now:
+                return Decision(Claim(ClaimOutcome.SETTLED))
+            busy_until = lease_end(job, now)
+            if busy_until is not None:
                 # Live lease, even our own: a duplicate message must not start a second
                 # render of a job this process is still rendering or finishing.
-                seen["outcome"] = ClaimOutcome.BUSY
-                seen["lease_left"] = (lease["expires_at"] - now).total_seconds()
-                return None
+                lease_left = (busy_until - now).total_seconds()
+                return Decision(Claim(ClaimOutcome.BUSY, lease_left=lease_left))
             if job["model"] != self.model:
                 # Never rendered with another model than the one recorded. Only a message
                 # routed to the wrong pool gets here; the error explains the dead letter
                 # that ends the job if no pool of its model ever takes it.
-                seen["outcome"] = ClaimOutcome.FOREIGN
-                return {
-                    "error": {
-                        "code": "no_worker_for_model",
-                        "message": f"delivered to a worker for model {self.model}, "
-                        f"not {job['model']}",
-                        "retryable": True,
-                    }
+                error = {
+                    "code": "no_worker_for_model",
+                    "message": f"delivered to a worker for model {self.model}, not {job['model']}",
+                    "retryable": True,
                 }
+                return Decision(Claim(ClaimOutcome.FOREIGN), {"error": error})
             if job.get("cancel_requested"):
                 # Canceled while its worker was gone: settle it rather than render it.
-                seen["outcome"] = ClaimOutcome.SETTLED
-                return {
-                    "state": State.CANCELED.value,
-                    f"state_times.{State.CANCELED.value}": now,
-                    "lease": None,
-                }
-            seen["outcome"] = ClaimOutcome.CLAIMED
+                canceled = transition(job, State.CANCELED, now)
+                return Decision(Claim(ClaimOutcome.SETTLED), canceled)
             queued_at = (job.get("state_times") or {}).get(State.QUEUED.value, job["created_at"])
-            return {
-                "state": State.RUNNING.value,
-                f"state_times.{State.RUNNING.value}": now,
-                "attempts": job.get("attempts", 0) + 1,
-                "lease": self._lease(now),
-                "progress": {"step": 0, "total": job["request"]["num_inference_steps"]},
-                "error": None,
-                "timings": {"queue_seconds": round((now - queued_at).total_seconds(), 3)},
-            }
+            running = transition(
+                job,
+                State.RUNNING,
+                now,
+                attempts=job.get("attempts", 0) + 1,
+                lease=self._lease(now),
+                progress={"step": 0, "total": job["request"]["num_inference_steps"]},
+                error=None,
+                timings={"queue_seconds": round((now - queued_at).total_seconds(), 3)},
+            )
+            return Decision(Claim(ClaimOutcome.CLAIMED), running)
 
-        job = self.store.transact(job_id, decide)
-        if job is None:
+        decided = self.store.decide(job_id, decide)
+        if decided is None:
             return Claim(ClaimOutcome.MISSING)
-        return Claim(seen["outcome"], job, seen.get("lease_left", 0.0))
+        job, claim = decided
+        return replace(claim, job=job)
 
-    def renew(self, job_id: str, progress: tuple[int, int] | None = None) -> dict[str, Any]:
+    def renew(self, job_id: str, progress: tuple[int, int] | None = None) -> Job:
         """Extend the lease (and record progress); raise LeaseLost if it is not ours."""
 
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any]:
+        def change(job: Job, now: datetime) -> Changes:
             if not self._owns(job):
                 raise LeaseLost(job_id)
-            changes: dict[str, Any] = {"lease": self._lease(now)}
+            changes: Changes = {"lease": self._lease(now)}
             if progress is not None:
                 changes["progress"] = {"step": progress[0], "total": progress[1]}
             return changes
 
-        job = self.store.transact(job_id, decide)
+        job = self.store.transact(job_id, change)
         if job is None:
             raise LeaseLost(job_id)
         return job
 
-    def _settle(self, job_id: str, state: State, fields: dict[str, Any]) -> dict[str, Any]:
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any]:
+    def _settle(self, job_id: str, state: State, fields: dict[str, Any]) -> Job:
+        def change(job: Job, now: datetime) -> Changes:
             if not self._owns(job):
                 raise LeaseLost(job_id)
-            check_transition(job["state"], state)
-            return {
-                "state": state.value,
-                f"state_times.{state.value}": now,
-                "lease": None,
-                **fields,
-            }
+            return transition(job, state, now, **fields)
 
-        job = self.store.transact(job_id, decide)
+        job = self.store.transact(job_id, change)
         if job is None:
             raise LeaseLost(job_id)
         return job
 
     def succeed(
         self, job_id: str, outputs: dict[str, str], timings: dict[str, float], total_steps: int
-    ) -> dict[str, Any]:
+    ) -> Job:
         fields = {"outputs": outputs, "progress": {"step": total_steps, "total": total_steps}}
         fields.update({f"timings.{name}": value for name, value in timings.items()})
         return self._settle(job_id, State.SUCCEEDED, fields)
 
-    def fail(self, job_id: str, code: str, message: str) -> dict[str, Any]:
+    def fail(self, job_id: str, code: str, message: str) -> Job:
         error = {"code": code, "message": message, "retryable": False}
         return self._settle(job_id, State.FAILED, {"error": error})
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> Job:
         return self._settle(job_id, State.CANCELED, {})
 
-    def requeue(self, job_id: str, code: str, message: str) -> dict[str, Any]:
+    def requeue(self, job_id: str, code: str, message: str) -> Job:
         """Give a running job back to the queue (transient error or shutdown)."""
         error = {"code": code, "message": message, "retryable": True}
         return self._settle(job_id, State.QUEUED, {"error": error, "progress": None})

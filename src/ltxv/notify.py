@@ -8,7 +8,7 @@ afresh from the job document. So no timer, queue or process of our own has to su
 
 Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 
-1. Claim, in one `transact` (read, decide, conditional write): nothing to do if the job
+1. Claim, in one `JobStore.decide` (read, decide, conditional write): nothing to do if the job
    has no webhook or its delivery is settled (`delivered`/`failed`); retry later if an
    attempt is in flight (`sending_until`) or the next one is not due (`next_attempt_at`).
    Else append the
@@ -21,7 +21,7 @@ Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 2. Check the URL again (DNS may have changed since intake) and POST to the checked
    address, signed with each of the owner's secrets (several during a rotation). Nothing
    here raises: whatever happens is the attempt's outcome.
-3. Record, in another `transact`: fill in the attempt and settle the record: `delivered` on
+3. Record, in another `decide`: fill in the attempt and settle the record: `delivered` on
    2xx, `failed` on 410/other 4xx/3xx/an unsafe URL/the retry window passed, else
    `retrying` with `next_attempt_at` from exponential backoff with jitter (or
    `Retry-After`, if later), and ask the trigger to come back. A contended or failing
@@ -39,16 +39,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from .intake import BACKEND_ERRORS
-from .jobs import utcnow
+from .jobs import Changes, DeliveryAttempt, Job, WebhookRecord, utcnow
 from .results import RESULT_NAME
 from .settings import Settings
-from .store import JobStore
+from .store import Decision, JobStore
 from .urlsafety import (
     RESOLVE_TIMEOUT_SECONDS,
     Resolver,
@@ -111,7 +111,7 @@ class RetrySchedule:
     def window_passed(self, first_attempt: datetime, when: datetime) -> bool:
         return (when - first_attempt).total_seconds() > self.window_seconds
 
-    def gave_up(self, attempts: list[dict[str, Any]], last: str) -> str:
+    def gave_up(self, attempts: list[DeliveryAttempt], last: str) -> str:
         hours = self.window_seconds / 3600
         return f"gave up after {len(attempts)} attempts over {hours:g} h; last: {last}"
 
@@ -138,13 +138,13 @@ class WebhookNotifier:
         storage_client: storage.Client,
         settings: Settings,
         *,
-        secrets: WebhookSecrets | None = None,
+        secrets: WebhookSecrets,
         resolver: Resolver = system_resolver,
         send: Send = post_pinned,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.secrets = secrets or WebhookSecrets.from_settings(settings)
+        self.secrets = secrets
         self.store = store
         self.storage = storage_client
         self.settings = settings
@@ -215,18 +215,15 @@ class WebhookNotifier:
 
     def _begin(self, job_id: str, msg_id: str, secrets: Secrets) -> Claim | str:
         """Claim the next attempt, or say why there is none (or raise RetryLater)."""
-        seen: dict[str, Any] = {}
         started = self.clock()
 
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            seen.clear()
+        def decide(job: Job, now: datetime) -> Decision[tuple[Claim | str, bool]]:
+            """The claim or why there is none, and whether an attempt was interrupted."""
             webhook = job.get("webhook")
             if not webhook:
-                seen["outcome"] = "no_webhook"
-                return None
+                return Decision(("no_webhook", False))
             if webhook["state"] in SETTLED:
-                seen["outcome"] = webhook["state"]
-                return None
+                return Decision((webhook["state"], False))
             sending_until = webhook.get("sending_until")
             if sending_until and sending_until > now:
                 raise RetryLater(job_id, sending_until, "another attempt is in flight")
@@ -234,45 +231,44 @@ class WebhookNotifier:
             if due and due > now:
                 raise RetryLater(job_id, due, "the next attempt is not due yet")
             attempts = list(webhook.get("attempts") or [])
-            if attempts and attempts[-1].get("in_flight"):
+            interrupted = bool(attempts and attempts[-1].get("in_flight"))
+            if interrupted:
                 # Its invocation ended before recording it (killed at the function's
                 # timeout, or Firestore failed it): a failed attempt, and it counts.
                 attempts[-1] = {"at": attempts[-1]["at"], "status_code": None, "error": INTERRUPTED}
-                seen["interrupted"] = True
                 if self.schedule.window_passed(attempts[0]["at"], now):
-                    seen["outcome"] = "failed"
                     reason = self.schedule.gave_up(attempts, INTERRUPTED)
-                    return {"webhook.attempts": attempts, **_settle("failed", reason)}
+                    failed = {"webhook.attempts": attempts, **_settle("failed", reason)}
+                    return Decision(("failed", interrupted), failed)
             owner = job.get("api_key_id")
             keys = secrets.get(owner or "", ())
             if not keys:
-                seen["outcome"] = "failed"
                 reason = f"no webhook signing secret for API key {owner!r}; nothing was sent"
-                return {"webhook.attempts": attempts, **_settle("failed", reason)}
-            seen.update(url=webhook["url"], index=len(attempts), secrets=keys)
+                failed = {"webhook.attempts": attempts, **_settle("failed", reason)}
+                return Decision(("failed", interrupted), failed)
+            send_by = started + self.budget
+            claim = Claim(job_id, msg_id, len(attempts), webhook["url"], keys, send_by)
             attempt = {"at": now, "status_code": None, "error": None, "in_flight": True}
-            return {
+            claimed = {
                 "webhook.attempts": [*attempts, attempt],
                 "webhook.sending_until": now + self.hold,
                 "webhook.event_id": msg_id,
             }
+            return Decision((claim, interrupted), claimed)
 
         try:
-            job = self.store.transact(job_id, decide)
+            decided = self.store.decide(job_id, decide)
         except BACKEND_ERRORS as exc:  # TransactionContended among them: nothing was claimed
             raise RetryLater(job_id, utcnow() + BACKEND_RETRY, "the job store is busy") from exc
-        if job is None:
+        if decided is None:
             log.warning("result.json for a job that does not exist", extra={"job_id": job_id})
             return "missing"
-        if seen.get("interrupted"):
+        _, (begun, interrupted) = decided
+        if interrupted:
             log.warning("a webhook attempt was interrupted unrecorded", extra={"job_id": job_id})
-        if "outcome" in seen:
-            if seen["outcome"] == "failed":
-                log.warning("webhook delivery failed", extra={"job_id": job_id})
-            return seen["outcome"]
-        return Claim(
-            job_id, msg_id, seen["index"], seen["url"], seen["secrets"], started + self.budget
-        )
+        if begun == "failed":
+            log.warning("webhook delivery failed", extra={"job_id": job_id})
+        return begun
 
     # --- 2. send ----------------------------------------------------------------------------
 
@@ -315,10 +311,10 @@ class WebhookNotifier:
             "error": sent.error,
             "duration_seconds": sent.duration_seconds,
         }
-        decided: dict[str, Any] = {}
 
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any]:
-            webhook = job["webhook"]
+        def decide(job: Job, now: datetime) -> Decision[tuple[str, datetime | None]]:
+            """The delivery's state and next attempt after this outcome is recorded."""
+            webhook = cast(WebhookRecord, job["webhook"])  # claimed: the job has one
             attempts = list(webhook.get("attempts") or [])
             if claim.index < len(attempts):
                 attempts[claim.index] = {"at": attempts[claim.index]["at"], **outcome}
@@ -327,15 +323,15 @@ class WebhookNotifier:
             if claim.index < len(attempts) - 1 or webhook["state"] in SETTLED:
                 # A later trigger took over (this one outlived its claim): the record is
                 # its to settle; this attempt's outcome is only filled in.
-                decided.update(state=webhook["state"], next_at=webhook.get("next_attempt_at"))
-                return {"webhook.attempts": attempts}
+                standing = (webhook["state"], webhook.get("next_attempt_at"))
+                return Decision(standing, {"webhook.attempts": attempts})
             state, reason, next_at = self._next_step(attempts, sent, final, now, rng)
-            decided.update(state=state, next_at=next_at)
-            return {"webhook.attempts": attempts, **_settle(state, reason, next_at)}
+            changes = {"webhook.attempts": attempts, **_settle(state, reason, next_at)}
+            return Decision((state, next_at), changes)
 
         for attempt in range(RECORD_TRIES):
             try:
-                job = self.store.transact(claim.job_id, decide)
+                decided = self.store.decide(claim.job_id, decide)
                 break
             except BACKEND_ERRORS as exc:
                 if attempt + 1 == RECORD_TRIES:
@@ -347,14 +343,15 @@ class WebhookNotifier:
                         claim.job_id, utcnow() + self.hold, "the attempt could not be recorded"
                     ) from exc
                 time.sleep(RECORD_PAUSE_SECONDS * 2**attempt)
-        if job is None:
+        if decided is None:
             log.warning("job gone before its webhook attempt was recorded", extra=outcome)
             return "missing", None
-        return decided["state"], decided["next_at"]
+        _, standing = decided
+        return standing
 
     def _next_step(
         self,
-        attempts: list[dict[str, Any]],
+        attempts: list[DeliveryAttempt],
         sent: SendResult,
         final: str | None,
         now: datetime,
@@ -379,7 +376,7 @@ class WebhookNotifier:
         return "retrying", None, next_at
 
 
-def _settle(state: str, reason: str | None, next_at: datetime | None = None) -> dict[str, Any]:
+def _settle(state: str, reason: str | None, next_at: datetime | None = None) -> Changes:
     return {
         "webhook.state": state,
         "webhook.reason": reason,

@@ -1,17 +1,32 @@
 """The OpenAPI 3.1 document of the HTTP API, assembled from the JSON Schemas in schemas/.
 
 OpenAPI 3.1 speaks JSON Schema 2020-12, so the files are embedded as components as they
-are; only their `$ref`s are rewritten from schema ids to component pointers.
+are; only their `$ref`s are rewritten from schema ids to component pointers. The paths are
+the API's routes (`routes.ROUTES`), each described by its endpoint's entry here, and the
+patterns are the ones the API checks requests with (`routes.JOB_ID`, ...).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import schemas
+from .jobs import State
 from .profiles import ModelProfile
+from .routes import (
+    IDEMPOTENCY_KEY,
+    JOB_ID,
+    LIST_PARAMS,
+    MAX_PAGE_SIZE,
+    PAGE_ENDPOINTS,
+    ROUTES,
+    methods,
+    openapi_path,
+)
 from .validation import request_rules
+from .webhook_secrets import SECRET_PREFIX
 
 COMPONENTS = {
     "job-request": "JobRequest",
@@ -70,6 +85,162 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 RULES_EXTENSION = "x-ltxv-request-rules"
+JOB = "#/components/schemas/Job"
+
+
+def _extra_components() -> dict[str, Any]:
+    """The response shapes that have no file in schemas/."""
+    secret = {"type": "string", "pattern": "^" + re.escape(SECRET_PREFIX)}
+    return {
+        "JobList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["jobs", "next_page_token"],
+            "properties": {
+                "jobs": {"type": "array", "items": {"$ref": JOB}},
+                "next_page_token": {"type": ["string", "null"]},
+            },
+        },
+        "WebhookSecret": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["key_id", "secret", "secrets"],
+            "properties": {
+                "key_id": {"type": "string", "description": "The API key these secrets belong to."},
+                "secret": {
+                    **secret,
+                    "description": "The current secret: verify deliveries with it.",
+                },
+                "secrets": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": secret,
+                    "description": "Every secret that signs this key's events, current first "
+                    "(two during a rotation: each delivery carries a signature by each).",
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+    }
+
+
+def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
+    """What each endpoint of `routes.ROUTES` does, by endpoint name."""
+    body = {
+        "required": True,
+        "description": f"At most {max_body_bytes} bytes.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+    }
+    job_id_param = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": JOB_ID.pattern},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Replays with the same key and body return the same job; "
+        "another body is 409.",
+        "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+    }
+    prefer = {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "wait=N: answer when the job settles, or after N seconds (capped).",
+        "schema": {"type": "string"},
+    }
+    list_params = {
+        "state": {"type": "string", "enum": [state.value for state in State]},
+        "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+        "page_token": {"type": "string"},
+    }
+    return {
+        "create_job": {
+            "operationId": "createJob",
+            "summary": "Submit a job",
+            "parameters": [idempotency, prefer],
+            "requestBody": body,
+            "responses": {
+                "200": _json(JOB, "Finished within Prefer: wait"),
+                "202": _json(JOB, "Accepted (queued or running)"),
+                **_errors(400, 401, 409, 413, 415, 422, 429, 503),
+            },
+        },
+        "list_jobs": {
+            "operationId": "listJobs",
+            "summary": "This key's jobs, newest first",
+            "parameters": [
+                {"name": name, "in": "query", "schema": list_params[name]} for name in LIST_PARAMS
+            ],
+            "responses": {
+                "200": _json("#/components/schemas/JobList", "A page of jobs"),
+                **_errors(400, 401, 503),
+            },
+        },
+        "get_job": {
+            "operationId": "getJob",
+            "summary": "A job, with a signed video URL once it succeeded",
+            "parameters": [job_id_param],
+            "responses": {"200": _json(JOB, "The job"), **_errors(401, 404, 503)},
+        },
+        "cancel_job": {
+            "operationId": "cancelJob",
+            "summary": "Cancel: a queued job at once, a running one between steps",
+            "parameters": [job_id_param],
+            "responses": {
+                "200": _json(JOB, "Canceled"),
+                "202": _json(JOB, "Cancel requested; the worker stops the render"),
+                **_errors(401, 404, 409, 503),
+            },
+        },
+        "predict": {
+            "operationId": "predict",
+            "summary": "The old synchronous API: waits for the video",
+            "parameters": [idempotency],
+            "requestBody": body,
+            "responses": {
+                "200": _json("#/components/schemas/PredictResponse", "The video"),
+                **_errors(400, 401, 409, 413, 415, 422, 429, 503, 504),
+            },
+        },
+        "webhook_secret": {
+            "operationId": "getWebhookSecret",
+            "summary": "This key's webhook signing secret (Standard Webhooks, whsec_)",
+            "responses": {
+                "200": _json("#/components/schemas/WebhookSecret", "The secrets"),
+                "404": _json("#/components/schemas/Error", "This key has no secret"),
+                **_errors(401, 503),
+            },
+        },
+        "health": {
+            "summary": "Liveness",
+            "security": [],
+            "responses": {"200": _json("#/components/schemas/Health", "Alive")},
+        },
+        "openapi": {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+        },
+    }
+
+
+def _paths(operations: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every route of the API (not the web page's files), in `ROUTES`' order."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in ROUTES.iter_rules():
+        if rule.endpoint in PAGE_ENDPOINTS:
+            continue
+        for method in methods(rule):
+            paths.setdefault(openapi_path(rule), {})[method.lower()] = operations[rule.endpoint]
+    return paths
 
 
 def document(
@@ -82,74 +253,7 @@ def document(
         for short, component in COMPONENTS.items()
     }
     components["JobRequest"]["properties"]["model"]["enum"] = sorted(profiles)
-    components["JobList"] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["jobs", "next_page_token"],
-        "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-            "next_page_token": {"type": ["string", "null"]},
-        },
-    }
-    components["WebhookSecret"] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["key_id", "secret", "secrets"],
-        "properties": {
-            "key_id": {"type": "string", "description": "The API key these secrets belong to."},
-            "secret": {
-                "type": "string",
-                "pattern": "^whsec_",
-                "description": "The current secret: verify deliveries with it.",
-            },
-            "secrets": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "string", "pattern": "^whsec_"},
-                "description": "Every secret that signs this key's events, current first "
-                "(two during a rotation: each delivery carries a signature by each).",
-            },
-        },
-    }
-    components["Health"] = {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
-    }
-    job = "#/components/schemas/Job"
-    body = {
-        "required": True,
-        "description": f"At most {max_body_bytes} bytes.",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
-    }
-    job_id_param = {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[a-z2-7]{26}$"},
-    }
-    idempotency = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "description": "Replays with the same key and body return the same job; "
-        "another body is 409.",
-        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
-    }
-    prefer = {
-        "name": "Prefer",
-        "in": "header",
-        "required": False,
-        "description": "wait=N: answer when the job settles, or after N seconds (capped).",
-        "schema": {"type": "string"},
-    }
-    health = {
-        "get": {
-            "summary": "Liveness",
-            "security": [],
-            "responses": {"200": _json("#/components/schemas/Health", "Alive")},
-        }
-    }
+    components.update(_extra_components())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -163,97 +267,7 @@ def document(
         # say: the web page validates its form from here rather than from copied constants.
         RULES_EXTENSION: request_rules(profiles, default_model or min(profiles)),
         "security": [{"ApiKey": []}, {"Bearer": []}],
-        "paths": {
-            "/v1/jobs": {
-                "post": {
-                    "operationId": "createJob",
-                    "summary": "Submit a job",
-                    "parameters": [idempotency, prefer],
-                    "requestBody": body,
-                    "responses": {
-                        "200": _json(job, "Finished within Prefer: wait"),
-                        "202": _json(job, "Accepted (queued or running)"),
-                        **_errors(400, 401, 409, 413, 415, 422, 429, 503),
-                    },
-                },
-                "get": {
-                    "operationId": "listJobs",
-                    "summary": "This key's jobs, newest first",
-                    "parameters": [
-                        {
-                            "name": "state",
-                            "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": ["queued", "running", "succeeded", "failed", "canceled"],
-                            },
-                        },
-                        {
-                            "name": "page_size",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                        },
-                        {"name": "page_token", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {
-                        "200": _json("#/components/schemas/JobList", "A page of jobs"),
-                        **_errors(400, 401, 503),
-                    },
-                },
-            },
-            "/v1/jobs/{job_id}": {
-                "get": {
-                    "operationId": "getJob",
-                    "summary": "A job, with a signed video URL once it succeeded",
-                    "parameters": [job_id_param],
-                    "responses": {"200": _json(job, "The job"), **_errors(401, 404, 503)},
-                }
-            },
-            "/v1/jobs/{job_id}/cancel": {
-                "post": {
-                    "operationId": "cancelJob",
-                    "summary": "Cancel: a queued job at once, a running one between steps",
-                    "parameters": [job_id_param],
-                    "responses": {
-                        "200": _json(job, "Canceled"),
-                        "202": _json(job, "Cancel requested; the worker stops the render"),
-                        **_errors(401, 404, 409, 503),
-                    },
-                }
-            },
-            "/predict": {
-                "post": {
-                    "operationId": "predict",
-                    "summary": "The old synchronous API: waits for the video",
-                    "parameters": [idempotency],
-                    "requestBody": body,
-                    "responses": {
-                        "200": _json("#/components/schemas/PredictResponse", "The video"),
-                        **_errors(400, 401, 409, 413, 415, 422, 429, 503, 504),
-                    },
-                }
-            },
-            "/v1/webhooks/secret": {
-                "get": {
-                    "operationId": "getWebhookSecret",
-                    "summary": "This key's webhook signing secret (Standard Webhooks, whsec_)",
-                    "responses": {
-                        "200": _json("#/components/schemas/WebhookSecret", "The secrets"),
-                        "404": _json("#/components/schemas/Error", "This key has no secret"),
-                        **_errors(401, 503),
-                    },
-                }
-            },
-            "/healthz": health,
-            "/health": health,
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
-                }
-            },
-        },
+        "paths": _paths(_operations(max_body_bytes)),
         "components": {
             "schemas": components,
             "securitySchemes": {

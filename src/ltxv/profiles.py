@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -33,6 +33,8 @@ class ModelProfile:
     limits: dict[str, Range]
     max_video_pixels: int
     max_pixel_steps: int
+    # How the worker samples beyond the pipeline's defaults (schema: "sampler").
+    sampler: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> ModelProfile:
@@ -51,6 +53,7 @@ class ModelProfile:
             limits={field: Range(**bounds) for field, bounds in limits.items()},
             max_video_pixels=max_video_pixels,
             max_pixel_steps=max_pixel_steps,
+            sampler=data.get("sampler", {}),
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .jobs import State, to_json
+from .jobs import Job, State, to_json
 
 RESULT_NAME = "result.json"
 
@@ -32,11 +32,7 @@ def destination_prefix(api_key_id: str) -> str:
     return f"{DESTINATIONS}{api_key_id}/"
 
 
-def result_uri(outputs_bucket: str, job_id: str) -> str:
-    return f"gs://{outputs_bucket}/{output_prefix(job_id)}{RESULT_NAME}"
-
-
-def build_result(job: dict[str, Any], video: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any]:
     state = State(job["state"])
     if not state.terminal:
         raise ValueError(f"job {job['job_id']} is {state}, not settled")

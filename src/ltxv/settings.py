@@ -1,215 +1,165 @@
 """Every setting of the service, read from `LTXV_*` environment variables in this one place.
 
-Resource names follow the deployment prefix the same way terraform names them, so the
-local stack and a deployed project agree on what a topic or bucket is called.
+Each field names the variables it is read from (`setting(...)`); `Settings.from_env()` reads
+them all, parsing each by the field's type. Resource names follow the deployment prefix as
+`schemas/resources.json` spells them, the table terraform names them from too, so the local
+stack and a deployed project agree on what a topic or bucket is called.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
+from functools import cache, cached_property
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
-ENV_PREFIX = "LTXV_"
+from . import resources
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(ENV_PREFIX + name)
-    return default if value is None or value == "" else value
+def setting(env: str, default: Any = None, *, also: tuple[str, ...] = ()) -> Any:
+    """A field read from the environment variable `env`, else from the first of `also` that
+    is set; unset or empty, the field keeps `default`."""
+    return field(default=default, metadata={"env": env, "also": also})
 
 
-def _env_number(name: str, default: float, kind: type[int] | type[float]) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return kind(raw)
-    except ValueError as exc:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"{ENV_PREFIX}{name} must be {what}, got {raw!r}") from exc
+def _number(kind: type[int] | type[float]) -> Callable[[str, str], Any]:
+    what = "an integer" if kind is int else "a number"
+
+    def parse(name: str, raw: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+
+    return parse
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(_env_number(name, default, int))
-
-
-def _env_float(name: str, default: float) -> float:
-    return _env_number(name, default, float)
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = _env(name)
-    if raw is None:
-        return default
+def _flag(name: str, raw: str) -> bool:
     if raw.lower() in {"1", "true", "yes", "on"}:
         return True
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
-def _env_list(name: str) -> tuple[str, ...]:
-    raw = _env(name, "") or ""
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _as_is(name: str, raw: str) -> str:
+    return raw
+
+
+# How a value is read, by the field's type; any other type (str, str | None) as it is.
+PARSERS: dict[Any, Callable[[str, str], Any]] = {
+    int: _number(int),
+    float: _number(float),
+    bool: _flag,
+    tuple[str, ...]: _names,
+}
 
 
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration; build one with `Settings.from_env()`."""
 
-    project: str = "ltxv-local"
-    prefix: str = "ltxv"
+    project: str = setting(
+        "LTXV_PROJECT", "ltxv-local", also=("GOOGLE_CLOUD_PROJECT", "GCP_PROJECT")
+    )
+    prefix: str = setting("LTXV_PREFIX", "ltxv")
     # Names default to PREFIX-based names (as terraform creates them) when left empty.
-    topic_name: str = ""
-    subscription_name: str = ""
-    dead_letter_topic_name: str = ""
-    prompts_bucket: str = ""
-    outputs_bucket: str = ""
-    jobs_collection: str = "jobs"
+    topic_name: str = setting("LTXV_TOPIC", "")
+    subscription_name: str = setting("LTXV_SUBSCRIPTION", "")
+    dead_letter_topic_name: str = setting("LTXV_DEAD_LETTER_TOPIC", "")
+    prompts_bucket: str = setting("LTXV_PROMPTS_BUCKET", "")
+    outputs_bucket: str = setting("LTXV_OUTPUTS_BUCKET", "")
+    jobs_collection: str = setting("LTXV_JOBS_COLLECTION", "jobs")
     # Buckets besides the outputs bucket that gcs_destination may name, and for which API
     # keys: JSON {"bucket": ["key id", ...]}.
-    destination_buckets_json: str | None = None
+    destination_buckets_json: str | None = setting("LTXV_DESTINATION_BUCKETS")
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
-    api_key_hashes_json: str | None = None
-    api_keys_secret: str | None = None
-    api_keys_cache_seconds: int = 300
-    default_model: str = "tiny-random"
-    enabled_models: tuple[str, ...] = ()
+    api_key_hashes_json: str | None = setting("LTXV_API_KEY_HASHES")
+    api_keys_secret: str | None = setting("LTXV_API_KEYS_SECRET")
+    api_keys_cache_seconds: int = setting("LTXV_API_KEYS_CACHE_SECONDS", 300)
+    default_model: str = setting("LTXV_DEFAULT_MODEL", "tiny-random")
+    enabled_models: tuple[str, ...] = setting("LTXV_MODELS", ())
     # The model a GPU worker loads and renders (its pool's model); empty: the default one.
-    worker_model_name: str = ""
-    max_body_bytes: int = 64 * 1024
+    worker_model_name: str = setting("LTXV_WORKER_MODEL", "")
+    max_body_bytes: int = setting("LTXV_MAX_BODY_BYTES", 64 * 1024)
     # Jobs one API key may have queued or running at once (0: no limit): a runaway client
     # cannot fill the queue ahead of everyone else's work.
-    max_jobs_in_flight: int = 1000
-    max_wait_seconds: int = 60
-    predict_wait_seconds: int = 900
-    job_ttl_days: int = 30
-    allow_http_loopback_webhooks: bool = False
-    prompt_file_owner: str = "default"
-    prompt_file_max_bytes: int = 8 * 1024 * 1024
-    prompt_file_max_lines: int = 5000
-    signed_url_minutes: int = 60
-    rpc_timeout_seconds: float = 10.0
-    redispatch_after_seconds: int = 60
-    log_level: str = "INFO"
-    signing_credentials_file: str | None = None
+    max_jobs_in_flight: int = setting("LTXV_MAX_JOBS_IN_FLIGHT", 1000)
+    max_wait_seconds: int = setting("LTXV_MAX_WAIT_SECONDS", 60)
+    predict_wait_seconds: int = setting("LTXV_PREDICT_WAIT_SECONDS", 900)
+    job_ttl_days: int = setting("LTXV_JOB_TTL_DAYS", 30)
+    allow_http_loopback_webhooks: bool = setting("LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS", False)
+    prompt_file_owner: str = setting("LTXV_PROMPT_FILE_OWNER", "default")
+    prompt_file_max_bytes: int = setting("LTXV_PROMPT_FILE_MAX_BYTES", 8 * 1024 * 1024)
+    prompt_file_max_lines: int = setting("LTXV_PROMPT_FILE_MAX_LINES", 5000)
+    signed_url_minutes: int = setting("LTXV_SIGNED_URL_MINUTES", 60)
+    rpc_timeout_seconds: float = setting("LTXV_RPC_TIMEOUT_SECONDS", 10.0)
+    redispatch_after_seconds: int = setting("LTXV_REDISPATCH_AFTER_SECONDS", 60)
+    log_level: str = setting("LTXV_LOG_LEVEL", "INFO")
+    signing_credentials_file: str | None = setting("LTXV_SIGNING_CREDENTIALS_FILE")
     # fake-gcs-server locally (the client libraries' own variable); unset in the cloud.
-    storage_emulator_host: str | None = None
+    storage_emulator_host: str | None = setting("STORAGE_EMULATOR_HOST")
     # Webhook signing secrets per API key: inline JSON {key_id: ["whsec_current", ...]}
     # (local stack and tests) or the Secret Manager secret holding it (deployed), re-read
     # after webhook_secrets_cache_seconds (see webhook_secrets.py).
-    webhook_secrets_json: str | None = None
-    webhook_secrets_secret: str | None = None
-    webhook_secrets_cache_seconds: int = 300
+    webhook_secrets_json: str | None = setting("LTXV_WEBHOOK_SECRETS")
+    webhook_secrets_secret: str | None = setting("LTXV_WEBHOOK_SECRETS_SECRET")
+    webhook_secrets_cache_seconds: int = setting("LTXV_WEBHOOK_SECRETS_CACHE_SECONDS", 300)
     # Webhook delivery (functions/notify). Each retry waits base * 2^(n-1) with jitter,
     # at most retry_max, or longer if the receiver's Retry-After says so; after
     # retry_window since the first attempt the delivery is recorded as failed. The window
     # stays under Eventarc's 24 h of redelivery so that the record always ends settled.
-    webhook_timeout_seconds: float = 10.0
-    webhook_retry_base_seconds: float = 30.0
-    webhook_retry_max_seconds: float = 3600.0
-    webhook_retry_window_seconds: float = 23 * 3600.0
+    webhook_timeout_seconds: float = setting("LTXV_WEBHOOK_TIMEOUT_SECONDS", 10.0)
+    webhook_retry_base_seconds: float = setting("LTXV_WEBHOOK_RETRY_BASE_SECONDS", 30.0)
+    webhook_retry_max_seconds: float = setting("LTXV_WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
+    webhook_retry_window_seconds: float = setting("LTXV_WEBHOOK_RETRY_WINDOW_SECONDS", 23 * 3600.0)
     # The GPU worker.
-    model_dir: str | None = None
-    worker_id: str | None = None
-    lease_seconds: int = 60
-    ack_extension_seconds: int = 60
-    progress_interval_seconds: float = 2.0
-    shutdown_grace_seconds: float = 20.0
-    storage_retry_seconds: float = 60.0
+    model_dir: str | None = setting("LTXV_MODEL_DIR")
+    worker_id: str | None = setting("LTXV_WORKER_ID")
+    lease_seconds: int = setting("LTXV_LEASE_SECONDS", 60)
+    ack_extension_seconds: int = setting("LTXV_ACK_EXTENSION_SECONDS", 60)
+    progress_interval_seconds: float = setting("LTXV_PROGRESS_INTERVAL_SECONDS", 2.0)
+    shutdown_grace_seconds: float = setting("LTXV_SHUTDOWN_GRACE_SECONDS", 20.0)
+    storage_retry_seconds: float = setting("LTXV_STORAGE_RETRY_SECONDS", 60.0)
     # H.264 encoder of the videos: auto (NVENC when the GPU offers it, else x264), nvenc, x264.
-    video_encoder: str = "auto"
+    video_encoder: str = setting("LTXV_VIDEO_ENCODER", "auto")
     # Where workers share their compiled transformer blocks (gpu_worker/compile_cache.py),
     # e.g. gs://PREFIX-model-cache/compile-cache; unset: each VM compiles for itself.
-    compile_cache_uri: str | None = None
+    compile_cache_uri: str | None = setting("LTXV_COMPILE_CACHE_URI")
     # The worker's GET /healthz (gpu_worker/health.py): off when the port is 0. The worker
     # listens on health_port + health_port_offset (the VM's unit sets the offset to the
     # GPU index, so worker@N has port 8080 + N); 0.0.0.0 on a VM, where the MIG probes it.
-    health_port: int = 0
-    health_port_offset: int = 0
-    health_host: str = "127.0.0.1"
+    health_port: int = setting("LTXV_HEALTH_PORT", 0)
+    health_port_offset: int = setting("LTXV_HEALTH_PORT_OFFSET", 0)
+    health_host: str = setting("LTXV_HEALTH_HOST", "127.0.0.1")
     # Unready when the idle loop's last pull returned longer ago than this, when a job
     # showed no progress for busy_seconds, or when no pull succeeded for failing_seconds.
-    health_stall_seconds: float = 120.0
-    health_busy_seconds: float = 900.0
-    health_failing_seconds: float = 300.0
+    health_stall_seconds: float = setting("LTXV_HEALTH_STALL_SECONDS", 120.0)
+    health_busy_seconds: float = setting("LTXV_HEALTH_BUSY_SECONDS", 900.0)
+    health_failing_seconds: float = setting("LTXV_HEALTH_FAILING_SECONDS", 300.0)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            project=_env("PROJECT")
-            or os.environ.get("GOOGLE_CLOUD_PROJECT")
-            or os.environ.get("GCP_PROJECT")
-            or cls.project,
-            prefix=_env("PREFIX", cls.prefix),
-            topic_name=_env("TOPIC", ""),
-            subscription_name=_env("SUBSCRIPTION", ""),
-            dead_letter_topic_name=_env("DEAD_LETTER_TOPIC", ""),
-            prompts_bucket=_env("PROMPTS_BUCKET", ""),
-            outputs_bucket=_env("OUTPUTS_BUCKET", ""),
-            jobs_collection=_env("JOBS_COLLECTION", cls.jobs_collection),
-            destination_buckets_json=_env("DESTINATION_BUCKETS"),
-            api_key_hashes_json=_env("API_KEY_HASHES"),
-            api_keys_secret=_env("API_KEYS_SECRET"),
-            api_keys_cache_seconds=_env_int("API_KEYS_CACHE_SECONDS", cls.api_keys_cache_seconds),
-            default_model=_env("DEFAULT_MODEL", cls.default_model),
-            enabled_models=_env_list("MODELS"),
-            worker_model_name=_env("WORKER_MODEL", ""),
-            max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
-            max_jobs_in_flight=_env_int("MAX_JOBS_IN_FLIGHT", cls.max_jobs_in_flight),
-            max_wait_seconds=_env_int("MAX_WAIT_SECONDS", cls.max_wait_seconds),
-            predict_wait_seconds=_env_int("PREDICT_WAIT_SECONDS", cls.predict_wait_seconds),
-            job_ttl_days=_env_int("JOB_TTL_DAYS", cls.job_ttl_days),
-            allow_http_loopback_webhooks=_env_bool("ALLOW_HTTP_LOOPBACK_WEBHOOKS", False),
-            prompt_file_owner=_env("PROMPT_FILE_OWNER", cls.prompt_file_owner),
-            prompt_file_max_bytes=_env_int("PROMPT_FILE_MAX_BYTES", cls.prompt_file_max_bytes),
-            prompt_file_max_lines=_env_int("PROMPT_FILE_MAX_LINES", cls.prompt_file_max_lines),
-            signed_url_minutes=_env_int("SIGNED_URL_MINUTES", cls.signed_url_minutes),
-            rpc_timeout_seconds=_env_float("RPC_TIMEOUT_SECONDS", cls.rpc_timeout_seconds),
-            redispatch_after_seconds=_env_int(
-                "REDISPATCH_AFTER_SECONDS", cls.redispatch_after_seconds
-            ),
-            log_level=_env("LOG_LEVEL", cls.log_level),
-            signing_credentials_file=_env("SIGNING_CREDENTIALS_FILE"),
-            storage_emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None,
-            webhook_secrets_json=_env("WEBHOOK_SECRETS"),
-            webhook_secrets_secret=_env("WEBHOOK_SECRETS_SECRET"),
-            webhook_secrets_cache_seconds=_env_int(
-                "WEBHOOK_SECRETS_CACHE_SECONDS", cls.webhook_secrets_cache_seconds
-            ),
-            webhook_timeout_seconds=_env_float(
-                "WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
-            ),
-            webhook_retry_base_seconds=_env_float(
-                "WEBHOOK_RETRY_BASE_SECONDS", cls.webhook_retry_base_seconds
-            ),
-            webhook_retry_max_seconds=_env_float(
-                "WEBHOOK_RETRY_MAX_SECONDS", cls.webhook_retry_max_seconds
-            ),
-            webhook_retry_window_seconds=_env_float(
-                "WEBHOOK_RETRY_WINDOW_SECONDS", cls.webhook_retry_window_seconds
-            ),
-            model_dir=_env("MODEL_DIR"),
-            worker_id=_env("WORKER_ID"),
-            lease_seconds=_env_int("LEASE_SECONDS", cls.lease_seconds),
-            ack_extension_seconds=_env_int("ACK_EXTENSION_SECONDS", cls.ack_extension_seconds),
-            progress_interval_seconds=_env_float(
-                "PROGRESS_INTERVAL_SECONDS", cls.progress_interval_seconds
-            ),
-            shutdown_grace_seconds=_env_float("SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
-            storage_retry_seconds=_env_float("STORAGE_RETRY_SECONDS", cls.storage_retry_seconds),
-            video_encoder=_env("VIDEO_ENCODER", cls.video_encoder),
-            compile_cache_uri=_env("COMPILE_CACHE_URI"),
-            health_port=_env_int("HEALTH_PORT", cls.health_port),
-            health_port_offset=_env_int("HEALTH_PORT_OFFSET", cls.health_port_offset),
-            health_host=_env("HEALTH_HOST", cls.health_host),
-            health_stall_seconds=_env_float("HEALTH_STALL_SECONDS", cls.health_stall_seconds),
-            health_busy_seconds=_env_float("HEALTH_BUSY_SECONDS", cls.health_busy_seconds),
-            health_failing_seconds=_env_float("HEALTH_FAILING_SECONDS", cls.health_failing_seconds),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every field from the variables it names (`os.environ` unless `environ` is given)."""
+        environ = os.environ if environ is None else environ
+        types = _field_types()
+        values = {}
+        for spec in fields(cls):
+            for name in env_names(spec.name):
+                raw = environ.get(name)
+                if raw:
+                    values[spec.name] = PARSERS.get(types[spec.name], _as_is)(name, raw)
+                    break
+        return cls(**values)
 
     @property
     def worker_health_port(self) -> int:
@@ -218,7 +168,7 @@ class Settings:
 
     @property
     def topic(self) -> str:
-        return self.topic_name or f"{self.prefix}-jobs"
+        return self.topic_name or resources.name("topic", self.prefix)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -231,7 +181,7 @@ class Settings:
 
     def subscription_for(self, model: str) -> str:
         """The subscription `model`'s worker pool pulls (filtered on the model attribute)."""
-        return f"{self.prefix}-jobs-worker-{model}"
+        return resources.name("worker_subscription", self.prefix, model=model)
 
     @property
     def subscription(self) -> str:
@@ -240,28 +190,33 @@ class Settings:
 
     @property
     def dead_letter_topic(self) -> str:
-        return self.dead_letter_topic_name or f"{self.prefix}-jobs-dead-letter"
+        return self.dead_letter_topic_name or resources.name("dead_letter_topic", self.prefix)
 
     @property
     def dead_letter_subscription(self) -> str:
         return f"{self.dead_letter_topic}-notify"
 
     @property
+    def sweep_topic(self) -> str:
+        """The topic Cloud Scheduler publishes the redispatch tick to."""
+        return resources.name("sweep_topic", self.prefix)
+
+    @property
     def prompts(self) -> str:
-        return self.prompts_bucket or f"{self.prefix}-prompts"
+        return self.prompts_bucket or resources.name("prompts_bucket", self.prefix)
 
     @property
     def outputs(self) -> str:
-        return self.outputs_bucket or f"{self.prefix}-outputs"
+        return self.outputs_bucket or resources.name("outputs_bucket", self.prefix)
 
     @property
     def model_cache(self) -> str:
-        return f"{self.prefix}-model-cache"
+        return resources.name("model_cache_bucket", self.prefix)
 
     @property
     def function_source(self) -> str:
         """Where terraform keeps the function and worker archives."""
-        return f"{self.prefix}-function-source"
+        return resources.name("function_source_bucket", self.prefix)
 
     @property
     def storage_events_topic(self) -> str:
@@ -293,7 +248,7 @@ class Settings:
     def destination_buckets(self) -> dict[str, frozenset[str]]:
         """Bucket -> the API key ids whose gcs_destination may name it (besides each key's
         own prefix of the outputs bucket)."""
-        name = f"{ENV_PREFIX}DESTINATION_BUCKETS"
+        (name,) = env_names("destination_buckets_json")
         try:
             raw = json.loads(self.destination_buckets_json or "{}")
         except ValueError as exc:
@@ -308,6 +263,22 @@ class Settings:
         if ours:
             raise ValueError(f"{name} must not name the deployment's own buckets {sorted(ours)}")
         return {bucket: frozenset(keys) for bucket, keys in raw.items()}
+
+
+def env_names(field_name: str) -> tuple[str, ...]:
+    """The variables a field is read from, first the one that wins."""
+    metadata = _fields()[field_name].metadata
+    return (metadata["env"], *metadata["also"])
+
+
+@cache
+def _fields() -> dict[str, Field[Any]]:
+    return {spec.name: spec for spec in fields(Settings)}
+
+
+@cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(Settings)
 
 
 def get_settings() -> Settings:

@@ -15,17 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
 
-from .jobs import State, check_transition, utcnow
+from .jobs import Changes, Job, Page, State, transition, utcnow
 
 
 class JobExists(Exception):
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: Job) -> None:
         super().__init__(job["job_id"])
         self.job = job
 
@@ -38,7 +38,7 @@ class BadPageToken(ValueError):
     pass
 
 
-# Read-decide-write rounds of `transact` before it gives up on a job others keep writing.
+# Read-decide-write rounds of `decide` before it gives up on a job others keep writing.
 WRITE_ATTEMPTS = 20
 
 
@@ -46,13 +46,19 @@ class TransactionContended(gexc.Aborted):
     """Other writers kept changing the job between each read and write. A backend error
     like any other (a subclass of Aborted): the caller retries later, a client gets 503.
     (`firestore.transactional` raises a plain ValueError for its version of this, which
-    reads as a bug; `transact` does not use it.)"""
+    reads as a bug; `decide` does not use it.)"""
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Page:
-    jobs: list[dict[str, Any]]
-    next_page_token: str | None
+class Decision(Generic[T]):
+    """What a read-decide-write round (`JobStore.decide`) concluded: `outcome`, for its
+    caller, and the `changes` to write (None: nothing to write)."""
+
+    outcome: T
+    changes: Changes | None = None
 
 
 def _encode_cursor(job: dict[str, Any]) -> str:
@@ -81,22 +87,22 @@ class JobStore:
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self.collection.document(job_id)
 
-    def create(self, job: dict[str, Any]) -> None:
+    def create(self, job: Job) -> None:
         """Create the document; raise JobExists (with the stored job) if the id is taken."""
         try:
-            self.ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
+            self.ref(job["job_id"]).create(dict(job), retry=self.retry, timeout=self.timeout)
         except gexc.AlreadyExists:
             existing = self.get(job["job_id"])
             if existing is None:  # deleted in between: one more try settles it
-                self.ref(job["job_id"]).create(job, retry=self.retry, timeout=self.timeout)
+                self.ref(job["job_id"]).create(dict(job), retry=self.retry, timeout=self.timeout)
                 return
             raise JobExists(existing) from None
         except gexc.Conflict:
             raise JobExists(self.get(job["job_id"]) or job) from None
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> Job | None:
         snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
-        return snapshot.to_dict() if snapshot.exists else None
+        return cast(Job, snapshot.to_dict()) if snapshot.exists else None
 
     def delete_unpublished(self, job_id: str) -> None:
         """Undo a create whose publish failed, unless something already moved the job on."""
@@ -116,13 +122,14 @@ class JobStore:
             batch.update(self.ref(job_id), {"published": True, "published_at": now})
         batch.commit(retry=self.retry, timeout=self.timeout)
 
-    def unpublished_before(self, cutoff: datetime, limit: int = 500) -> list[dict[str, Any]]:
+    def unpublished_before(self, cutoff: datetime, limit: int = 500) -> list[Job]:
         query = (
             self.collection.where(filter=firestore.FieldFilter("published", "==", False))
             .where(filter=firestore.FieldFilter("created_at", "<", cutoff))
             .limit(limit)
         )
-        return [s.to_dict() for s in query.stream(retry=self.retry, timeout=self.timeout)]
+        stream = query.stream(retry=self.retry, timeout=self.timeout)
+        return [cast(Job, s.to_dict()) for s in stream]
 
     def count_in_flight(self, api_key_id: str, up_to: int | None = None) -> int:
         """How many of a key's jobs are queued or running, counting no further than
@@ -162,13 +169,20 @@ class JobStore:
         return Page(docs, _encode_cursor(docs[-1]) if more and docs else None)
 
     def transact(
-        self,
-        job_id: str,
-        decide: Callable[[dict[str, Any], datetime], dict[str, Any] | None],
-    ) -> dict[str, Any] | None:
-        """Read the job, let `decide(job, now)` name the changes and apply them only if
-        nobody wrote the job in between; returns the job as it now is, or None if there is
-        no such job. `decide` may raise to abort without a write.
+        self, job_id: str, change: Callable[[Job, datetime], Changes | None]
+    ) -> Job | None:
+        """`decide` for a change with nothing to report: `change(job, now)` names the
+        changes (None: none); returns the job as it now is, or None if there is none."""
+        decided = self.decide(job_id, lambda job, now: Decision(None, change(job, now)))
+        return None if decided is None else decided[0]
+
+    def decide(
+        self, job_id: str, decide: Callable[[Job, datetime], Decision[T]]
+    ) -> tuple[Job, T] | None:
+        """Read the job, let `decide(job, now)` conclude and name the changes, and apply
+        them only if nobody wrote the job in between; returns the job as it now is with
+        the outcome of the decision that stands, or None if there is no such job.
+        `decide` may raise to abort without a write.
 
         Optimistic, not a Firestore transaction: the write carries the read's update time
         as a precondition, and a job written meanwhile is read and decided again. A
@@ -178,37 +192,40 @@ class JobStore:
         The precondition holds nothing, so the first writer wins and the others decide
         again on what it wrote (e.g. a second cancel finds the first one's flag)."""
         ref = self.ref(job_id)
-        tried: datetime | None = None  # `updated_at` of the last write that did not answer
+        # The `updated_at` and outcome of the last write that failed; a job showing that
+        # `updated_at` got the write after all.
+        lost: tuple[datetime, T] | None = None
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             snapshot = ref.get(retry=self.retry, timeout=self.timeout)
             if not snapshot.exists:
                 return None
-            job = snapshot.to_dict()
-            if tried is not None and job.get("updated_at") == tried:
+            job = cast(Job, snapshot.to_dict())
+            if lost is not None and job.get("updated_at") == lost[0]:
                 # Our write landed after all: its answer was lost, and the client's retry
                 # of it then failed on its own precondition. Deciding again would read our
                 # own change as someone else's (a lease we hold as "busy", a job we just
                 # settled as "not ours").
-                return job
+                return job, lost[1]
             now = utcnow()
-            changes = decide(job, now)
+            decision = decide(job, now)
+            changes = decision.changes
             if not changes:
-                return job
+                return job, decision.outcome
             changes.setdefault("updated_at", now)
             unchanged = self.client.write_option(last_update_time=snapshot.update_time)
             try:
                 ref.update(changes, option=unchanged, retry=self.retry, timeout=self.timeout)
             except (gexc.FailedPrecondition, gexc.NotFound):
                 # Written (or deleted) since the read: spread the writers out a little.
-                tried = changes["updated_at"]
+                lost = (changes["updated_at"], decision.outcome)
                 time.sleep(random.uniform(0.0, 0.02) * attempt)
                 continue
-            return _apply_changes(job, changes)
+            return _apply_changes(job, changes), decision.outcome
         raise TransactionContended(
             f"job {job_id} changed under each of {WRITE_ATTEMPTS} attempts to write it"
         )
 
-    def request_cancel(self, job_id: str, api_key_id: str) -> tuple[dict[str, Any], bool]:
+    def request_cancel(self, job_id: str, api_key_id: str) -> tuple[Job, bool]:
         """queued -> canceled at once; running -> cancel requested (the worker stops it).
         Returns the job and whether this call changed it.
 
@@ -218,33 +235,25 @@ class JobStore:
         writing its progress to it.
         """
 
-        def needs(job: dict[str, Any]) -> bool:
+        def needs(job: Job) -> bool:
             if job["api_key_id"] != api_key_id:
                 raise JobNotFound(job_id)
             return job["state"] == State.QUEUED or (
                 job["state"] == State.RUNNING and not job["cancel_requested"]
             )
 
-        wrote = False  # whether the decision `transact` wrote was ours to make
-
-        def decide(job: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-            nonlocal wrote
-            wrote = needs(job)
-            if not wrote:
-                return None
+        def decide(job: Job, now: datetime) -> Decision[bool]:
+            """Whether this cancel changes the job, and how."""
+            if not needs(job):
+                return Decision(False)
+            requested = {"cancel_requested": True, "cancel_requested_at": now}
             if job["state"] == State.QUEUED:
-                check_transition(job["state"], State.CANCELED)
-                return {
-                    "state": State.CANCELED.value,
-                    f"state_times.{State.CANCELED.value}": now,
-                    "cancel_requested": True,
-                    "cancel_requested_at": now,
-                }
-            return {"cancel_requested": True, "cancel_requested_at": now}
+                return Decision(True, transition(job, State.CANCELED, now, **requested))
+            return Decision(True, requested)
 
         try:
-            # A cancel that changes nothing is one read: decide returns None, nothing is written.
-            changed = self.transact(job_id, decide)
+            # A cancel that changes nothing is one read: nothing is written.
+            decided = self.decide(job_id, decide)
         except TransactionContended:
             # Others wrote the job meanwhile (another cancel, its worker): what matters
             # is whether a cancel now stands.
@@ -252,19 +261,19 @@ class JobStore:
             if job is None or needs(job):
                 raise
             return job, False
-        if changed is None:
+        if decided is None:
             raise JobNotFound(job_id)
-        return changed, wrote
+        return decided
 
 
-def _apply_changes(job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def _apply_changes(job: Job, changes: Changes) -> Job:
     """What `update(changes)` did to the document, without reading it back."""
-    job = {**job}
+    document: dict[str, Any] = {**job}
     for path, value in changes.items():
-        target = job
+        target = document
         *parents, leaf = path.split(".")
         for part in parents:
             target[part] = dict(target.get(part) or {})
             target = target[part]
         target[leaf] = value
-    return job
+    return cast(Job, document)

@@ -7,37 +7,40 @@ below closes one way of pointing that connection somewhere internal:
 
 - **https only.** Webhook payloads and signatures must not travel in clear text. Plain
   http is allowed only for local development, behind ``allow_http_loopback``, and only when
-  every address is loopback.
+  every address is loopback (``_require_https``, ``_loopback_only_exceptions``).
 - **No userinfo, no whitespace or control characters, bounded length, valid port.**
-  ``https://good.example@evil.example/`` and embedded tabs or newlines are parsed
-  differently by different URL libraries; refusing them removes parser-confusion tricks.
+  ``https://good.example@evil.example/`` and embedded tabs or newlines are parsed differently
+  by different URL libraries; refusing them removes parser-confusion tricks
+  (``_split_plain_url``, ``_plain_host``, ``_valid_port``).
 - **No odd IP spellings.** C resolvers (``inet_aton``) accept ``2130706433``,
   ``0x7f.1``, ``0177.0.0.1`` and ``127.1`` as 127.0.0.1, while ``ipaddress`` does not, so a
   checker and a connector could disagree about the target. Only canonical dotted quads
   are accepted as literals. IPv6 literals (``[...]``) and zone ids are refused outright:
   a webhook endpoint should have a DNS name, and bracket/zone syntax is another source of
-  parser disagreement.
+  parser disagreement (``_plain_host``, ``_normalize_host``, ``_parse_ipv4_literal``).
 - **Metadata server by name and by address.** ``metadata.google.internal`` and friends
   resolve to 169.254.169.254 inside GCP; both the names and the link-local addresses are
-  refused, whatever the resolver says.
+  refused, whatever the resolver says (``_refuse_metadata_name``, ``_classify``).
 - **Every resolved address must be public unicast.** A name can have several A/AAAA
   records; if any of them is internal, the connection might go there, so one bad address
   rejects the URL. ``ipaddress.is_global`` misses some ranges (multicast, site-local,
   6to4), and IPv6 forms that embed an IPv4 address (mapped, 6to4, Teredo, NAT64) could
-  smuggle a private IPv4 target, so those are checked explicitly.
+  smuggle a private IPv4 target, so those are checked explicitly (``_require_public``).
 - **Only the ports webhooks use: 443 and 8443.** Any other port would let a client aim
-  the sender at whatever else listens on a public host (mail, databases, admin panels)
-  and learn from the recorded outcome whether it is open: a port scanner run by us.
-  The local http-loopback mode keeps any port, for loopback addresses only.
-- **Resolve within a time limit.** A lookup runs on a thread of its own and is
-  given up after a few seconds (``RESOLVE_TIMEOUT_SECONDS``): a stuck resolver must not
-  hold a request, a prompt-file line or a delivery. :func:`caching` memoises lookups for
-  the duration of one batch (a prompt file), so a thousand lines naming one slow host
-  cost one lookup.
+  the sender at whatever else listens on a public host (mail, databases, admin panels) and
+  learn from the recorded outcome whether it is open: a port scanner run by us. The local
+  http-loopback mode keeps any port, for loopback addresses only (``_require_webhook_port``,
+  ``_loopback_only_exceptions``).
+- **Resolve within a time limit.** A lookup runs on a thread of its own and is given up
+  after a few seconds (``RESOLVE_TIMEOUT_SECONDS``): a stuck resolver must not hold a
+  request, a prompt-file line or a delivery. :func:`caching` memoises lookups for the
+  duration of one batch (a prompt file), so a thousand lines naming one slow host cost one
+  lookup (``_resolve``).
 - **Pin the connection.** Checking a name and then letting the HTTP client resolve it
-  again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses and the
-  sender must connect to one of them (see :func:`pinned_connection_target`), sending the
-  original name only as SNI/Host.
+  again allows DNS rebinding. :class:`CheckedURL` carries the checked addresses, and the
+  sender (``webhook_sender.post_pinned``) connects to those addresses only, in order until
+  one accepts the connection, sending the original name as TLS SNI (checked against the
+  certificate) and as the ``Host`` header.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -104,6 +107,9 @@ class LookupTimedOut(Unresolvable):
 
 class ResolveTimeout(TimeoutError):
     """The name did not resolve within the time limit (the lookup may still be running)."""
+
+
+Fail = Callable[[str], UnsafeURL]  # makes the refusal of a problem, naming the field
 
 
 @dataclass(frozen=True)
@@ -174,11 +180,6 @@ def caching(resolver: Resolver) -> Resolver:
     return cached
 
 
-def pinned_connection_target(checked: CheckedURL) -> tuple[str, int]:
-    """The (address, port) to connect to; send ``checked.host`` as SNI and Host header."""
-    return checked.addresses[0], checked.port
-
-
 def check_webhook_url(
     url: str,
     *,
@@ -189,12 +190,38 @@ def check_webhook_url(
     """Validate ``url`` as a webhook target and resolve it; raise :class:`UnsafeURL` if unsafe.
 
     ``allow_http_loopback`` (local development only) tolerates loopback addresses, over https
-    or http, and allows http when every address is loopback.
+    or http, and allows http when every address is loopback. Each step is one rule of the
+    module docstring, in the order that decides which refusal a URL breaking several gets.
     """
 
     def fail(problem: str) -> UnsafeURL:
         return UnsafeURL(f"{field} {problem}")
 
+    parts = _split_plain_url(url, fail)
+    _require_https(parts.scheme, allow_http_loopback, fail)
+    hostname = _plain_host(parts, fail)
+    port = _valid_port(parts, fail)
+    if not allow_http_loopback:
+        _require_webhook_port(parts.scheme, port, fail)
+    host = _normalize_host(hostname, fail)
+    literal = _parse_ipv4_literal(host, fail)
+    _refuse_metadata_name(host, fail)
+    ips = [literal] if literal is not None else _resolve(host, port, resolver, fail, field)
+    _require_public(ips, host, literal is not None, allow_http_loopback, fail)
+    _loopback_only_exceptions(parts.scheme, port, ips, fail)
+    return CheckedURL(
+        url=url,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        path_and_query=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        # Pinned: the sender connects to one of these, never to a fresh lookup of the name.
+        addresses=tuple(str(ip) for ip in ips),
+    )
+
+
+def _split_plain_url(url: str, fail: Fail) -> SplitResult:
+    """Bounded length, no whitespace or control characters, and parseable at all."""
     if not isinstance(url, str) or not url:
         raise fail("must be a non-empty string")
     if len(url) > MAX_URL_LENGTH:
@@ -202,13 +229,19 @@ def check_webhook_url(
     if any(unicodedata.category(c)[0] in "CZ" for c in url):
         raise fail("must not contain whitespace or control characters")
     try:
-        parts = urlsplit(url)
+        return urlsplit(url)
     except ValueError as exc:
         raise fail(f"is not a valid URL ({exc})") from None
 
-    scheme = parts.scheme
+
+def _require_https(scheme: str, allow_http_loopback: bool, fail: Fail) -> None:
+    """https only; http only in local development (and then only to loopback, see below)."""
     if scheme != "https" and not (scheme == "http" and allow_http_loopback):
         raise fail("must use https")
+
+
+def _plain_host(parts: SplitResult, fail: Fail) -> str:
+    """The host, named plainly: no userinfo, no IPv6 literal or zone id, no percent-encoding."""
     if "@" in parts.netloc:
         raise fail("must not contain user credentials (user:password@)")
     if "[" in parts.netloc or "]" in parts.netloc:
@@ -217,58 +250,58 @@ def check_webhook_url(
         raise fail("host must not contain '%' (percent-encoding or an IPv6 zone id)")
     if not parts.hostname:
         raise fail("must include a host")
+    return parts.hostname
+
+
+def _valid_port(parts: SplitResult, fail: Fail) -> int:
+    """The port the URL names (or its scheme's), if it is one at all."""
     try:
         port = parts.port
     except ValueError:
         raise fail("has an invalid port") from None
     if port is None:
-        port = DEFAULT_PORTS[scheme]
-    elif not 1 <= port <= 65535:
+        return DEFAULT_PORTS[parts.scheme]
+    if not 1 <= port <= 65535:
         raise fail(f"port {port} is out of range 1-65535")
-    port_allowed = scheme == "https" and port in ALLOWED_HTTPS_PORTS
-    if not port_allowed and not allow_http_loopback:
-        # Refused before any lookup: a scan of ports must not even cost a DNS query.
-        raise fail(_port_problem(port))
+    return port
 
-    host = _normalize_host(parts.hostname, fail)
-    literal = _parse_ipv4_literal(host, fail)
+
+def _require_webhook_port(scheme: str, port: int, fail: Fail) -> None:
+    """https on a port webhooks use; checked before any lookup too (a scan of ports must
+    not even cost a DNS query) unless loopback addresses are allowed."""
+    if scheme != "https" or port not in ALLOWED_HTTPS_PORTS:
+        allowed = " or ".join(str(p) for p in sorted(ALLOWED_HTTPS_PORTS))
+        raise fail(f"port {port} is not allowed; webhooks go to https on port {allowed}")
+
+
+def _refuse_metadata_name(host: str, fail: Fail) -> None:
+    """The metadata server by name (its addresses are refused in `_classify`)."""
     if host in METADATA_NAMES:
         raise fail(f"host {host} is the metadata server")
-    if literal is not None:
-        ips = [literal]
-    elif host == "localhost" or host.endswith(".localhost"):
-        ips = [ipaddress.ip_address(a) for a in LOOPBACK_NAME_ADDRESSES]
-    else:
-        ips = _resolve(host, port, resolver, fail, field)
 
+
+def _require_public(
+    ips: list[IPAddress], host: str, literal: bool, allow_loopback: bool, fail: Fail
+) -> None:
+    """Every address public unicast (loopback too in local development): one bad one refuses."""
     for ip in ips:
         problem = _classify(ip)
-        if problem is None or (allow_http_loopback and problem == "a loopback address"):
+        if problem is None or (allow_loopback and problem == "a loopback address"):
             continue
-        where = f"host {host} is" if literal is not None else f"host {host} resolves to {ip},"
+        where = f"host {host} is" if literal else f"host {host} resolves to {ip},"
         raise fail(f"{where} {problem}")
-    if scheme == "http" and not all(ip.is_loopback for ip in ips):
+
+
+def _loopback_only_exceptions(scheme: str, port: int, ips: list[IPAddress], fail: Fail) -> None:
+    """http, and ports other than the webhook ones, only where every address is loopback."""
+    if all(ip.is_loopback for ip in ips):
+        return
+    if scheme == "http":
         raise fail("must use https (http is allowed only for loopback hosts)")
-    if not port_allowed and not all(ip.is_loopback for ip in ips):
-        raise fail(_port_problem(port))
-
-    path_and_query = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return CheckedURL(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port,
-        path_and_query=path_and_query,
-        addresses=tuple(str(ip) for ip in ips),
-    )
+    _require_webhook_port(scheme, port, fail)
 
 
-def _port_problem(port: int) -> str:
-    allowed = " or ".join(str(p) for p in sorted(ALLOWED_HTTPS_PORTS))
-    return f"port {port} is not allowed; webhooks go to https on port {allowed}"
-
-
-def _normalize_host(hostname: str, fail: Callable[[str], UnsafeURL]) -> str:
+def _normalize_host(hostname: str, fail: Fail) -> str:
     """IDNA-encode, lower-case and strip one trailing dot; refuse anything not a DNS name."""
     try:
         host = hostname.encode("idna").decode("ascii").lower()
@@ -280,7 +313,7 @@ def _normalize_host(hostname: str, fail: Callable[[str], UnsafeURL]) -> str:
     return host
 
 
-def _parse_ipv4_literal(host: str, fail: Callable[[str], UnsafeURL]) -> IPAddress | None:
+def _parse_ipv4_literal(host: str, fail: Fail) -> IPAddress | None:
     """A canonical dotted-quad literal, None for a name; refuse what only inet_aton accepts."""
     try:
         return ipaddress.IPv4Address(host)
@@ -293,9 +326,10 @@ def _parse_ipv4_literal(host: str, fail: Callable[[str], UnsafeURL]) -> IPAddres
     raise fail(f"host {host} is not a canonical IP address")
 
 
-def _resolve(
-    host: str, port: int, resolver: Resolver, fail: Callable[[str], UnsafeURL], field: str
-) -> list[IPAddress]:
+def _resolve(host: str, port: int, resolver: Resolver, fail: Fail, field: str) -> list[IPAddress]:
+    """Every address a name stands for: loopback for localhost, else what DNS says in time."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return [ipaddress.ip_address(a) for a in LOOPBACK_NAME_ADDRESSES]
     try:
         raw = resolver(host, port)
     except TimeoutError:  # before OSError, which it is

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
-from .auth import read_secret
+from .auth import inline_or_secret
 from .cache import Cached
 from .settings import Settings
 
@@ -85,15 +85,14 @@ class WebhookSecrets:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookSecrets:
-        if settings.webhook_secrets_json:
-            raw = settings.webhook_secrets_json
-            return cls(lambda: raw, ttl_seconds=float("inf"))
-        if settings.webhook_secrets_secret:
-            name = settings.webhook_secrets_secret
-            return cls(lambda: read_secret(name), settings.webhook_secrets_cache_seconds)
-        raise RuntimeError(
-            "set LTXV_WEBHOOK_SECRETS (JSON key id -> [whsec_...]) or "
-            "LTXV_WEBHOOK_SECRETS_SECRET (the Secret Manager secret holding it)"
+        return cls(
+            *inline_or_secret(
+                settings.webhook_secrets_json,
+                settings.webhook_secrets_secret,
+                settings.webhook_secrets_cache_seconds,
+                missing="set LTXV_WEBHOOK_SECRETS (JSON key id -> [whsec_...]) or "
+                "LTXV_WEBHOOK_SECRETS_SECRET (the Secret Manager secret holding it)",
+            )
         )
 
     def all(self) -> Secrets:

@@ -24,8 +24,8 @@ import pytest
 import requests
 from google.cloud import pubsub_v1
 
+from ltxv import compose_submit
 from ltxv.local.stack import LocalStack
-from ltxv.service import Service
 from ltxv.webhooks import verify_webhook
 
 from ..bodies import SLOW, SMALL
@@ -77,7 +77,8 @@ def parked_job(stack, topic: str, body: dict) -> str:
     settings = dataclasses.replace(
         stack.settings, topic_name=topic, allow_http_loopback_webhooks=True
     )
-    return Service(settings).intake.submit_http(body, api_key_id="default").job["job_id"]
+    intake = compose_submit.parts(settings).intake
+    return intake.submit_http(body, api_key_id="default").job["job_id"]
 
 
 # --- a slow webhook receiver ------------------------------------------------------------------

@@ -16,9 +16,8 @@ import requests
 from google.cloud import pubsub_v1, storage
 from standardwebhooks.webhooks import Webhook
 
-from ltxv import schemas
+from ltxv import compose_submit, schemas
 from ltxv.local.stack import LocalStack
-from ltxv.service import Service
 from ltxv.webhook_receiver import WebhookReceiver
 
 from ..bodies import SMALL
@@ -135,7 +134,7 @@ def _job_on_its_own_topic(stack, topic: str, body: dict) -> str:
     settings = dataclasses.replace(
         stack.settings, topic_name=topic, allow_http_loopback_webhooks=True
     )
-    accepted = Service(settings).intake.submit_http(body, api_key_id="default")
+    accepted = compose_submit.parts(settings).intake.submit_http(body, api_key_id="default")
     return accepted.job["job_id"]
 
 

@@ -20,10 +20,10 @@ from functions_framework import create_app
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
+from ltxv import compose_submit
 from ltxv.auth import generate_api_key, hash_api_key
 from ltxv.jobs import utcnow
 from ltxv.local.credentials import fake_service_account_key
-from ltxv.service import Service
 from ltxv.settings import Settings
 from ltxv.webhooks import new_secret
 
@@ -95,8 +95,9 @@ def settings(env) -> Settings:
 
 
 @pytest.fixture
-def service(settings) -> Service:
-    return Service(settings)
+def service(settings) -> compose_submit.SubmitParts:
+    """The submit function's parts, as its composition root builds them."""
+    return compose_submit.parts(settings)
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def settle(service, job_id, state="succeeded", delay=0.0, **fields):
                     "result": f"gs://{outputs_bucket}/jobs/{job_id}/result.json",
                 },
             )
-            changes.setdefault("timings", {"generate_seconds": 1.5, "total_seconds": 2.0})
+            changes.setdefault("timings", {"generate_seconds": 1.5})
         service.firestore.collection("jobs").document(job_id).update(changes)
 
     thread = threading.Thread(target=run)

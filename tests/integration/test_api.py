@@ -284,7 +284,9 @@ def test_prefer_wait_returns_the_finished_job_with_a_signed_url(client, auth, se
     job = response.get_json()
     schemas.validator("job").validate(job)
     assert job["state"] == "succeeded"
-    assert job["video_url"].startswith(f"{service.signer.endpoint}/{service.settings.outputs}/")
+    assert job["video_url"].startswith(
+        f"{service.settings.storage_endpoint}/{service.settings.outputs}/"
+    )
     assert "X-Goog-Signature=" in job["video_url"]
 
 

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.emulators
 
 SECRET = WEBHOOK_SECRETS["default"][0]  # the `default` key's, as the environment says
 OTHER_SECRET = WEBHOOK_SECRETS["other"][0]
+SECRETS = WebhookSecrets.of(WEBHOOK_SECRETS)  # every key's, as the environment says
 NOTIFY_SOURCE = str(ROOT / "functions" / "notify" / "main.py")
 
 
@@ -54,7 +55,7 @@ def notify_settings(settings):
 
 @pytest.fixture
 def notifier(service, notify_settings) -> WebhookNotifier:
-    return WebhookNotifier(service.store, service.storage, notify_settings)
+    return WebhookNotifier(service.store, service.storage, notify_settings, secrets=SECRETS)
 
 
 @pytest.fixture
@@ -216,7 +217,7 @@ def test_delivery_gives_up_after_the_retry_window(service, settings, receiver):
         webhook_retry_base_seconds=0.2,
         webhook_retry_window_seconds=0.5,
     )
-    notifier = WebhookNotifier(service.store, service.storage, short)
+    notifier = WebhookNotifier(service.store, service.storage, short, secrets=SECRETS)
     job_id = submit(service, receiver.url)
     finish(service, job_id, "failed")
     state, _ = deliver_until_settled(notifier, service, job_id)
@@ -279,7 +280,9 @@ def test_a_name_that_does_not_resolve_at_delivery_is_retried(service, notify_set
         raise OSError("the resolver is down")
 
     cloud = dataclasses.replace(notify_settings, allow_http_loopback_webhooks=False)
-    notifier = WebhookNotifier(service.store, service.storage, cloud, resolver=down)
+    notifier = WebhookNotifier(
+        service.store, service.storage, cloud, secrets=SECRETS, resolver=down
+    )
     job_id = _job_with_webhook(service, "https://hooks.example.com/x")
     finish(service, job_id)
     with pytest.raises(RetryLater):
@@ -349,7 +352,9 @@ def test_an_invocation_killed_mid_send_leaves_its_attempt_counted(
         post_pinned(*args, **kwargs)  # the receiver gets the event; its answer is lost
         raise Killed
 
-    dying = WebhookNotifier(service.store, service.storage, notify_settings, send=killed)
+    dying = WebhookNotifier(
+        service.store, service.storage, notify_settings, secrets=SECRETS, send=killed
+    )
     with pytest.raises(Killed):
         dying.on_object(*result_object(service, job_id))
 
@@ -389,13 +394,13 @@ def test_an_interrupted_attempt_past_the_retry_window_ends_the_delivery(
         raise Killed
 
     with pytest.raises(Killed):
-        WebhookNotifier(service.store, service.storage, quick, send=killed).on_object(
-            *result_object(service, job_id)
-        )
+        WebhookNotifier(
+            service.store, service.storage, quick, secrets=SECRETS, send=killed
+        ).on_object(*result_object(service, job_id))
     service.store.transact(
         job_id, lambda job, now: {"webhook.sending_until": now - timedelta(seconds=1)}
     )
-    notifier = WebhookNotifier(service.store, service.storage, quick)
+    notifier = WebhookNotifier(service.store, service.storage, quick, secrets=SECRETS)
     assert notifier.on_object(*result_object(service, job_id)) == "failed"
     record = webhook_record(service, job_id)
     assert (
@@ -420,7 +425,9 @@ def test_an_attempt_recorded_after_a_later_one_took_over_keeps_both_outcomes(
         assert notifier.on_object(*result_object(service, job_id)) == "delivered"
         return SendResult(503, None, 0.1)
 
-    slow = WebhookNotifier(service.store, service.storage, notify_settings, send=outlived)
+    slow = WebhookNotifier(
+        service.store, service.storage, notify_settings, secrets=SECRETS, send=outlived
+    )
     assert slow.on_object(*result_object(service, job_id)) == "delivered"
     record = webhook_record(service, job_id)
     assert [a["status_code"] for a in record["attempts"]] == [503, 200]
@@ -434,11 +441,11 @@ class ContendedStore(JobStore):
         super().__init__(store.client, store.collection.id, store.timeout)
         self.times = times
 
-    def transact(self, job_id, decide):
+    def decide(self, job_id, decide):
         if self.times > 0:
             self.times -= 1
             raise TransactionContended("Failed to commit transaction in 5 attempts")
-        return super().transact(job_id, decide)
+        return super().decide(job_id, decide)
 
 
 def test_a_contended_claim_is_retried_by_the_trigger_with_nothing_claimed(
@@ -447,7 +454,7 @@ def test_a_contended_claim_is_retried_by_the_trigger_with_nothing_claimed(
     job_id = submit(service, receiver.url)
     finish(service, job_id)
     store = ContendedStore(service.store, times=1)
-    notifier = WebhookNotifier(store, service.storage, notify_settings)
+    notifier = WebhookNotifier(store, service.storage, notify_settings, secrets=SECRETS)
     with pytest.raises(RetryLater, match="busy"):
         notifier.on_object(*result_object(service, job_id))
     assert webhook_record(service, job_id)["attempts"] == [] and receiver.deliveries == []
@@ -460,7 +467,7 @@ def contended_after_sending(service, notify_settings, receiver, times: int):
     job_id = submit(service, receiver.url)
     finish(service, job_id)
     store = ContendedStore(service.store, times=0)
-    notifier = WebhookNotifier(store, service.storage, notify_settings)
+    notifier = WebhookNotifier(store, service.storage, notify_settings, secrets=SECRETS)
 
     def send_then_contend(*args, **kwargs):
         sent = post_pinned(*args, **kwargs)
@@ -534,6 +541,7 @@ def test_unsafe_targets_are_refused_at_delivery(service, notify_settings, url, a
         service.store,
         service.storage,
         cloud,
+        secrets=SECRETS,
         resolver=lambda host, port: addresses,
         send=lambda *args, **kwargs: sent.append(args),
     )

@@ -14,9 +14,22 @@ from google.api_core import exceptions as gexc
 from ltxv.dispatch import subscription_filter
 from ltxv.local.stack import EMULATORS, LocalStack, StartupFailed
 from ltxv.profiles import enabled_profiles
+from ltxv.resources import WorkerDelivery, worker_delivery
 from ltxv.settings import Settings
 
 TWO_MODELS = {"default_model": "tiny-random", "enabled_models": ("tiny-random", "ltx-video-2b")}
+
+
+def _delivery(subscription) -> WorkerDelivery:
+    """What a subscription the emulator hands back says, in schemas/resources.json's terms."""
+    retry = subscription.retry_policy
+    return WorkerDelivery(
+        ack_deadline_seconds=subscription.ack_deadline_seconds,
+        max_delivery_attempts=subscription.dead_letter_policy.max_delivery_attempts,
+        minimum_backoff_seconds=int(retry.minimum_backoff.total_seconds()),
+        maximum_backoff_seconds=int(retry.maximum_backoff.total_seconds()),
+        enable_exactly_once_delivery=subscription.enable_exactly_once_delivery,
+    )
 
 
 def _workers(stack: LocalStack) -> dict:
@@ -76,6 +89,11 @@ def test_each_model_gets_a_subscription_filtered_on_it(emulators, tmp_path):
                 assert subscription.filter == subscription_filter(model, "tiny-random")
                 assert subscription.enable_exactly_once_delivery
                 assert subscription.dead_letter_policy.max_delivery_attempts == 5
+                # As terraform delivers: the one table both read (tests/terraform too).
+                assert _delivery(subscription) == worker_delivery()
+                assert subscription.dead_letter_policy.dead_letter_topic == (
+                    publisher.topic_path(settings.project, settings.dead_letter_topic)
+                )
         finally:
             project = f"projects/{settings.project}"
             for sub in subscriber.list_subscriptions(request={"project": project}):

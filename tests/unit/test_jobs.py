@@ -1,18 +1,24 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ltxv import schemas
 from ltxv.jobs import (
     TERMINAL,
+    TRANSITIONS,
+    DeliveryAttempt,
     InvalidTransition,
+    Job,
     State,
+    WebhookRecord,
     check_transition,
     job_id_for_idempotency_key,
     job_id_for_prompt_line,
+    lease_end,
     new_job,
     new_job_id,
     to_json,
+    transition,
 )
 from ltxv.validation import request_hash
 
@@ -44,6 +50,68 @@ def test_allowed_transitions_follow_the_contract():
                 check_transition(terminal, target)
     with pytest.raises(InvalidTransition):
         check_transition("queued", "succeeded")
+
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+LEASE = {"owner": "worker-1", "expires_at": NOW + timedelta(seconds=120)}
+
+
+def test_a_transition_writes_the_state_when_it_entered_it_and_the_fields():
+    moves = [(current, target) for current in State for target in TRANSITIONS[current]]
+    assert len(moves) == 8  # queued: 3; running: 5 (another worker taking over included)
+    for current, target in moves:
+        job = {"state": current.value, "lease": LEASE if current == State.RUNNING else None}
+        changes = transition(job, target, NOW, attempts=2)
+        assert changes["state"] == target.value and changes["attempts"] == 2
+        assert changes[f"state_times.{target.value}"] == NOW
+        # Only a running job holds a lease: every other state is written without one.
+        if target == State.RUNNING:
+            assert "lease" not in changes
+        else:
+            assert changes["lease"] is None
+
+
+def test_a_transition_into_running_takes_the_lease_it_is_given():
+    queued = {"state": "queued", "lease": None}
+    changes = transition(queued, State.RUNNING, NOW, lease=LEASE)
+    assert changes == {"state": "running", "state_times.running": NOW, "lease": LEASE}
+    running = {"state": "running", "lease": LEASE}
+    assert transition(running, State.QUEUED, NOW) == {
+        "state": "queued",
+        "state_times.queued": NOW,
+        "lease": None,
+    }
+
+
+def test_a_transition_the_contract_does_not_allow_is_refused():
+    for terminal in TERMINAL:
+        for target in State:
+            with pytest.raises(InvalidTransition, match=f"a {terminal} job cannot become"):
+                transition({"state": terminal.value}, target, NOW)
+    for target in (State.QUEUED, State.SUCCEEDED):
+        with pytest.raises(InvalidTransition):
+            transition({"state": "queued"}, target, NOW)
+
+
+def test_a_lease_is_live_only_on_a_running_job_until_it_ends():
+    later = NOW + timedelta(seconds=120)
+    assert lease_end({"state": "running", "lease": LEASE}, NOW) == later
+    assert lease_end({"state": "running", "lease": LEASE}, later) is None  # ran out
+    assert lease_end({"state": "running", "lease": None}, NOW) is None
+    assert lease_end({"state": "queued", "lease": LEASE}, NOW) is None
+
+
+def test_the_job_document_type_names_the_schemas_fields():
+    schema = schemas.load("job")
+    shown_only = {"video_url", "poster_url", "download_url"}  # API answers add them
+    assert set(Job.__annotations__) == set(schema["properties"]) - shown_only
+    assert Job.__required_keys__ == set(schema["required"])
+    for kind, part in [
+        (WebhookRecord, schema["properties"]["webhook"]),
+        (DeliveryAttempt, schema["$defs"]["delivery_attempt"]),
+    ]:
+        assert set(kind.__annotations__) == set(part["properties"])
+        assert kind.__required_keys__ == set(part["required"])
 
 
 def test_ids_are_stable_per_key_and_per_prompt_line():

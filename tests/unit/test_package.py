@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tools import function_requirements as reqs
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = [sys.executable, str(ROOT / "tools" / "package.py")]
 
@@ -72,6 +74,8 @@ def test_a_function_archive_imports_on_its_own(built, tmp_path, name, targets):
         "import sys; sys.path.insert(0, '.'); import main, ltxv, ltxv.schemas as s; "
         "assert ltxv.__file__.startswith(sys.argv[1]), ltxv.__file__; "
         "assert str(s.schemas_dir()).startswith(sys.argv[1]); "
+        # Settings name every resource from the table terraform reads too.
+        "from ltxv.settings import Settings; assert Settings().topic == 'ltxv-jobs'; "
         f"assert all(callable(getattr(main, t)) for t in {targets!r})"
     )
     result = subprocess.run(
@@ -100,3 +104,29 @@ def test_terraform_mode_answers_json(tmp_path):
     assert set(answer) == {"path", "md5", "sha256"}
     assert Path(answer["path"]) == tmp_path / "notify.zip"
     assert all(isinstance(v, str) for v in answer.values())
+
+
+@pytest.mark.parametrize("name", reqs.FUNCTIONS)
+def test_a_function_requirements_file_is_pyprojects_dependencies_pinned(name):
+    assert reqs.problems(reqs.requirements_file(name), reqs.dependencies()) == []
+
+
+def test_the_requirements_check_sees_each_kind_of_drift(tmp_path):
+    wanted = reqs.dependencies()
+    pins = reqs.read_pins(reqs.requirements_file("submit").read_text())
+    path = tmp_path / "requirements.txt"
+    path.write_text(reqs.render(pins))
+    assert reqs.problems(path, wanted) == []
+    first, *_ = sorted(pins)
+    drifts = {
+        "missing": {name: v for name, v in pins.items() if name != first},
+        "not in pyproject.toml": {**pins, "left-pad": "1.0"},
+        "is outside": {**pins, "requests": "9.0"},
+    }
+    for problem, drifted in drifts.items():
+        path.write_text(reqs.render(drifted))
+        assert problem in " ".join(reqs.problems(path, wanted))
+    path.write_text(reqs.render(pins).replace("==", ">=", 1))
+    assert "not pinned" in " ".join(reqs.problems(path, wanted))
+    path.write_text(reqs.render(pins).replace("# Generated", "# Hand-edited"))
+    assert "not as `make requirements` writes it" in " ".join(reqs.problems(path, wanted))

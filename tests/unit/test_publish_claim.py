@@ -1,4 +1,4 @@
-"""The publish claim's decision as `JobStore.transact` runs it: read, decide, write only if
+"""The publish claim's decision as `JobStore.decide` runs it: read, decide, write only if
 nobody wrote since, else decide again. A store stand-in plays the race the emulator cannot
 be made to lose on cue: the first write loses to another request's claim."""
 
@@ -11,7 +11,7 @@ from ltxv.jobs import utcnow
 
 
 class RacedStore:
-    """`transact` semantics; another claimer's write lands between the first read and write."""
+    """`decide` semantics; another claimer's write lands between the first read and write."""
 
     def __init__(self) -> None:
         self.doc = {
@@ -22,18 +22,18 @@ class RacedStore:
         }
         self.raced = False
 
-    def transact(self, job_id, decide):
+    def decide(self, job_id, decide):
         while True:
             job = dict(self.doc)
-            changes = decide(job, utcnow())
-            if not changes:
-                return job
+            decision = decide(job, utcnow())
+            if not decision.changes:
+                return job, decision.outcome
             if not self.raced:  # the precondition fails: someone claimed meanwhile
                 self.raced = True
                 self.doc["publish_claim_until"] = utcnow() + timedelta(seconds=30)
                 continue
-            self.doc.update(changes)
-            return {**job, **changes}
+            self.doc.update(decision.changes)
+            return {**job, **decision.changes}, decision.outcome
 
 
 class Dispatcher:

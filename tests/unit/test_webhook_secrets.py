@@ -67,7 +67,7 @@ def test_settings_choose_inline_or_secret_manager(monkeypatch):
     inline = dataclasses.replace(Settings(), webhook_secrets_json=json.dumps({"k": [A]}))
     assert WebhookSecrets.from_settings(inline).for_key("k") == (A,)
     read = []
-    monkeypatch.setattr("ltxv.webhook_secrets.read_secret", lambda name: read.append(name) or "{}")
+    monkeypatch.setattr("ltxv.auth.read_secret", lambda name: read.append(name) or "{}")
     named = dataclasses.replace(Settings(), webhook_secrets_secret="projects/p/secrets/s")
     assert WebhookSecrets.from_settings(named).all() == {}
     assert read == ["projects/p/secrets/s"]

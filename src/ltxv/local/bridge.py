@@ -61,11 +61,6 @@ def storage_events_subscription(settings: Settings) -> str:
     return f"{settings.storage_events_topic}-bridge"
 
 
-def sweep_topic(settings: Settings) -> str:
-    """The topic Cloud Scheduler publishes the redispatch tick to in the cloud."""
-    return f"{settings.prefix}-sweep"
-
-
 # --- routes and configuration -------------------------------------------------------------
 
 
@@ -386,7 +381,7 @@ class Bridge:
         return handle
 
     def _sweep_loop(self) -> None:
-        topic = sweep_topic(self.settings)
+        topic = self.settings.sweep_topic
         while not self._stop.wait(self.config.sweep_seconds):
             event = pubsub_event(
                 project=self.settings.project,

@@ -56,6 +56,7 @@ from ltxv.dispatch import subscription_filter
 from ltxv.local.bridge import storage_events_subscription
 from ltxv.local.credentials import fake_service_account_key
 from ltxv.profiles import enabled_profiles
+from ltxv.resources import worker_delivery
 from ltxv.settings import Settings
 from ltxv.webhooks import new_secret
 
@@ -646,6 +647,9 @@ class LocalStack:
 
     def create_pubsub_resources(self) -> None:
         s = self.settings
+        # How the deployment's worker subscriptions deliver (schemas/resources.json, which
+        # terraform reads too). The worker extends the deadline while it renders.
+        delivery = worker_delivery()
         with self.pubsub_clients() as (publisher, subscriber):
             topic = lambda name: publisher.topic_path(self.project, name)  # noqa: E731
             for name in (s.topic, s.dead_letter_topic, s.storage_events_topic):
@@ -657,15 +661,15 @@ class LocalStack:
                     # As terraform filters each model's subscription. The emulator keeps
                     # the filter but delivers every message anyway: each worker re-checks.
                     "filter": subscription_filter(model, s.default_model),
-                    # The worker extends it while it renders; a crashed worker's job comes
-                    # back within a minute instead of ten.
-                    "ack_deadline_seconds": 60,
+                    "ack_deadline_seconds": delivery.ack_deadline_seconds,
                     "dead_letter_policy": {
                         "dead_letter_topic": topic(s.dead_letter_topic),
-                        "max_delivery_attempts": 5,
+                        "max_delivery_attempts": delivery.max_delivery_attempts,
                     },
-                    "retry_policy": _retry_policy(10, 600),
-                    "enable_exactly_once_delivery": True,
+                    "retry_policy": _retry_policy(
+                        delivery.minimum_backoff_seconds, delivery.maximum_backoff_seconds
+                    ),
+                    "enable_exactly_once_delivery": delivery.enable_exactly_once_delivery,
                 }
                 for model in s.models
             ]

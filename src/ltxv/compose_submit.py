@@ -1,0 +1,121 @@
+"""The composition roots of functions/submit: one per entry point, each a process of its own.
+
+Each builds, from Settings, exactly what its entry point uses: only the API builds the
+key ring, the webhook secrets and the URL signer (the prompt-file and redispatch
+functions have no settings for the first two). Storage and Pub/Sub clients are `lazy`
+here: a GET of a queued job, say, builds neither (see `ltxv.compose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from google.cloud import firestore, storage
+
+from .api import JobsApi
+from .auth import KeyRing, inline_or_secret
+from .compose import job_store, lazy, storage_client
+from .dispatch import Dispatcher, make_publisher
+from .intake import Intake
+from .job_views import JobViews
+from .profiles import ModelProfile, enabled_profiles
+from .prompt_files import PromptFiles
+from .settings import Settings
+from .signing import UrlSigner
+from .store import JobStore
+from .validation import IntakePolicy
+from .webhook_secrets import WebhookSecrets
+
+
+@dataclass(frozen=True)
+class SubmitParts:
+    """What every entry point of functions/submit is built on (and what the tests and
+    benchmarks reach into)."""
+
+    settings: Settings
+    profiles: dict[str, ModelProfile]
+    firestore: firestore.Client
+    storage: storage.Client
+    store: JobStore
+    dispatcher: Dispatcher
+    intake: Intake
+
+
+def parts(settings: Settings) -> SubmitParts:
+    profiles = enabled_profiles(settings.default_model, settings.enabled_models)
+    store = job_store(settings)
+    dispatcher = Dispatcher(lazy(make_publisher), settings.topic_path, settings.rpc_timeout_seconds)
+    policy = IntakePolicy(
+        profiles=profiles,
+        default_model=settings.default_model,
+        outputs_bucket=settings.outputs,
+        destination_buckets=settings.destination_buckets,
+        allow_http_loopback_webhooks=settings.allow_http_loopback_webhooks,
+    )
+    return SubmitParts(
+        settings=settings,
+        profiles=profiles,
+        firestore=store.client,
+        storage=lazy(partial(storage_client, settings)),
+        store=store,
+        dispatcher=dispatcher,
+        intake=Intake(
+            store,
+            dispatcher,
+            policy,
+            settings.job_ttl_days,
+            max_in_flight=settings.max_jobs_in_flight,
+        ),
+    )
+
+
+def keyring(settings: Settings) -> KeyRing:
+    """The API key hashes: inline locally, from Secret Manager (re-read now and then) when
+    deployed."""
+    return KeyRing(
+        *inline_or_secret(
+            settings.api_key_hashes_json,
+            settings.api_keys_secret,
+            settings.api_keys_cache_seconds,
+            missing="set LTXV_API_KEY_HASHES or LTXV_API_KEYS_SECRET",
+        )
+    )
+
+
+def api(settings: Settings) -> JobsApi:
+    """The `api` function: the HTTP API."""
+    shared = parts(settings)
+    signer = UrlSigner(shared.storage, settings.signing_credentials_file, settings.storage_endpoint)
+    return JobsApi(
+        settings,
+        profiles=shared.profiles,
+        store=shared.store,
+        intake=shared.intake,
+        # Lazy too, so that a missing setting fails only the requests that need it.
+        keyring=lazy(partial(keyring, settings)),
+        webhook_secrets=lazy(partial(WebhookSecrets.from_settings, settings)),
+        storage=shared.storage,
+        views=JobViews(signer, settings.signed_url_minutes),
+    )
+
+
+def prompt_file(settings: Settings) -> PromptFiles:
+    """The `prompt_file` function: prompt files dropped into the prompts bucket."""
+    shared = parts(settings)
+    return PromptFiles(
+        shared.intake,
+        shared.storage,
+        prompts_bucket=settings.prompts,
+        owner=settings.prompt_file_owner,
+        max_bytes=settings.prompt_file_max_bytes,
+        max_lines=settings.prompt_file_max_lines,
+    )
+
+
+def redispatch(settings: Settings) -> Callable[[], list[str]]:
+    """The `redispatch` function: publishes the jobs a crash left unpublished."""
+    after = timedelta(seconds=settings.redispatch_after_seconds)
+    return partial(parts(settings).intake.redispatch, after)

@@ -88,9 +88,9 @@ def build_random_full_size(profile: Any, device: str) -> Any:
     # Tokenizing costs nothing next to the encoder, which always sees max_sequence_length
     # padded tokens; the tiny hand-written vocabulary stands in for T5's.
     tokenizer = T5TokenizerFast(vocab=tiny_random.vocabulary(), extra_ids=0, model_max_length=256)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        **{**tiny_random.SCHEDULER_CONFIG, "use_dynamic_shifting": False}
-    )
+    # The scheduler diffusers' own conversions of the 0.9.5+ models ship (no shift): the
+    # pipeline's timesteps are its sigmas, for plain diffusers and the Renderer alike.
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False)
     cls = getattr(diffusers, profile.pipeline)
     return cls(
         scheduler=scheduler,

@@ -135,11 +135,14 @@ def request_for(profile: ModelProfile, size: tuple[int, int, int], steps: int) -
 class PlainArm:
     """The pipeline called as the diffusers docs show: bf16 (the profile's dtype), moved to
     the device, called with the prompt, the size, the steps, guidance, the decode timestep
-    and noise, and a seeded generator; nothing of the worker's. The text-encoding and
-    denoising marks come from a wrapper around encode_prompt and the documented step
-    callback: both synchronise the device, as the Renderer's own marks do."""
+    and noise, and a seeded generator; for a distilled model its distilled `timesteps`, as
+    the docs' distilled examples pass them (the profile's "sampler" schedule, where it has
+    one of the requested length); nothing of the worker's. The text-encoding and denoising
+    marks come from a wrapper around encode_prompt and the documented step callback: both
+    synchronise the device, as the Renderer's own marks do."""
 
-    def __init__(self, pipe: Any, device: str) -> None:
+    def __init__(self, pipe: Any, device: str, profile: ModelProfile) -> None:
+        self.schedule = profile.sampler.get("timesteps")
         self.pipe = pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)  # the worker's is off too
         self.cuda = device == "cuda"
@@ -164,6 +167,8 @@ class PlainArm:
 
     def render(self, request: dict[str, Any]) -> Sample:
         call = {key: request[key] for key in CALL_KEYS if key in request}
+        if self.schedule and len(self.schedule) == call["num_inference_steps"]:
+            call["timesteps"] = [1000.0 * sigma for sigma in self.schedule]
         seed = int(request["seed"])
         with Peak(self.cuda) as peak:
             _sync(self.cuda)
@@ -241,7 +246,7 @@ def build_arms(
     for arm in arms:
         try:
             if arm.fit is None:
-                runners[arm.name] = PlainArm(base, device)
+                runners[arm.name] = PlainArm(base, device, profile)
                 continue
             parts = dict(base.components)
             parts["scheduler"] = type(base.scheduler).from_config(base.scheduler.config)

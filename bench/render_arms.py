@@ -229,7 +229,7 @@ class RendererArm:
             "text": timings["encode_prompt"],
             "denoise": timings["denoise"],
             "decode": timings["decode"],
-            "copy": timings.get("copy_to_host"),  # None: the Renderer counts it in decode
+            "copy": timings["copy_to_host"],
             "total": finished - started,
         }
         return Sample(

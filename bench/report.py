@@ -117,9 +117,9 @@ def print_tables(results: Results, cuda: bool) -> None:
     print("\nmedians:")
     print(table([*header, "Δpx"], medians))
     print(
-        "copy s: '-' where the Renderer counts the copy to the host in its decode (with its"
-        " uint8 conversion, on the device); x plain: plain's total / the arm's, per round,"
-        " median; Δpx: mean |frame - plain's frame|, 0..255"
+        "decode s: the VAE and the frames made uint8 on the device; copy s: frames to the host;"
+        " x plain: plain's total / the arm's, per round, median;"
+        " Δpx: mean |frame - plain's frame|, 0..255"
     )
     print("\nspread (min..max):")
     print(table(["arm", "runs", *(f"{p} s" for p in PHASES)], spreads))

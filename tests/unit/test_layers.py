@@ -81,7 +81,9 @@ def loaded_after(statement: str) -> set[str]:
 def test_the_client_loads_no_firestore_or_pubsub_library():
     loaded = loaded_after("import ltxv.client, ltxv.client.webhook_receiver")
     assert "ltxv.client" in loaded
-    assert not {m for m in loaded if m.startswith(("google.cloud.firestore", "google.cloud.pubsub"))}
+    assert not {
+        m for m in loaded if m.startswith(("google.cloud.firestore", "google.cloud.pubsub"))
+    }
 
 
 def test_the_worker_loads_no_intake_or_notify_code():

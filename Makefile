@@ -17,6 +17,7 @@ help:
 	@echo "make dev     start the local stack in the background (.local/stack.env)"
 	@echo "make down    stop what make dev started"
 	@echo "make bench   submit latency, worker overhead, generation time by stage"
+	@echo "make bench-wheels   the wheels bench/gpu.sh installs on an offline GPU machine"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +70,14 @@ status: venv
 bench: venv
 	$(PY) bench/submit.py
 	$(PY) bench/worker.py
+	$(PY) bench/count.py
 	$(PY) bench/generate.py
+
+# The wheels the GPU bench installs offline beside the machine's own torch (~57 MiB, in
+# .bench-wheels/); then, on the GPU machine with .bench-wheels/ beside the tree:
+# `bash bench/gpu.sh` (docs/benchmarks.md).
+bench-wheels: venv
+	$(PY) bench/wheels.py
 
 # The terraform against the providers' schemas, as `terraform validate` would (offline;
 # tests/terraform runs it too). tf-schema regenerates tools/tf_schema/schemas from the

@@ -29,7 +29,8 @@ from gpu_worker import worker as worker_module
 from gpu_worker.__main__ import compose as compose_worker
 from ltxv.core.settings import Settings
 from ltxv.intake import compose as compose_submit
-from ltxv.local.stack import EMULATORS, LocalStack
+from ltxv.local.components import EMULATORS
+from ltxv.local.stack import LocalStack
 
 REQUEST = {
     "prompt": "a red fox in snow",

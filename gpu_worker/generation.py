@@ -31,7 +31,7 @@ from . import fit, loading, sampling
 log = logging.getLogger(__name__)
 
 # Request keys that map onto pipeline arguments of the same name.
-_PIPELINE_KEYS = (
+PIPELINE_KEYS = (
     "height",
     "width",
     "num_frames",
@@ -84,7 +84,7 @@ class RenderResult:
     frames: np.ndarray  # uint8 [num_frames, height, width, 3]
     seconds: float  # denoising + VAE decode
     steps: int  # denoising steps run
-    # Where the time went (seconds): encode_prompt, denoise, decode.
+    # Where the time went (seconds): encode_prompt, denoise, decode, copy_to_host.
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -267,7 +267,7 @@ class Renderer:
         pipe = self.pipe
         device = pipe._execution_device
         seed = int(params["seed"])
-        call = {k: params[k] for k in _PIPELINE_KEYS if k in params}
+        call = {k: params[k] for k in PIPELINE_KEYS if k in params}
         call["frame_rate"] = params["fps"]
         schedule = sampling.timesteps(self.profile, call["num_inference_steps"])
         if schedule is not None:
@@ -330,16 +330,19 @@ class Renderer:
             )
             video = output.frames[0]  # [F, C, H, W] floats in [0, 1], on the device
             frames = (video.permute(0, 2, 3, 1) * 255).round_().clamp_(0, 255).to(torch.uint8)
+            _sync(device)
+            decoded = time.perf_counter()
             frames = frames.cpu().numpy()
             finished = time.perf_counter()
         expected = (params["num_frames"], params["height"], params["width"], 3)
         if frames.shape != expected:
             raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}")
-        denoised = marks.get("denoised", finished)
+        denoised = marks.get("denoised", decoded)
         timings = {
             "encode_prompt": encoded - started,
             "denoise": denoised - encoded,
-            "decode": finished - denoised,
+            "decode": decoded - denoised,  # the VAE, and the frames made uint8 on the device
+            "copy_to_host": finished - decoded,
         }
         return RenderResult(
             frames=frames,

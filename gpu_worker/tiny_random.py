@@ -33,6 +33,19 @@ MARKER = "tiny-random.json"
 SEED = 171198
 DEFAULT_DIR = Path("~/.cache/ltxv/tiny-random")
 
+# What every LTX VAE this project builds shares (the benchmarks' full-size one too).
+VAE_COMMON: dict[str, Any] = {
+    "upsample_residual": (True, True, True),
+    "upsample_factor": (2, 2, 2),
+    "timestep_conditioning": True,
+    "patch_size": 4,
+    "patch_size_t": 1,
+    "resnet_norm_eps": 1e-6,
+    "scaling_factor": 1.0,
+    "encoder_causal": True,
+    "decoder_causal": False,
+}
+
 # Real 0.9.1 VAE: block_out_channels (128, 256, 512, 512), decoder (256, 512, 1024),
 # layers (4, 3, 3, 3, 4) / (5, 6, 7, 8). Decoder widths must halve per level.
 VAE_CONFIG: dict[str, Any] = {
@@ -46,15 +59,7 @@ VAE_CONFIG: dict[str, Any] = {
     "spatio_temporal_scaling": (True, True, True, False),
     "decoder_spatio_temporal_scaling": (True, True, True),
     "decoder_inject_noise": (False, True, True, True),
-    "upsample_residual": (True, True, True),
-    "upsample_factor": (2, 2, 2),
-    "timestep_conditioning": True,
-    "patch_size": 4,
-    "patch_size_t": 1,
-    "resnet_norm_eps": 1e-6,
-    "scaling_factor": 1.0,
-    "encoder_causal": True,
-    "decoder_causal": False,
+    **VAE_COMMON,
 }
 
 # Real: 32 heads x 64, 28 layers, caption_channels 4096 (T5-XXL d_model).

@@ -182,7 +182,7 @@ resource "google_project_iam_custom_role" "sign_blob" {
 }
 
 # A worker VM asks its instance group whether it was created for the standby pool
-# (gpu_worker/vm/startup.sh standby_preparation): read access to instance groups, nothing
+# (gpu_worker/vm/boot/60-workers.sh, target_status): read access to instance groups, nothing
 # else (roles/compute.viewer would read every Compute resource of the project).
 resource "google_project_iam_custom_role" "read_instance_groups" {
   project     = var.project_id

@@ -1,7 +1,7 @@
 # GPU workers: one pool per model in var.models (local.worker_pools), each a regional
-# managed instance group of g2 (NVIDIA L4) VMs running gpu_worker/vm/startup.sh with that
-# model loaded, scaled on that model's subscription backlog, down to zero. A pool never
-# renders another model's job, so a request's model decides which VMs start.
+# managed instance group of g2 (NVIDIA L4) VMs whose boot script (gpu_worker/vm/boot/) runs
+# that model's workers, scaled on that model's subscription backlog, down to zero. A pool
+# never renders another model's job, so a request's model decides which VMs start.
 # docs/boot-budget.md times a worker's boot; the values below that follow from it say so.
 
 locals {
@@ -19,10 +19,17 @@ locals {
   # stop may cut it short.
   worker_first_boot_seconds = 1200
   # How long a VM created for the standby pool may prepare (env and weights on its disk)
-  # before the group stops it. It starts no worker (startup.sh standby_preparation), so it
-  # fails the health check: the group must stop it before auto-healing would recreate it,
-  # i.e. before worker_first_boot_seconds. Column (c) is ~8 minutes estimated.
+  # before the group stops it. It starts no worker (the boot script's wait_while_standby),
+  # so it fails the health check: the group must stop it before auto-healing would recreate
+  # it, i.e. before worker_first_boot_seconds. Column (c) is ~8 minutes estimated.
   worker_standby_prepare_seconds = 900
+
+  # The VMs' boot script: its parts gpu_worker/vm/boot/*.sh joined in name order, i.e.
+  # `cat gpu_worker/vm/boot/*.sh` (00-common.sh, the first, says what each part holds).
+  # One self-contained script in metadata: a boot that cannot fetch the worker package
+  # still logs why and powers off.
+  worker_boot_dir    = "${path.module}/../gpu_worker/vm/boot"
+  worker_boot_script = join("", [for part in sort(fileset(local.worker_boot_dir, "*.sh")) : file("${local.worker_boot_dir}/${part}")])
 }
 
 resource "google_compute_instance_template" "worker" {
@@ -69,7 +76,7 @@ resource "google_compute_instance_template" "worker" {
 
   # The boot script's configuration (gpu_worker/vm/README.md).
   metadata = {
-    startup-script              = file("${path.module}/../gpu_worker/vm/startup.sh")
+    startup-script              = local.worker_boot_script
     enable-oslogin              = "TRUE"
     block-project-ssh-keys      = "true"
     ltxv-project                = var.project_id
@@ -94,7 +101,7 @@ resource "google_compute_instance_template" "worker" {
 # while it loads the model again (about a minute from a cold page cache,
 # docs/boot-budget.md), which must not cost the VM. A boot that
 # fails, or a worker that never gets ready, powers the VM off itself (gpu_worker/vm/
-# startup.sh) and the group recreates it without waiting for the probes.
+# boot/00-common.sh, on_exit) and the group recreates it without waiting for the probes.
 # https://cloud.google.com/compute/docs/instance-groups/autohealing-instances-in-migs
 resource "google_compute_health_check" "worker" {
   name                = "${var.prefix}-worker"

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from ltxv.core.settings import Settings
-from ltxv.local.stack import EMULATORS, LocalStack
+from ltxv.local.components import EMULATORS
+from ltxv.local.stack import LocalStack
 
 PROJECT = "ltxv-test"
 PREFIX = "ltxv"

@@ -18,7 +18,7 @@ from flask import Request, Response
 
 from ltxv.core.compose import settings_for
 from ltxv.intake import compose as compose_submit
-from ltxv.intake.api import framework_error
+from ltxv.intake.responses import framework_error
 
 # Each entry point is deployed as a function of its own: its process builds its parts
 # (`compose_submit`, one root per entry point) at its first event, not at import.

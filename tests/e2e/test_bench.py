@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
     [
         ("submit.py", ["--requests", "4", "--concurrency", "2"], "API / floor:"),
         ("worker.py", ["--jobs", "2"], "outside the model"),
-        ("generate.py", ["--size", "64x96x9", "--warmup", "0"], "baseline"),
+        # Every arm at the smallest size, one round: the table, not a measurement.
+        ("generate.py", ["--size", "64x96x9", "--warmup", "0", "--repeats", "1"], "x plain"),
     ],
 )
 def test_a_benchmark_runs_to_its_table(script, args, says):
@@ -34,3 +35,11 @@ def test_a_benchmark_runs_to_its_table(script, args, says):
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert says in run.stdout
+    if script == "generate.py":  # plain diffusers and the project's path, each with a ratio
+        rows: dict[str, list[str]] = {}
+        for line in run.stdout.split("medians:", 1)[1].splitlines():
+            if line.strip():
+                rows.setdefault(line.split()[0], line.split())  # the medians table's rows
+        assert rows["arm"][:7] == ["arm", "text", "s", "denoise", "s", "decode", "s"]
+        assert rows["plain"][6] == "1.00"  # its own ratio
+        assert float(rows["project"][6]) > 0

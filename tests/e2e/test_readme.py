@@ -22,7 +22,8 @@ import pytest
 
 from ltxv.cli import build_parser
 from ltxv.client import read_stack_env
-from ltxv.local.stack import EMULATORS, REPO_ROOT, components_for
+from ltxv.local.components import EMULATORS, components_for
+from ltxv.local.stack import REPO_ROOT
 
 from .conftest import running_stack, user_env
 

@@ -14,16 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from google.cloud import pubsub_v1, storage
 
-from ltxv.local.bridge import (
-    PUBSUB_PUBLISHED,
-    STORAGE_FINALIZED,
-    Bridge,
-    BridgeConfig,
-    PubSubRoute,
-    StorageRoute,
-    pubsub_event,
-    storage_event,
-)
+from ltxv.local.bridge import Bridge, BridgeConfig, PubSubRoute, StorageRoute
+from ltxv.local.eventarc import PUBSUB_PUBLISHED, STORAGE_FINALIZED, pubsub_event, storage_event
 from ltxv.local.stack import LocalStack
 
 # --- pure functions --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ltxv.client import read_stack_env
-from ltxv.local.stack import free_ports
+from ltxv.local.processes import free_ports
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(180)]
 

@@ -19,13 +19,9 @@ from google.cloud import storage
 from google.oauth2 import service_account
 
 from ltxv.intake.auth import hash_api_key
-from ltxv.local.stack import (
-    EMULATORS,
-    Component,
-    LocalStack,
-    StackError,
-    group_members,
-)
+from ltxv.local.components import EMULATORS, Component
+from ltxv.local.processes import group_members
+from ltxv.local.stack import LocalStack, StackError
 
 pytestmark = pytest.mark.emulators
 

@@ -15,7 +15,8 @@ from ltxv.core.dispatch import subscription_filter
 from ltxv.core.profiles import enabled_profiles
 from ltxv.core.resources import WorkerDelivery, worker_delivery
 from ltxv.core.settings import Settings
-from ltxv.local.stack import EMULATORS, LocalStack, StartupFailed
+from ltxv.local.components import EMULATORS
+from ltxv.local.stack import LocalStack, StartupFailed
 
 TWO_MODELS = {"default_model": "tiny-random", "enabled_models": ("tiny-random", "ltx-video-2b")}
 

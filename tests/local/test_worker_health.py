@@ -12,7 +12,8 @@ import time
 import pytest
 import requests
 
-from ltxv.local.stack import REPO_ROOT, LocalStack, free_ports
+from ltxv.local.processes import free_ports
+from ltxv.local.stack import REPO_ROOT, LocalStack
 
 
 def _healthz(port: int) -> tuple[int, dict] | None:

@@ -3,7 +3,8 @@ emails, each only when asked for (issue 13, findings 8 and 10)."""
 
 from __future__ import annotations
 
-from .conftest import PREFIX, PROJECT, ROOT, address, by_address, evaluate_with
+from ..boot_script import boot_script
+from .conftest import PREFIX, PROJECT, address, by_address, evaluate_with
 from .graph import local_expression
 
 BUILD_SA = f"serviceAccount:{PREFIX}-build@{PROJECT}.iam.gserviceaccount.com"
@@ -145,7 +146,7 @@ def test_a_failing_boot_alerts_on_the_line_the_boot_script_writes(tf):
     assert boot["alert_strategy"]["notification_rate_limit"]["period"]
     # No log-based metric: one created in the same apply is not found for minutes.
     assert not tf.get("google_logging_metric")
-    startup = (ROOT / "gpu_worker" / "vm" / "startup.sh").read_text()
+    startup = boot_script()
     assert 'echo "ltxv-startup: ${level}: $*"' in startup and "log ERROR" in startup
     # Only a failed boot logs ERROR: what the boot survives is a warning.
     assert "log ERROR" not in startup.split("install_ops_agent() {", 1)[1].split("\n}\n", 1)[0]

@@ -13,7 +13,8 @@ from ltxv.core.dispatch import subscription_filter
 from ltxv.core.profiles import all_profiles
 from ltxv.core.settings import Settings
 
-from .conftest import MODELS, PREFIX, PROJECT, ROOT, address, evaluate, references
+from ..boot_script import boot_script
+from .conftest import MODELS, PREFIX, PROJECT, address, evaluate, references
 
 # GCP's naming rule for compute resources (RFC 1035, lower case).
 RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -111,7 +112,7 @@ def test_each_template_is_a_private_shielded_l4_that_loads_its_model(tf, model):
     assert template["scheduling"]["provisioning_model"] == "SPOT"
     assert template["scheduling"]["on_host_maintenance"] == "TERMINATE"
     metadata = template["metadata"]
-    startup = (ROOT / "gpu_worker" / "vm" / "startup.sh").read_text()
+    startup = boot_script()
     assert metadata["startup-script"] == startup
     # The keys the boot script requires (gpu_worker/vm/README.md), and the pool's model.
     assert {"ltxv-prefix", "ltxv-model", "ltxv-worker-package"} <= set(metadata)

@@ -55,7 +55,7 @@ def test_editing_the_client_or_the_cli_redeploys_no_function(tmp_path):
         return {n: (tmp_path / out / f"{n}.zip").read_bytes() for n in ("submit", "notify")}
 
     before = digests("before")
-    for edited in ("cli.py", "client/client.py", "local/stack.py"):
+    for edited in ("cli/jobs.py", "client/client.py", "local/stack.py"):
         with (tree / "src" / "ltxv" / edited).open("a") as file:
             file.write("# edited\n")
     assert digests("after-client") == before
@@ -114,8 +114,10 @@ def test_a_function_archive_imports_on_its_own(built, tmp_path, name, targets):
 
 def test_the_worker_archive_is_an_installable_source_tree(built):
     names = set(zipfile.ZipFile(built[0] / "worker.zip").namelist())
-    assert {"pyproject.toml", "gpu_worker/__main__.py", "gpu_worker/vm/startup.sh",
-            "src/ltxv/__init__.py", "schemas/model-profiles.json"} <= names  # fmt: skip
+    # With the files the boot script installs from it (gpu_worker/vm/boot/60-workers.sh).
+    assert {"pyproject.toml", "gpu_worker/__main__.py", "gpu_worker/vm/ltxv-worker@.service",
+            "gpu_worker/vm/ops-agent.yaml", "src/ltxv/__init__.py",
+            "schemas/model-profiles.json"} <= names  # fmt: skip
 
 
 def test_terraform_mode_answers_json(tmp_path):

@@ -54,7 +54,7 @@ def test_render_returns_the_requested_frames(renderer):
     assert result.frames.dtype == np.uint8
     assert result.steps == 2
     assert result.seconds > 0
-    assert set(result.timings) == {"encode_prompt", "denoise", "decode"}
+    assert set(result.timings) == {"encode_prompt", "denoise", "decode", "copy_to_host"}
     assert result.frames.std() > 0  # noise, not a blank video
 
 

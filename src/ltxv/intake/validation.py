@@ -28,20 +28,7 @@ from ltxv.core.urlsafety import (
     system_resolver,
 )
 
-REQUEST_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "height",
-    "width",
-    "num_frames",
-    "num_inference_steps",
-    "fps",
-    "gcs_destination",
-    "webhook_url",
-    "metadata",
-    "model",
-)
+# The request fields a model profile gives a default to.
 PROFILE_DEFAULTED = (
     "negative_prompt",
     "seed",
@@ -50,6 +37,14 @@ PROFILE_DEFAULTED = (
     "num_frames",
     "num_inference_steps",
     "fps",
+)
+REQUEST_FIELDS = (
+    "prompt",
+    *PROFILE_DEFAULTED,
+    "gcs_destination",
+    "webhook_url",
+    "metadata",
+    "model",
 )
 MAX_METADATA_BYTES = 4096
 MAX_OBJECT_NAME_BYTES = 1024

@@ -4,9 +4,10 @@ In the cloud, Eventarc turns Cloud Storage notifications and Pub/Sub messages in
 CloudEvents and POSTs them to functions, retrying until a function answers 2xx; Cloud
 Scheduler publishes a periodic tick that reaches the redispatch function the same way.
 Locally, fake-gcs-server publishes GCS-format notifications to a topic in the Pub/Sub
-emulator, and this bridge pulls them and delivers the same CloudEvents, in binary content
-mode, to the functions-framework processes. It acks a message only after a 2xx so that
-Pub/Sub redelivers it otherwise, which is Eventarc's retry.
+emulator, and this bridge pulls them and delivers the same CloudEvents (shaped in
+`ltxv.local.eventarc`), in binary content mode, to the functions-framework processes. It
+acks a message only after a 2xx so that Pub/Sub redelivers it otherwise, which is
+Eventarc's retry.
 
 Configuration (environment, set by `ltxv.local.stack`):
 
@@ -24,7 +25,6 @@ Configuration (environment, set by `ltxv.local.stack`):
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -35,7 +35,6 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +46,7 @@ from google.cloud import pubsub_v1
 
 from ltxv.core import logs
 from ltxv.core.settings import Settings
-
-STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
-PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+from ltxv.local.eventarc import pubsub_event, storage_event
 
 log = logging.getLogger("ltxv.local.bridge")
 # Deprecated for real Pub/Sub, where waiting Pulls are fine; kept on purpose here (Bridge).
@@ -134,78 +131,7 @@ class BridgeConfig:
         )
 
 
-# --- CloudEvents as Eventarc shapes them ----------------------------------------------------
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def storage_event(
-    message_id: str, attributes: dict[str, str], data: bytes
-) -> tuple[str, str, CloudEvent] | None:
-    """The `finalized` CloudEvent for a GCS notification, or None if it is another event."""
-    if attributes.get("eventType") != "OBJECT_FINALIZE":
-        return None
-    obj = json.loads(data) if data else {}
-    bucket = obj.get("bucket") or attributes["bucketId"]
-    name = obj.get("name") or attributes["objectId"]
-    # fake-gcs-server's payload is thinner than GCS's: make sure the fields functions
-    # rely on are there, the way GCS always sends them.
-    obj.setdefault("bucket", bucket)
-    obj.setdefault("name", name)
-    if "objectGeneration" in attributes:
-        obj.setdefault("generation", attributes["objectGeneration"])
-    obj.setdefault("metageneration", "1")
-    event = CloudEvent(
-        {
-            "specversion": "1.0",
-            "id": message_id,
-            "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
-            "type": STORAGE_FINALIZED,
-            "subject": f"objects/{name}",
-            "time": attributes.get("eventTime")
-            or obj.get("updated")
-            or _rfc3339(datetime.now(UTC)),
-            "datacontenttype": "application/json",
-        },
-        obj,
-    )
-    return bucket, name, event
-
-
-def pubsub_event(
-    *,
-    project: str,
-    topic: str,
-    subscription: str,
-    message_id: str,
-    data: bytes,
-    attributes: dict[str, str] | None = None,
-    publish_time: datetime | None = None,
-) -> CloudEvent:
-    """A `messagePublished` CloudEvent; Eventarc writes the message fields in both cases."""
-    published = _rfc3339(publish_time or datetime.now(UTC))
-    message: dict[str, Any] = {
-        "data": base64.b64encode(data).decode("ascii"),
-        "messageId": message_id,
-        "message_id": message_id,
-        "publishTime": published,
-        "publish_time": published,
-    }
-    if attributes:
-        message["attributes"] = dict(attributes)
-    return CloudEvent(
-        {
-            "specversion": "1.0",
-            "id": message_id,
-            "source": f"//pubsub.googleapis.com/projects/{project}/topics/{topic}",
-            "type": PUBSUB_PUBLISHED,
-            "time": published,
-            "datacontenttype": "application/json",
-        },
-        {"message": message, "subscription": f"projects/{project}/subscriptions/{subscription}"},
-    )
+# --- delivery ------------------------------------------------------------------------------
 
 
 def deliver(url: str, event: CloudEvent, timeout: float) -> bool:

@@ -1,0 +1,352 @@
+"""`ltxv submit | status | list | cancel | download | drop`: the jobs, over the API, and
+prompt files, through the prompts bucket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
+from ltxv.client.client import Client, PromptDrops
+from ltxv.core import schemas
+from ltxv.core.jobs import State
+
+REQUEST_SCHEMA = schemas.load("job-request")
+# Request fields become flags (`--num-frames`); prompt is the positional argument.
+REQUEST_FLAGS = [name for name in REQUEST_SCHEMA["properties"] if name != "prompt"]
+
+
+def _field_type(spec: dict[str, Any]) -> Callable[[str], Any]:
+    types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+    return int if "integer" in types else float if "number" in types else str
+
+
+def _metadata_item(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {raw!r}")
+    return key, value
+
+
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    fields = parser.add_argument_group(
+        "request fields (the old /predict body; omitted ones take the model profile's values)"
+    )
+    for name in REQUEST_FLAGS:
+        spec = REQUEST_SCHEMA["properties"][name]
+        flag = "--" + name.replace("_", "-")
+        text = (spec.get("description") or "").split(". ")[0].rstrip(".")
+        if spec.get("type") == "object":
+            fields.add_argument(
+                flag,
+                dest=name,
+                metavar="KEY=VALUE",
+                type=_metadata_item,
+                action="append",
+                help=f"{text} (repeatable)",
+            )
+        else:
+            kind = _field_type(spec)
+            metavar = "N" if kind is int else "X" if kind is float else name.split("_")[-1].upper()
+            fields.add_argument(flag, dest=name, type=kind, metavar=metavar, help=text)
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.body:
+        try:
+            body = json.loads(read_input(args.body))
+        except ValueError as exc:
+            raise UserError(f"{args.body} is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise UserError(f"{args.body} must hold a JSON object (the request body)")
+    if args.prompt is not None:
+        body["prompt"] = args.prompt
+    for name in REQUEST_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            body[name] = dict(value) if name == "metadata" else value
+    if "prompt" not in body:
+        raise UserError("no prompt: give it as the first argument, or in --body")
+    return body
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    body = request_body(args)
+    job = client.submit(idempotency_key=args.idempotency_key, **body)
+    err(f"submitted job {job['job_id']} ({job['state']})")
+    if args.wait or args.out:
+        job = _wait(client, job, args.timeout)
+        if job["state"] == State.SUCCEEDED and args.out:
+            path = client.download(job, _out_path(args.out, job))
+            err(f"saved {path} ({path.stat().st_size:,} bytes)")
+    out(json.dumps(job, indent=2) if args.json else job["job_id"])
+    return 0 if job["state"] in (State.SUCCEEDED, State.QUEUED, State.RUNNING) else EXIT_FAILED
+
+
+def _out_path(raw: str, job: dict[str, Any]) -> Path:
+    path = Path(raw)
+    return path / f"{job['job_id']}.mp4" if path.is_dir() else path
+
+
+def _wait(client: Client, job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    progress = Progress(job["job_id"], job["request"].get("num_inference_steps"))
+    try:
+        job = client.wait(
+            job["job_id"], timeout=timeout, poll_interval=0.5, on_progress=progress.update
+        )
+    finally:
+        progress.close()
+    err(describe_outcome(job))
+    return job
+
+
+class Progress:
+    """State and denoising step: a live bar on a terminal, a line per change otherwise."""
+
+    def __init__(self, job_id: str, steps: int | None, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.last = ""
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=steps or 1,
+                desc="queued",
+                unit="step",
+                file=self.stream,
+                bar_format="{desc:<9} |{bar}| {n_fmt}/{total_fmt} steps  {elapsed}",
+                dynamic_ncols=True,
+            )
+
+    def update(self, job: dict[str, Any]) -> None:
+        state, progress = job["state"], job.get("progress") or {}
+        if self.bar is not None:
+            self.bar.set_description_str(state, refresh=False)
+            if progress.get("total"):
+                self.bar.total = progress["total"]
+            self.bar.n = progress.get("step", self.bar.total if state == "succeeded" else 0)
+            self.bar.refresh()
+            return
+        line = state + (f" {progress['step']}/{progress['total']}" if progress else "")
+        if line != self.last:
+            err(line)
+            self.last = line
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not (start and end):
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def describe_outcome(job: dict[str, Any]) -> str:
+    took = _seconds_between(job.get("created_at"), job.get("updated_at"))
+    took = f" {took:.1f}s after it was submitted" if took is not None else ""
+    if job["state"] == State.SUCCEEDED:
+        return f"job {job['job_id']} succeeded{took}"
+    error = job.get("error") or {}
+    reason = f": {error.get('code')}: {error.get('message')}" if error else ""
+    return f"job {job['job_id']} {job['state']}{reason}"
+
+
+# --- ltxv status | list | cancel | download ---------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = client_for(args).get(args.job_id)
+    if args.json:
+        out(json.dumps(job, indent=2))
+    else:
+        for name, value in describe_job(job):
+            out(f"{name:<10}{value}")
+    return EXIT_FAILED if job["state"] in (State.FAILED, State.CANCELED) else 0
+
+
+def describe_job(job: dict[str, Any]) -> list[tuple[str, str]]:
+    request, progress = job["request"], job.get("progress")
+    rows = [("job", job["job_id"]), ("state", job["state"])]
+    if progress:
+        rows.append(("progress", f"step {progress['step']} of {progress['total']}"))
+    rows.append(("prompt", request.get("prompt", "")))
+    rows.append(
+        (
+            "video",
+            f"{request.get('width')}x{request.get('height')}, {request.get('num_frames')} frames "
+            f"at {request.get('fps')} fps, {request.get('num_inference_steps')} steps, "
+            f"seed {request.get('seed')}, model {job.get('model')}",
+        )
+    )
+    source = job.get("source")
+    if source and source != "http":
+        rows.append(("source", f"{source} line {job.get('source_line')}"))
+    rows.append(("created", job.get("created_at", "")))
+    timings = job.get("timings") or {}
+    if timings:
+        rows.append(
+            (
+                "timings",
+                "  ".join(f"{k.removesuffix('_seconds')} {v:.1f}s" for k, v in timings.items()),
+            )
+        )
+    if job.get("error"):
+        rows.append(("error", f"{job['error']['code']}: {job['error']['message']}"))
+    if job.get("cancel_requested") and job["state"] == State.RUNNING:
+        rows.append(("cancel", "requested; the worker stops at the next denoising step"))
+    for name in ("video", "poster", "result"):
+        uri = (job.get("outputs") or {}).get(name)
+        if uri:
+            rows.append((name if name != "video" else "output", uri))
+    if job.get("video_url"):
+        rows.append(("download", f"ltxv download {job['job_id']} --out video.mp4"))
+    webhook = job.get("webhook")
+    if webhook:
+        attempts = len(webhook.get("attempts") or [])
+        rows.append(("webhook", f"{webhook['state']} ({attempts} attempt(s)) {webhook['url']}"))
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    jobs = []
+    for job in client.iter_jobs(state=args.state, page_size=min(args.limit, 100)):
+        jobs.append(job)
+        if len(jobs) >= args.limit:
+            break
+    if args.json:
+        out(json.dumps(jobs, indent=2))
+        return 0
+    if not jobs:
+        err("no jobs" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    out(f"{'JOB':<28} {'STATE':<10} {'PROGRESS':<9} {'CREATED':<20} PROMPT")
+    for job in jobs:
+        progress = job.get("progress")
+        step = f"{progress['step']}/{progress['total']}" if progress else "-"
+        prompt = job["request"].get("prompt", "")
+        prompt = prompt if len(prompt) <= 40 else prompt[:39] + "…"
+        created = (job.get("created_at") or "")[:19].replace("T", " ")
+        out(f"{job['job_id']:<28} {job['state']:<10} {step:<9} {created:<20} {prompt}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = client_for(args).cancel(args.job_id)
+    if job["state"] == State.CANCELED:
+        err(f"job {job['job_id']} canceled")
+    else:
+        err(f"job {job['job_id']} is {job['state']}: it stops at its next denoising step")
+    out(json.dumps(job, indent=2) if args.json else job["job_id"])
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    job = client.get(args.job_id)
+    if args.wait and not State(job["state"]).terminal:
+        job = _wait(client, job, args.timeout)
+    what = "poster" if args.poster else "video"
+    default = f"{job['job_id']}.{'jpg' if args.poster else 'mp4'}"
+    path = Path(args.out or default)
+    if path.is_dir():
+        path = path / default
+    path = client.download(job, path, what=what)
+    err(f"saved {path} ({path.stat().st_size:,} bytes)")
+    out(str(path))
+    return 0
+
+
+# --- ltxv drop -------------------------------------------------------------------------------
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    drops = PromptDrops.configured(args.bucket)
+    if not Path(args.file).is_file():
+        raise UserError(f"{args.file}: no such file")
+    name, generation = drops.drop(args.file, args.name)
+    err(f"uploaded gs://{drops.bucket.name}/{name} (generation {generation})")
+    if args.no_wait:
+        out(f"gs://{drops.bucket.name}/{name}")
+        return 0
+    receipt = drops.receipt(name, generation, timeout=args.timeout)
+    if args.json:
+        out(json.dumps(receipt, indent=2))
+    else:
+        if receipt.get("error"):
+            out(f"file rejected: {receipt['error']['code']}: {receipt['error']['message']}")
+        for entry in receipt["accepted"]:
+            out(f"line {entry['line']}: job {entry['job_id']}")
+        for entry in receipt["rejected"]:
+            for error in entry["errors"]:
+                out(f"line {entry['line']}: rejected: {error['path']}: {error['message']}")
+    rejected = receipt.get("error") or receipt["rejected"]
+    return EXIT_FAILED if rejected else 0
+
+
+# --- the parsers ----------------------------------------------------------------------------
+
+
+def _wait_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--wait", action="store_true", help=f"{what}, showing progress")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="stop waiting after S seconds (exit 4)"
+    )
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    service: list[argparse.ArgumentParser],
+) -> None:
+    submit = commands.add_parser(
+        "submit", parents=service, help="submit a prompt; prints the job id"
+    )
+    submit.add_argument("prompt", nargs="?", help="what the video shows")
+    add_request_flags(submit)
+    submit.add_argument("--body", metavar="FILE", help="a JSON request body (a file, or -)")
+    submit.add_argument("--idempotency-key", help="a repeat with this key returns the same job")
+    _wait_options(submit, "wait until the job settles")
+    submit.add_argument("--out", metavar="PATH", help="wait, then save the video here")
+    submit.set_defaults(run=cmd_submit)
+
+    status = commands.add_parser("status", parents=service, help="show one job")
+    status.add_argument("job_id")
+    status.set_defaults(run=cmd_status)
+
+    listing = commands.add_parser("list", parents=service, help="this key's jobs, newest first")
+    listing.add_argument("--state", choices=[s.value for s in State])
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.set_defaults(run=cmd_list)
+
+    cancel = commands.add_parser("cancel", parents=service, help="cancel a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    download = commands.add_parser("download", parents=service, help="save a job's video")
+    download.add_argument("job_id")
+    download.add_argument("--out", metavar="PATH", help="file or directory (default: JOB.mp4)")
+    download.add_argument("--poster", action="store_true", help="the first frame, as JPEG")
+    _wait_options(download, "wait for a job still queued or running")
+    download.set_defaults(run=cmd_download)
+
+    drop = commands.add_parser(
+        "drop", help="upload a .json/.jsonl prompt file and print its receipt"
+    )
+    drop.add_argument("file")
+    drop.add_argument("--bucket", help="the prompts bucket (default: LTXV_PROMPTS_BUCKET)")
+    drop.add_argument("--name", help="object name under incoming/ (default: the file's name)")
+    drop.add_argument("--no-wait", action="store_true", help="upload only")
+    drop.add_argument("--timeout", type=float, default=120, help="for the receipt (seconds)")
+    drop.add_argument("--json", action="store_true", help="print the receipt's JSON")
+    drop.set_defaults(run=cmd_drop)

@@ -32,6 +32,13 @@ class Claim:
     job: Job | None = None
     lease_left: float = 0.0  # seconds, for BUSY
 
+    @property
+    def found(self) -> Job:
+        """The job as the claim left it, which every outcome but MISSING has."""
+        if self.job is None:
+            raise LookupError(f"a {self.outcome.value} claim has no job")
+        return self.job
+
 
 class LeaseLost(RuntimeError):
     """The job is no longer this worker's: canceled, settled, or taken over."""

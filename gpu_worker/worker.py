@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import google.cloud.storage as storage
+import numpy as np
 
 from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.core.dispatch import passes_filter
@@ -52,9 +52,6 @@ from .health import Health, device_problem
 from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
 from .outputs import DestinationTaken, JobOutputs
-
-if TYPE_CHECKING:
-    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +175,10 @@ class Worker:
         try:
             claim = self.lifecycle.claim(job_id)
             if claim.outcome is ClaimOutcome.CLAIMED:
-                assert claim.job is not None  # every outcome but MISSING carries the job
-                self._render(claim.job, received, keeper)  # the keeper is the render's now
+                self._render(claim.found, received, keeper)  # the keeper is the render's now
                 return
             if claim.outcome is ClaimOutcome.SETTLED:
-                assert claim.job is not None
-                self._repair_result(claim.job)
+                self._repair_result(claim.found)
         except BACKEND_ERRORS as exc:
             keeper.stop()
             log.warning("claim failed; nacked", extra={"job_id": job_id, "error": str(exc)})
@@ -205,10 +200,9 @@ class Worker:
         elif claim.outcome is ClaimOutcome.SETTLED:
             self.messages.ack(received)
         elif claim.outcome is ClaimOutcome.FOREIGN:
-            assert claim.job is not None  # every outcome but MISSING carries the job
             log.error(
                 "job recorded for another model; not rendered",
-                extra={"job_id": job_id, "job_model": claim.job["model"], "worker_model": model},
+                extra={"job_id": job_id, "job_model": claim.found["model"], "worker_model": model},
             )
             self.messages.nack(received, delay_seconds=FOREIGN_RETRY_SECONDS)
         elif claim.outcome is ClaimOutcome.BUSY:
@@ -262,15 +256,8 @@ class Worker:
     # --- after the render -----------------------------------------------------------------
 
     def _finish(
-        self,
-        job: Job,
-        frames: np.ndarray,
-        timings: dict[str, float],
-        received: Received,
-        keeper: AckKeeper,
-        lease: LeaseKeeper,
-        control: JobControl,
-    ) -> None:
+        self, job: Job, frames: np.ndarray, timings: dict[str, float], received: Received,
+        keeper: AckKeeper, lease: LeaseKeeper, control: JobControl) -> None:  # fmt: skip
         job_id = job["job_id"]
         try:
             started = time.monotonic()

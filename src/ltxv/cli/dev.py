@@ -67,7 +67,7 @@ def cmd_dev_logs(args: argparse.Namespace) -> int:
 
 def cmd_dev_dead_letter(args: argparse.Namespace) -> int:
     """Publish a job's message to the dead-letter topic, as Pub/Sub does after N attempts."""
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     from ltxv.core.settings import Settings
     from ltxv.notify.dead_letters import DELIVERY_COUNT_ATTRIBUTE

@@ -9,12 +9,15 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
 from ltxv.client.client import Client, PromptDrops
 from ltxv.core import schemas
 from ltxv.core.jobs import State
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 REQUEST_SCHEMA = schemas.load("job-request")
 # Request fields become flags (`--num-frames`); prompt is the positional argument.
@@ -110,9 +113,9 @@ def _wait(client: Client, job: dict[str, Any], timeout: float | None) -> dict[st
 class Progress:
     """State and denoising step: a live bar on a terminal, a line per change otherwise."""
 
-    def __init__(self, job_id: str, steps: int | None, stream=None) -> None:
+    def __init__(self, job_id: str, steps: int | None, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
         self.last = ""
         if self.stream.isatty():
             from tqdm import tqdm
@@ -127,12 +130,15 @@ class Progress:
             )
 
     def update(self, job: dict[str, Any]) -> None:
-        state, progress = job["state"], job.get("progress") or {}
+        state = job["state"]
+        progress: dict[str, Any] = job.get("progress") or {}
         if self.bar is not None:
             self.bar.set_description_str(state, refresh=False)
             if progress.get("total"):
                 self.bar.total = progress["total"]
-            self.bar.n = progress.get("step", self.bar.total if state == "succeeded" else 0)
+            # total: steps or 1, or the job's truthy progress total (never None here)
+            done = (self.bar.total or 0) if state == "succeeded" else 0
+            self.bar.n = progress.get("step", done)
             self.bar.refresh()
             return
         line = state + (f" {progress['step']}/{progress['total']}" if progress else "")
@@ -153,8 +159,8 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 def describe_outcome(job: dict[str, Any]) -> str:
-    took = _seconds_between(job.get("created_at"), job.get("updated_at"))
-    took = f" {took:.1f}s after it was submitted" if took is not None else ""
+    seconds = _seconds_between(job.get("created_at"), job.get("updated_at"))
+    took = f" {seconds:.1f}s after it was submitted" if seconds is not None else ""
     if job["state"] == State.SUCCEEDED:
         return f"job {job['job_id']} succeeded{took}"
     error = job.get("error") or {}

@@ -72,7 +72,7 @@ def cmd_webhook_listen(args: argparse.Namespace) -> int:
     from ltxv.client.webhook_receiver import Delivery, WebhookReceiver
 
     save = Path(args.save) if args.save else None
-    verified: list = []
+    verified: list[Delivery] = []
     if save:
         save.mkdir(parents=True, exist_ok=True)
 

@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import google.cloud.storage as storage
 from flask import Request, Response
-from google.cloud import storage
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ltxv.core.errors import BACKEND_ERRORS
-from ltxv.core.jobs import State, to_json
+from ltxv.core.jobs import Job, State, to_json
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.results import build_result, write_result_once
 from ltxv.core.settings import Settings
@@ -175,14 +175,14 @@ class JobsApi:
         match = PREFER_WAIT.search(request.headers.get("Prefer", ""))
         return min(int(match.group(1)), self.settings.max_wait_seconds) if match else 0
 
-    def _owned_job(self, job_id: str, key_id: str) -> dict[str, Any]:
+    def _owned_job(self, job_id: str, key_id: str) -> Job:
         job = self.store.get(job_id) if JOB_ID.match(job_id) else None
         if job is None or job["api_key_id"] != key_id:
             # Another key's job is reported exactly like a missing one: ids leak nothing.
             raise HttpError(404, "not_found", f"job {job_id} not found")
         return job
 
-    def _wait_until_settled(self, job: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def _wait_until_settled(self, job: Job, seconds: float) -> Job:
         deadline = self.clock() + seconds
         interval = 0.1
         while not State(job["state"]).terminal and self.clock() < deadline:
@@ -191,7 +191,7 @@ class JobsApi:
             job = self.store.get(job["job_id"]) or job
         return job
 
-    def _submit(self, request: Request) -> tuple[dict[str, Any], bool]:
+    def _submit(self, request: Request) -> tuple[Job, bool]:
         key_id = self._authenticate(request)
         idempotency_key = self._idempotency_key(request)
         body = self._json_body(request)
@@ -311,7 +311,7 @@ class JobsApi:
         status = 202 if job["state"] == State.RUNNING else 200
         return json_response(self.views.job(job), status)
 
-    def _write_canceled_result(self, job: dict[str, Any]) -> None:
+    def _write_canceled_result(self, job: Job) -> None:
         """result.json (and so the job.canceled webhook) for a job canceled in the queue.
 
         A job canceled while running gets it from its worker. If this write fails, the
@@ -336,7 +336,7 @@ class JobsApi:
         if state == State.SUCCEEDED:
             return json_response(self.views.predict(job))
         if state == State.FAILED:
-            error = job.get("error") or {}
+            error: Mapping[str, Any] = job.get("error") or {}
             retryable = bool(error.get("retryable"))
             raise HttpError(
                 503 if retryable else 422,

@@ -274,13 +274,10 @@ def _destination_errors(
 
 
 def _first_per_path(errors: list[FieldError]) -> list[FieldError]:
-    seen: set[str] = set()
-    first: list[FieldError] = []
+    first: dict[str, FieldError] = {}
     for error in errors:
-        if error.path not in seen:
-            seen.add(error.path)
-            first.append(error)
-    return first
+        first.setdefault(error.path, error)
+    return list(first.values())
 
 
 def _storable_errors(value: Any, path: str = "$") -> list[FieldError]:

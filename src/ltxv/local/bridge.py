@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 
 from ltxv.core import logs
 from ltxv.core.settings import Settings
@@ -195,7 +195,7 @@ class Bridge:
             topic = route.topic or sub.topic.rsplit("/", 1)[-1]
             self._spawn(f"pull:{path}", self._pull_loop, path, self._pubsub_handler(route, topic))
         if self.config.sweep_url:
-            self._spawn("sweep", self._sweep_loop)
+            self._spawn("sweep", self._sweep_loop, self.config.sweep_url)
         _log(
             logging.INFO,
             "bridge started",
@@ -306,7 +306,7 @@ class Bridge:
 
         return handle
 
-    def _sweep_loop(self) -> None:
+    def _sweep_loop(self, url: str) -> None:
         topic = self.settings.sweep_topic
         while not self._stop.wait(self.config.sweep_seconds):
             event = pubsub_event(
@@ -317,7 +317,7 @@ class Bridge:
                 data=b"",
             )
             # Cloud Scheduler does not retry a missed tick here either: the next one comes.
-            self._post(self.config.sweep_url, event, self.config.delivery_timeout)
+            self._post(url, event, self.config.delivery_timeout)
 
 
 # --- logging ------------------------------------------------------------------------------

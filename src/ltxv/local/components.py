@@ -94,7 +94,12 @@ def _functions_framework(
 
 
 def _function(
-    package: str, name: str, signature: str, port_env: str, port: int, probe=None
+    package: str,
+    name: str,
+    signature: str,
+    port_env: str,
+    port: int,
+    probe: Callable[[LocalStack], None] | None = None,
 ) -> Component:
     """Entry point `name` of functions/<package>/main.py, as Cloud Functions would run it."""
     return Component(

@@ -26,7 +26,7 @@ from ltxv.core.media import probe
 from ltxv.local.stack import REPO_ROOT, LocalStack, StackError
 
 OLD_EXAMPLE = schemas.old_predict_example()
-PROMPT_FILE = [
+PROMPT_FILE: list[dict[str, Any]] = [
     {"prompt": "A red fox trotting through fresh snow, morning light"},
     {"prompt": "Waves rolling onto a black sand beach at dusk", "seed": 7},
     {"prompt": "A paper boat in a rain gutter", "height": 100},  # not divisible by 32
@@ -132,7 +132,7 @@ def wait_until_settled(client: Client, job_ids: list[str]) -> list[dict[str, Any
     raise DemoFailed(f"jobs did not settle within {SETTLE_TIMEOUT:.0f}s")
 
 
-def wait_for_webhooks(receiver: WebhookReceiver, job_ids: list[str]) -> dict[str, dict]:
+def wait_for_webhooks(receiver: WebhookReceiver, job_ids: list[str]) -> dict[str, dict[str, Any]]:
     """job id -> {"webhook_id", "type"} of its verified delivery; fails on any forgery."""
     deadline = time.monotonic() + WEBHOOK_TIMEOUT
     while True:
@@ -142,6 +142,7 @@ def wait_for_webhooks(receiver: WebhookReceiver, job_ids: list[str]) -> dict[str
         verified = {
             d.event["data"]["job_id"]: {"webhook_id": d.webhook_id, "type": d.event["type"]}
             for d in deliveries
+            if d.event is not None  # none is: checked above
         }
         if set(job_ids) <= set(verified):
             return verified

@@ -39,7 +39,7 @@ class ProcessControl(StackLayout):
     """The `LocalStack` methods that start, find and stop its components' processes."""
 
     specs: dict[str, Component]
-    _procs: dict[str, subprocess.Popen]
+    _procs: dict[str, subprocess.Popen[bytes]]
     _echo: Callable[[str], None]
 
     def pid(self, name: str) -> int | None:
@@ -227,7 +227,7 @@ def supervise(pidfile: Path, command: list[str]) -> int:
     The child stays in the supervisor's process group, so `down` stops both at once.
     """
     stopping = threading.Event()
-    current: list[subprocess.Popen] = []
+    current: list[subprocess.Popen[bytes]] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.set()

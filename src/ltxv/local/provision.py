@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
+import google.cloud.storage as storage
 import grpc
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import pubsub_v1, storage
 from google.protobuf import duration_pb2
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
@@ -104,13 +106,13 @@ class EmulatorResources(StackLayout):
                 client.create_bucket(bucket)
 
 
-def _retry_policy(minimum: int, maximum: int) -> dict:
+def _retry_policy(minimum: int, maximum: int) -> dict[str, duration_pb2.Duration]:
     return {
         "minimum_backoff": duration_pb2.Duration(seconds=minimum),
         "maximum_backoff": duration_pb2.Duration(seconds=maximum),
     }
 
 
-def _ignore_exists(create: Callable, **kwargs) -> None:
+def _ignore_exists(create: Callable[..., object], **kwargs: Any) -> None:
     with contextlib.suppress(gexc.AlreadyExists):
         create(**kwargs)

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ltxv.core.profiles import enabled_profiles
 from ltxv.core.settings import Settings
@@ -111,10 +112,10 @@ class LocalStack(EmulatorResources, ProcessControl):
         self.timeout = timeout
         self._echo = echo or (lambda _line: None)
         # Popen objects of what this object started: polling them reaps exited children.
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @classmethod
-    def with_free_ports(cls, state_dir: Path | str, **kwargs) -> LocalStack:
+    def with_free_ports(cls, state_dir: Path | str, **kwargs: Any) -> LocalStack:
         """An isolated stack for tests: every port picked free by the kernel."""
         # The components with ports: the services and a worker per model.
         specs = kwargs.get("specs") or components_for(kwargs.get("settings") or Settings.from_env())

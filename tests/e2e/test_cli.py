@@ -189,6 +189,29 @@ def test_cancel_a_queued_job_and_waiting_that_times_out(no_worker, clean_firesto
     assert again.returncode == 0  # canceling twice is not an error
 
 
+def test_retry_a_canceled_job_as_a_new_one_and_a_queued_one_is_refused(no_worker, client):
+    job_id = ltxv(no_worker, "submit", "retried later", *SMALL).stdout.strip()
+    refused = ltxv(no_worker, "retry", job_id)
+    assert refused.returncode == 2 and "(409 not_retryable)" in refused.stderr
+    assert ltxv(no_worker, "cancel", job_id).returncode == 0
+
+    retried = ltxv(no_worker, "retry", job_id, "--idempotency-key", "cli-retry", "--json")
+    assert retried.returncode == 0, retried.stderr
+    new = json.loads(retried.stdout)
+    assert new["parent_job_id"] == job_id and new["state"] == "queued"
+    assert f"retrying job {job_id} as job {new['job_id']} (queued)" in retried.stderr
+    again = ltxv(no_worker, "retry", job_id, "--idempotency-key", "cli-retry")
+    assert again.stdout.strip() == new["job_id"]
+    status = ltxv(no_worker, "status", new["job_id"])
+    assert f"retry of  {job_id}" in status.stdout
+    waited = ltxv(no_worker, "retry", job_id, "--wait", "--timeout", "1")
+    assert waited.returncode == 4 and "is still queued after 1s" in waited.stderr
+    # The client: a repeat with the same key is the same new job.
+    first = client.retry(job_id, idempotency_key="client-retry")
+    assert client.retry(job_id, idempotency_key="client-retry")["job_id"] == first["job_id"]
+    assert client.retry(job_id)["job_id"] != first["job_id"]
+
+
 @pytest.mark.parametrize(
     ("args", "env", "code", "message"),
     [

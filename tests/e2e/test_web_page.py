@@ -210,6 +210,32 @@ def test_past_generations_page_and_a_queued_job_cancels(page, stack, api):
     shoot(page, "04-canceled")
 
 
+def test_a_canceled_job_is_retried_from_its_retry_button(page, stack, api):
+    stack.down(["worker"])  # the retry stays queued
+    prompt = unique("a kite over the dunes")
+    job_id = api.post(f"{stack.api_url}/v1/jobs", json={"prompt": prompt}).json()["job_id"]
+    open_with_key(page, stack)
+    parent = page.locator(f'li.job[data-job-id="{job_id}"]')
+    expect(parent.locator(".state")).to_have_text("queued")
+    expect(parent.get_by_role("button", name="Retry")).to_be_hidden()  # not failed
+    parent.get_by_role("button", name="Cancel").click()
+    expect(parent.locator(".state")).to_have_text("canceled")
+
+    parent.get_by_role("button", name="Retry").click()
+    retried = page.locator("li.job").first  # newest first
+    expect(retried.locator(".job-lineage")).to_have_text(f"Retry of job {job_id}")
+    expect(retried.locator(".state")).to_have_text("queued")
+    expect(retried.locator(".job-prompt")).to_have_text(prompt)
+    expect(retried.locator(".job-prompt")).to_be_focused()
+    expect(page.get_by_role("status")).to_contain_text("as a new job: queued")
+    expect(parent.locator(".state")).to_have_text("canceled")
+    new_id = retried.get_attribute("data-job-id")
+    assert new_id != job_id
+    stored = api.get(f"{stack.api_url}/v1/jobs/{new_id}").json()
+    assert stored["parent_job_id"] == job_id and stored["request"]["prompt"] == prompt
+    shoot(page, "04b-retried")
+
+
 def _wait_playing(page: Page, timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     state: dict = {}

@@ -31,6 +31,7 @@ def test_every_route_of_the_api_is_in_the_document_and_nothing_else():
     routed = {(routes.openapi_path(rule), m) for rule in API_RULES for m in routes.methods(rule)}
     assert documented == routed
     assert ("/v1/jobs/{job_id}/cancel", "POST") in documented
+    assert ("/v1/jobs/{job_id}/retry", "POST") in documented
     # The web page's files are served beside the API but are not part of it.
     assert not [path for path in DOCUMENT["paths"] if path == "/" or path.startswith("/assets")]
 
@@ -53,7 +54,11 @@ def test_each_pattern_is_the_constant_the_api_checks_with():
     assert job_id == routes.JOB_ID.pattern
     assert job_id == schemas.load("job")["properties"]["job_id"]["pattern"]
     assert routes.JOB_ID.match(new_job_id())
-    for path, method in (("/v1/jobs", "post"), ("/predict", "post")):
+    for path, method in (
+        ("/v1/jobs", "post"),
+        ("/predict", "post"),
+        ("/v1/jobs/{job_id}/retry", "post"),
+    ):
         key = _parameter(DOCUMENT["paths"][path][method], "Idempotency-Key")["schema"]
         assert key["pattern"] == routes.IDEMPOTENCY_KEY.pattern
 
@@ -69,3 +74,15 @@ def test_the_webhook_secret_pattern_matches_the_secrets_the_service_makes():
     shape = DOCUMENT["components"]["schemas"]["WebhookSecret"]["properties"]
     for schema in (shape["secret"], shape["secrets"]["items"]):
         assert re.match(schema["pattern"], new_secret())
+
+
+def test_a_retried_jobs_parent_has_the_job_id_pattern_and_a_refused_retry_its_code():
+    components = DOCUMENT["components"]["schemas"]
+    parent = components["Job"]["properties"]["parent_job_id"]
+    assert parent["type"] == ["string", "null"] and parent["pattern"] == routes.JOB_ID.pattern
+    assert (
+        "not_retryable" in components["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    )
+    retry = DOCUMENT["paths"]["/v1/jobs/{job_id}/retry"]["post"]
+    assert "requestBody" not in retry
+    assert {"202", "404", "409", "422", "429"} <= set(retry["responses"])

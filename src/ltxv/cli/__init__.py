@@ -3,6 +3,7 @@
     ltxv submit "a red fox in snow" --num-frames 41 --wait --out fox.mp4
     ltxv status JOB_ID          ltxv list [--state running]
     ltxv cancel JOB_ID          ltxv download JOB_ID --out fox.mp4
+    ltxv retry JOB_ID [--wait]  (a failed or canceled job's request, as a new job)
     ltxv drop prompts.jsonl     (upload into the prompts bucket, print its receipt)
     ltxv webhook verify|listen|secret
     ltxv dev up|down|status|logs|dead-letter
@@ -25,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ltxv.cli import dev, jobs, webhook
+from ltxv.cli import dev, jobs, retry, webhook
 from ltxv.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_TIMEOUT,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service = [service_options()]
     jobs.add_commands(commands, service)
+    retry.add_commands(commands, service)
     webhook.add_commands(commands, service)
     dev.add_commands(commands)
     return parser

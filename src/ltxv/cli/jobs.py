@@ -195,6 +195,8 @@ def describe_job(job: dict[str, Any]) -> list[tuple[str, str]]:
             f"seed {request.get('seed')}, model {job.get('model')}",
         )
     )
+    if job.get("parent_job_id"):
+        rows.append(("retry of", job["parent_job_id"]))
     source = job.get("source")
     if source and source != "http":
         rows.append(("source", f"{source} line {job.get('source_line')}"))

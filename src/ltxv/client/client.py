@@ -42,7 +42,7 @@ RETRY = Retry(
     status=4,
     backoff_factor=0.5,
     status_forcelist=(429, 502, 503, 504),
-    allowed_methods=None,  # POSTs too: submits carry an Idempotency-Key, cancel is idempotent
+    allowed_methods=None,  # POSTs too: submits and retries carry an Idempotency-Key
     respect_retry_after_header=True,
     raise_on_status=False,
 )
@@ -215,6 +215,14 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued job at once, a running one between denoising steps."""
         return self._call("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
+
+    def retry(self, job_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
+        """A failed or canceled job's request again, as a new job whose `parent_job_id` is
+        `job_id` (ApiError 409 `not_retryable` for any other job). Carries an
+        Idempotency-Key (made up when none is given), so a repeat with the same key, or
+        the client's own retries, return the same new job."""
+        headers = {"Idempotency-Key": idempotency_key or f"ltxv-client-{uuid.uuid4()}"}
+        return self._call("POST", f"/v1/jobs/{_segment(job_id)}/retry", headers=headers)
 
     def wait(
         self,

@@ -124,6 +124,7 @@ class Job(_Job, total=False):
     error: JobError | None
     webhook: WebhookRecord | None
     idempotency_key: str | None
+    parent_job_id: str | None  # the failed or canceled job this one retries
     cancel_requested_at: datetime | None
     published_at: datetime | None
     publish_claim_until: datetime | None
@@ -177,6 +178,12 @@ def job_id_for_idempotency_key(api_key_id: str, idempotency_key: str) -> str:
     return _derived_id("http", api_key_id, idempotency_key)
 
 
+def job_id_for_retry(api_key_id: str, parent_job_id: str, idempotency_key: str) -> str:
+    """A repeated retry of the same job with the same key always names the same new job
+    (and never a job that a submit with that key made)."""
+    return _derived_id("retry", api_key_id, parent_job_id, idempotency_key)
+
+
 def job_id_for_prompt_line(bucket: str, name: str, generation: str, line: int) -> str:
     """A redelivered storage event for the same object generation names the same jobs."""
     return _derived_id("gs", bucket, name, str(generation), str(line))
@@ -192,6 +199,7 @@ def new_job(
     source_generation: str | None = None,
     source_line: int | None = None,
     idempotency_key: str | None = None,
+    parent_job_id: str | None = None,
     ttl_days: int = 30,
     now: datetime | None = None,
 ) -> Job:
@@ -221,6 +229,7 @@ def new_job(
         else None,
         "api_key_id": api_key_id,
         "idempotency_key": idempotency_key,
+        "parent_job_id": parent_job_id,
         "cancel_requested": False,
         "cancel_requested_at": None,
         "published": False,

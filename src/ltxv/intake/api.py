@@ -28,10 +28,11 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake import openapi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
+from ltxv.intake.refusals import refusals_as_http_errors
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
-from ltxv.intake.submission import IdempotencyConflict, Intake, TooManyJobs, Unavailable
-from ltxv.intake.validation import JsonSyntaxError, RequestInvalid, parse_json
+from ltxv.intake.submission import Intake, Unavailable
+from ltxv.intake.validation import JsonSyntaxError, parse_json
 from ltxv.intake.web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
@@ -195,33 +196,10 @@ class JobsApi:
         key_id = self._authenticate(request)
         idempotency_key = self._idempotency_key(request)
         body = self._json_body(request)
-        try:
+        with refusals_as_http_errors():
             accepted = self.intake.submit_http(
                 body, api_key_id=key_id, idempotency_key=idempotency_key
             )
-        except RequestInvalid as exc:
-            raise HttpError(
-                422,
-                "validation_failed",
-                f"the request has {len(exc.errors)} invalid field(s)",
-                [e.as_dict() for e in exc.errors],
-            ) from exc
-        except TooManyJobs as exc:
-            raise HttpError(
-                429,
-                "too_many_jobs",
-                f"{exc}; submit again once some have finished",
-                retryable=True,
-                headers={"Retry-After": "30"},
-            ) from exc
-        except IdempotencyConflict as exc:
-            raise HttpError(
-                409,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-                [{"path": "header.Idempotency-Key", "message": "already used for another body"}],
-                job_id=exc.job["job_id"],
-            ) from exc
         return accepted.job, accepted.created
 
     # --- endpoints ------------------------------------------------------------------------
@@ -247,6 +225,21 @@ class JobsApi:
 
     def create_job(self, request: Request) -> Response:
         job, created = self._submit(request)
+        return self._accepted(request, job, created)
+
+    def retry_job(self, request: Request, job_id: str) -> Response:
+        """A failed or canceled job's request again, as a new job naming it as its parent;
+        answered like a submit. Any body is ignored: the request is the parent's."""
+        key_id = self._authenticate(request)
+        idempotency_key = self._idempotency_key(request)
+        parent = self._owned_job(job_id, key_id)
+        with refusals_as_http_errors():
+            accepted = self.intake.retry(parent, idempotency_key=idempotency_key)
+        return self._accepted(request, accepted.job, accepted.created)
+
+    def _accepted(self, request: Request, job: Job, created: bool) -> Response:
+        """A created (or replayed) job's answer: 202 with Location, or 200 when it settled
+        within Prefer: wait."""
         wait = self._wait_seconds(request)
         headers = {"Location": f"/v1/jobs/{job['job_id']}"}
         if not created:

@@ -73,7 +73,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or invalid API key",
         404: "No such job for this API key",
         405: "Method not allowed on this path",
-        409: "Conflict (Idempotency-Key reused with another body, or job already settled)",
+        409: "Conflict (Idempotency-Key reused with another body, a job already settled, "
+        "or a retry of a job that did not fail and was not canceled)",
         413: "Request body larger than the documented limit",
         415: "Content-Type is not application/json",
         422: "The request is invalid; details name every field by JSON path",
@@ -198,6 +199,28 @@ def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
                 "200": _json(JOB, "Canceled"),
                 "202": _json(JOB, "Cancel requested; the worker stops the render"),
                 **_errors(401, 404, 409, 503),
+            },
+        },
+        "retry_job": {
+            "operationId": "retryJob",
+            "summary": "Run a failed or canceled job's request again as a new job "
+            "(parent_job_id names the old one); no body",
+            "description": "The stored request passes the current validation again (422 "
+            "names a field that no longer does) and counts against the key's jobs in "
+            "flight. A queued, running or succeeded job is 409 not_retryable.",
+            "parameters": [
+                job_id_param,
+                {
+                    **idempotency,
+                    "description": "Repeats of a retry of the same job with the same key "
+                    "return the same new job; without it each retry is a new job.",
+                },
+                prefer,
+            ],
+            "responses": {
+                "200": _json(JOB, "The new job, finished within Prefer: wait"),
+                "202": _json(JOB, "The new job, accepted (queued or running)"),
+                **_errors(400, 401, 404, 409, 422, 429, 503),
             },
         },
         "predict": {

@@ -28,7 +28,16 @@ from google.api_core import exceptions as gexc
 
 from ltxv.core.dispatch import Dispatcher
 from ltxv.core.errors import BACKEND_ERRORS
-from ltxv.core.jobs import Job, State, job_id_for_idempotency_key, new_job, new_job_id, utcnow
+from ltxv.core.jobs import (
+    TERMINAL,
+    Job,
+    State,
+    job_id_for_idempotency_key,
+    job_id_for_retry,
+    new_job,
+    new_job_id,
+    utcnow,
+)
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
 from ltxv.intake.validation import (
@@ -68,6 +77,16 @@ class TooManyJobs(Exception):
         self.limit = limit
 
 
+class NotRetryable(Exception):
+    """Only a failed or canceled job can be retried; nothing was accepted."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job['job_id']} is {job['state']}; only a failed or canceled job can be retried"
+        )
+        self.job = job
+
+
 class IdempotencyConflict(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(job["job_id"])
@@ -87,6 +106,12 @@ class JobOrigin:
     source_generation: str | None = None
     source_line: int | None = None
     idempotency_key: str | None = None
+    parent_job_id: str | None = None
+
+
+# What a retry may start from: a job that ended without a video (a job past its deadline
+# ends failed too). Queued and running jobs are still on their way; a succeeded one is done.
+RETRYABLE = TERMINAL - {State.SUCCEEDED}
 
 
 class Intake:
@@ -126,8 +151,39 @@ class Intake:
             else new_job_id()
         )
         origin = JobOrigin(api_key_id=api_key_id, idempotency_key=idempotency_key)
-        if self.room_for(api_key_id) < 1 and not (idempotency_key and self.exists(job_id)):
-            raise TooManyJobs(self.max_in_flight)  # (a replay of an accepted job is answered)
+        return self._accept_counted(request, job_id=job_id, origin=origin)
+
+    def retry(self, parent: Job, *, idempotency_key: str | None = None) -> Accepted:
+        """A new job with `parent`'s stored request and `parent_job_id`, accepted like a
+        submit: the request passes today's validation (limits may have changed since:
+        RequestInvalid), counts against the key's jobs in flight, and an Idempotency-Key
+        makes a repeat return the same new job. NotRetryable unless `parent` failed or
+        was canceled."""
+        if State(parent["state"]) not in RETRYABLE:
+            raise NotRetryable(parent)
+        api_key_id = parent["api_key_id"]
+        try:
+            request = self.validate(parent["request"], api_key_id=api_key_id)
+        except LookupTimedOut as exc:
+            raise Unavailable(str(exc)) from exc
+        job_id = (
+            job_id_for_retry(api_key_id, parent["job_id"], idempotency_key)
+            if idempotency_key
+            else new_job_id()
+        )
+        origin = JobOrigin(
+            api_key_id=api_key_id, idempotency_key=idempotency_key, parent_job_id=parent["job_id"]
+        )
+        return self._accept_counted(request, job_id=job_id, origin=origin)
+
+    def _accept_counted(
+        self, request: dict[str, Any], *, job_id: str, origin: JobOrigin
+    ) -> Accepted:
+        """`accept`, if the key has room for one more job in flight (TooManyJobs if not);
+        a replay of a job already accepted is answered whatever the count."""
+        replay = origin.idempotency_key is not None
+        if self.room_for(origin.api_key_id) < 1 and not (replay and self.exists(job_id)):
+            raise TooManyJobs(self.max_in_flight)
         return self.accept(request, job_id=job_id, origin=origin)
 
     def room_for(self, api_key_id: str) -> int | float:
@@ -156,6 +212,7 @@ class Intake:
             source_generation=origin.source_generation,
             source_line=origin.source_line,
             idempotency_key=origin.idempotency_key,
+            parent_job_id=origin.parent_job_id,
             ttl_days=self.ttl_days,
         )
         job["publish_claim_until"] = job["created_at"] + self.publish_claim

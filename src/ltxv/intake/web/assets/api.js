@@ -60,4 +60,7 @@ export const api = {
   // One Idempotency-Key per submission: a retried request cannot create a second job.
   createJob: (body) => call("POST", "/v1/jobs", { body, idempotent: idempotencyKey() }),
   cancelJob: (id) => call("POST", `/v1/jobs/${encodeURIComponent(id)}/cancel`),
+  // A new job with a failed or canceled job's request; one key per click, as for submits.
+  retryJob: (id) =>
+    call("POST", `/v1/jobs/${encodeURIComponent(id)}/retry`, { idempotent: idempotencyKey() }),
 };

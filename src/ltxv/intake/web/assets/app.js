@@ -199,6 +199,7 @@ const jobs = new JobList({
   older: $("older"),
   onPlay: (job) => play(job, { start: true }),
   onCancel: cancel,
+  onRetry: retry,
   onChange: (job) => {
     announce(`${label(job)} is ${job.state}`);
     if (job.state === "succeeded" && submittedHere.has(job.job_id)) play(job, { start: false });
@@ -272,6 +273,25 @@ async function cancel(job) {
   } catch (error) {
     if (error.status === 401) onUnauthorized(error);
     else announce(`Could not cancel: ${error.message}`);
+  }
+}
+
+// A new job with the same request; it joins the list (newest first) and takes the focus.
+async function retry(job, button) {
+  button.disabled = true;
+  try {
+    const fresh = await api.retryJob(job.job_id);
+    submittedHere.add(fresh.job_id);
+    jobs.update(fresh);
+    jobs.render();
+    jobs.schedule();
+    jobs.items.get(fresh.job_id)?.querySelector(".job-prompt").focus();
+    announce(`Retrying ${label(job)} as a new job: ${fresh.state}`);
+  } catch (error) {
+    if (error.status === 401) onUnauthorized(error);
+    else announce(`Could not retry: ${error.message}`);
+  } finally {
+    button.disabled = false;
   }
 }
 

@@ -7,6 +7,8 @@ import { api } from "./api.js";
 export const PAGE_SIZE = 10;
 const POLL_MS = 2000;
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+// What the API retries (POST /v1/jobs/{id}/retry): jobs that ended without a video.
+const RETRYABLE = new Set(["failed", "canceled"]);
 
 export const isTerminal = (job) => TERMINAL.has(job.state);
 
@@ -38,8 +40,8 @@ function button(label, action, job) {
 }
 
 export class JobList {
-  constructor({ list, empty, older, onPlay, onCancel, onChange, onError }) {
-    Object.assign(this, { list, empty, older, onPlay, onCancel, onChange, onError });
+  constructor({ list, empty, older, onPlay, onCancel, onRetry, onChange, onError }) {
+    Object.assign(this, { list, empty, older, onPlay, onCancel, onRetry, onChange, onError });
     this.jobs = new Map();
     this.items = new Map();
     this.nextToken = undefined; // undefined: first page not loaded; null: no older page
@@ -51,6 +53,7 @@ export class JobList {
       const id = target.closest("li").dataset.jobId;
       if (target.dataset.action === "play") this.onPlay(this.jobs.get(id));
       if (target.dataset.action === "cancel") this.onCancel(this.jobs.get(id));
+      if (target.dataset.action === "retry") this.onRetry(this.jobs.get(id), target);
     });
   }
 
@@ -150,9 +153,14 @@ export class JobList {
     const progressText = el("span", "progress-text");
     progress.append(bar, progressText);
     const error = el("p", "job-error");
+    const lineage = el("p", "job-lineage hint");
     const actions = el("div", "job-actions");
-    actions.append(button("Play", "play", job), button("Cancel", "cancel", job));
-    item.append(prompt, meta, progress, error, actions);
+    actions.append(
+      button("Play", "play", job),
+      button("Cancel", "cancel", job),
+      button("Retry", "retry", job),
+    );
+    item.append(prompt, meta, progress, error, lineage, actions);
     return item;
   }
 
@@ -183,13 +191,19 @@ export class JobList {
     error.hidden = !job.error;
     error.textContent = job.error ? `Error: ${job.error.message}` : "";
 
+    const lineage = item.querySelector(".job-lineage");
+    lineage.hidden = !job.parent_job_id;
+    lineage.textContent = job.parent_job_id ? `Retry of job ${job.parent_job_id}` : "";
+
     const play = item.querySelector('[data-action="play"]');
     const cancel = item.querySelector('[data-action="cancel"]');
+    const retry = item.querySelector('[data-action="retry"]');
     const focused = document.activeElement;
     play.hidden = job.state !== "succeeded";
     cancel.hidden = isTerminal(job) || Boolean(job.cancel_requested);
+    retry.hidden = !RETRYABLE.has(job.state);
     // A button that just disappeared under the keyboard hands focus to its item.
-    if ((focused === cancel && cancel.hidden) || (focused === play && play.hidden)) {
+    if ([play, cancel, retry].some((action) => focused === action && action.hidden)) {
       item.querySelector(".job-prompt").focus();
     }
   }

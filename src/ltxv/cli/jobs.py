@@ -84,6 +84,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body = request_body(args)
     job = client.submit(idempotency_key=args.idempotency_key, **body)
     err(f"submitted job {job['job_id']} ({job['state']})")
+    return follow_new_job(client, job, args)
+
+
+def follow_new_job(client: Client, job: dict[str, Any], args: argparse.Namespace) -> int:
+    """After a submit or a retry: wait (--wait, --out), save the video (--out), print the
+    job; 0 accepted or succeeded, 1 the job failed or was canceled."""
     if args.wait or args.out:
         job = _wait(client, job, args.timeout)
         if job["state"] == State.SUCCEEDED and args.out:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ltxv.cli.common import EXIT_FAILED, client_for, err, out
-from ltxv.cli.jobs import _out_path, _wait, _wait_options
-from ltxv.core.jobs import State
+from ltxv.cli.common import client_for, err
+from ltxv.cli.jobs import _wait_options, follow_new_job
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -16,13 +14,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     client = client_for(args)
     job = client.retry(args.job_id, idempotency_key=args.idempotency_key)
     err(f"retrying job {args.job_id} as job {job['job_id']} ({job['state']})")
-    if args.wait or args.out:
-        job = _wait(client, job, args.timeout)
-        if job["state"] == State.SUCCEEDED and args.out:
-            path = client.download(job, _out_path(args.out, job))
-            err(f"saved {path} ({path.stat().st_size:,} bytes)")
-    out(json.dumps(job, indent=2) if args.json else job["job_id"])
-    return 0 if job["state"] in (State.SUCCEEDED, State.QUEUED, State.RUNNING) else EXIT_FAILED
+    return follow_new_job(client, job, args)
 
 
 def add_commands(

@@ -12,7 +12,8 @@ The key covers what compiled code depends on (torch, triton and diffusers versio
 GPU model, the profile's dtype and fit). Inductor checks every entry against its own finer
 key on use, so an archive that no longer matches costs only the compile it failed to save.
 The archive comes from our own bucket, written by our own workers; it is unpacked with
-tarfile's "data" filter all the same (no links out of the directory, no devices).
+tarfile's "data" filter all the same (no links out of the directory, no devices), into a
+staging folder whose files are renamed into place one by one.
 """
 
 from __future__ import annotations
@@ -93,8 +94,7 @@ class CompileCache:
                 log.info("no shared compile cache yet", extra={"key": key})
                 return False
             archive.seek(0)
-            with tarfile.open(fileobj=archive, mode="r:gz") as tar:
-                tar.extractall(directory, filter="data")
+            _unpack(archive, directory)
         self._marker(key).touch()
         log.info("compile cache restored", extra={"key": key, "directory": str(directory)})
         return True
@@ -107,7 +107,7 @@ class CompileCache:
         with tempfile.NamedTemporaryFile(suffix=".tar.gz") as archive:
             with tarfile.open(archive.name, mode="w:gz") as tar:
                 for path in sorted(directory.iterdir()):
-                    if not path.name.startswith(".ltxv-compile-"):
+                    if not path.name.startswith((".ltxv-compile-", ".restore-")):
                         tar.add(path, arcname=path.name)
             size = os.path.getsize(archive.name)
             try:
@@ -125,3 +125,17 @@ class CompileCache:
             extra={"key": key, "bytes": size},
         )
         return published
+
+
+def _unpack(archive: Any, directory: Path) -> None:
+    """Unpack beside the cache, then move each file into place with an atomic rename: the
+    workers of a multi-GPU VM restore at the same time, and Inductor must never read a
+    file another worker is still writing."""
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".restore-") as staging:
+        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+            tar.extractall(staging, filter="data")
+        for path in sorted(Path(staging).rglob("*")):
+            if path.is_file():
+                target = directory / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)

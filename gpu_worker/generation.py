@@ -178,8 +178,9 @@ class Renderer:
         from . import compile_cache
 
         started = time.perf_counter()
-        key = compile_cache.cache_key(self.profile, self.device)
+        key = None
         if self.compile_cache is not None:
+            key = compile_cache.cache_key(self.profile, self.device)
             try:
                 self.compile_cache.restore(key)
             except Exception as exc:  # a cold compile is slower, not wrong
@@ -198,7 +199,7 @@ class Renderer:
             fit.uncompile_blocks(self.pipe.transformer)
             self.applied["compile"] = False
         else:
-            if self.compile_cache is not None:
+            if self.compile_cache is not None and key is not None:
                 try:
                     self.compile_cache.publish(key)
                 except Exception as exc:

@@ -81,3 +81,40 @@ def test_a_new_vm_warms_up_from_the_first_workers_compile(emulators, model_dir, 
     assert third["load_seconds"] < first["load_seconds"] / 2, (first, third)
     (still,) = storage.Client().list_blobs(bucket, prefix=prefix)
     assert still.generation == archive.generation  # create-only: never replaced
+
+
+def test_workers_restoring_at_once_leave_whole_files_and_no_staging(tmp_path):
+    """The workers of a multi-GPU VM unpack the same archive into one cache at once: each
+    file lands by an atomic rename, whole, and nothing of the staging is left."""
+    import io
+    import tarfile
+    import threading
+
+    from gpu_worker.compile_cache import _unpack
+
+    payload = {f"fxgraph/{n:02d}/entry": bytes([n]) * 200_000 for n in range(20)}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in payload.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    errors = []
+
+    def restore():
+        try:
+            _unpack(io.BytesIO(raw.getvalue()), cache)
+        except Exception as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=restore) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()} == set(payload)
+    assert all((cache / name).read_bytes() == data for name, data in payload.items())
+    assert not [p for p in cache.iterdir() if p.name.startswith(".restore-")]

@@ -54,8 +54,10 @@ async function startWithKey(key) {
   $("key-state").hidden = false;
   $("app").hidden = false;
   announce("API key accepted");
-  await refreshJobs();
+  // Focus first, then load the list: focusing after it would pull the caret out of a
+  // field the user already started typing in while the list loaded.
   $("f-prompt").focus();
+  await refreshJobs();
 }
 
 function onUnauthorized(error) {

@@ -115,6 +115,7 @@ class Job(_Job, total=False):
     datetimes)."""
 
     request_hash: str
+    priority: str  # its lane, request.priority (absent on jobs stored before lanes: normal)
     source_generation: str | None
     source_line: int | None
     lease: Lease | None
@@ -210,6 +211,7 @@ def new_job(
         "job_id": job_id,
         "state": State.QUEUED.value,
         "model": request["model"],
+        "priority": request.get("priority") or "normal",
         "request": request,
         "request_hash": request_hash,
         "source": source,

@@ -45,7 +45,13 @@ REQUEST_FIELDS = (
     "webhook_url",
     "metadata",
     "model",
+    "priority",
+    "max_queue_seconds",
+    "max_run_seconds",
+    "webhook_events",
 )
+DEFAULT_PRIORITY = "normal"
+DEFAULT_WEBHOOK_EVENTS = ("settled",)
 MAX_METADATA_BYTES = 4096
 MAX_OBJECT_NAME_BYTES = 1024
 LTX_FRAME_STEP = 8  # LTX's VAE compresses time 8x: a valid length is 8k + 1 frames.
@@ -316,7 +322,9 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
     if unstorable:
         raise RequestInvalid(unstorable)
     errors = _first_per_path(_schema_errors(body))
-    bad = {e.path.removeprefix("$.").split(".")[0] for e in errors}
+    # The top-level field each error is about: `$.metadata.key` and `$.webhook_events[0]`
+    # are about metadata and webhook_events.
+    bad = {re.split(r"[.\[]", e.path.removeprefix("$."))[0] for e in errors}
     model = body.get("model") or policy.default_model
     profile = policy.profiles.get(model) if isinstance(model, str) else None
     if profile is None:
@@ -340,6 +348,22 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
     request["model"] = model
     request["metadata"] = request["metadata"] if "metadata" not in bad else None
     request["metadata"] = request["metadata"] or {}
+    if request["priority"] is None or "priority" in bad:
+        request["priority"] = DEFAULT_PRIORITY
+    for field in ("max_queue_seconds", "max_run_seconds"):
+        if field in bad:
+            request[field] = None
+        elif request[field] is not None:
+            request[field] = int(request[field])
+    if request["webhook_url"] is None:
+        # No receiver, no events: stored as null.
+        if request["webhook_events"] is not None and "webhook_events" not in bad:
+            errors.append(FieldError("$.webhook_events", "needs webhook_url: nowhere to send to"))
+        request["webhook_events"] = None
+    elif request["webhook_events"] is None or "webhook_events" in bad:
+        request["webhook_events"] = list(DEFAULT_WEBHOOK_EVENTS)
+    else:
+        request["webhook_events"] = sorted(request["webhook_events"])
 
     errors += [e for e in _profile_errors(request, profile) if e.path != "$" or not bad]
     if request["gcs_destination"] and "gcs_destination" not in bad:

@@ -107,6 +107,7 @@ class JobOrigin:
     source_line: int | None = None
     idempotency_key: str | None = None
     parent_job_id: str | None = None
+    batch_id: str | None = None  # a prompt-file line's upload
 
 
 # What a retry may start from: a job that ended without a video (a job past its deadline
@@ -216,6 +217,8 @@ class Intake:
             ttl_days=self.ttl_days,
         )
         job["publish_claim_until"] = job["created_at"] + self.publish_claim
+        if origin.batch_id:
+            job["batch_id"] = origin.batch_id
         try:
             self.store.create(job)
         except JobExists as exists:

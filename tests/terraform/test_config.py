@@ -259,9 +259,17 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
     }
-    ttl = {field["collection"]: field["field"] for field in tf["google_firestore_field"]}
+    fields = tf["google_firestore_field"]
+    ttl = {field["collection"]: field["field"] for field in fields if field.get("ttl_config")}
     assert ttl[settings.jobs_collection] == "expires_at"
     assert ttl[BATCHES] == "expires_at"  # a prompt file's batch lives as long as its jobs
+    # A batch's per-line lists are never queried: no index entry per element.
+    unindexed = {
+        field["field"]
+        for field in fields
+        if field["collection"] == BATCHES and not field.get("ttl_config")
+    }
+    assert unindexed == {"accepted", "rejected", "settled"}
 
 
 def test_the_scheduler_ticks_the_sweep_topic(tf):

@@ -114,8 +114,9 @@ resource "google_pubsub_topic_iam_member" "jobs_publisher" {
   depends_on = [google_service_account.function, google_service_account.worker]
 }
 
+# Each pool's workers pull every lane of their own model, and nothing else.
 resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
-  for_each     = local.worker_pools
+  for_each     = local.worker_lanes
   subscription = google_pubsub_subscription.worker[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.worker_sa

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from ltxv.core.batches import BATCHES
+from ltxv.core.resources import worker_lanes
 from ltxv.core.results import DESTINATIONS
 from ltxv.core.settings import Settings, env_names
 
@@ -290,7 +291,7 @@ def test_alerts_watch_dead_letters_and_the_oldest_job(tf):
     start = re.search(r'subscription_id = starts_with\("([^"]+)"\)', oldest).group(1)
     subscriptions = [s["name"] for s in tf["google_pubsub_subscription"]]
     assert sorted(s for s in subscriptions if s.startswith(start)) == sorted(
-        settings.subscription_for(model) for model in MODELS
+        settings.subscription_for(model, lane) for model in MODELS for lane in worker_lanes().order
     )
 
 

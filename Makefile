@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml functions/submit/requirements.txt | cksum | cut -d' ' -f1)
 # checkov and terraform-compliance pin packages the project cannot share: their own venv.
 TFVENV := .venv-tf
 TF_TOOLS := checkov==3.3.30 terraform-compliance==1.16.0
@@ -19,11 +19,12 @@ help:
 	@echo "make bench   submit latency, worker overhead, generation time by stage"
 	@echo "make bench-wheels   the wheels bench/gpu.sh installs on an offline GPU machine"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml functions/submit/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet 'torch==2.13.0'
-	$(PY) -m pip install --quiet -e '.[dev,worker]'
+	@# The functions' pins as constraints: the tests run against what Cloud Functions installs.
+	$(PY) -m pip install --quiet -c functions/submit/requirements.txt -e '.[dev,worker]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

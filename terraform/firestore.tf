@@ -10,8 +10,8 @@ resource "google_firestore_database" "this" {
 }
 
 # The queries of src/ltxv/core/store.py: a key's jobs newest first (GET /v1/jobs), optionally
-# of one state; how many of a key's jobs are queued or running (a count at each submit);
-# and the redispatch sweep's unpublished jobs older than a minute.
+# of one state; how many of a key's jobs are queued or running (a count at each submit) and
+# of a model's (the sweep's pool load); and the sweep's unpublished jobs older than a minute.
 locals {
   firestore_indexes = {
     list_by_key = [
@@ -27,6 +27,11 @@ locals {
     ]
     in_flight_by_key = [
       { field = "api_key_id", order = "ASCENDING" },
+      { field = "state", order = "ASCENDING" },
+    ]
+    # Each pool's load, counted by the sweep (ltxv.intake.pool_metric).
+    active_by_model = [
+      { field = "model", order = "ASCENDING" },
       { field = "state", order = "ASCENDING" },
     ]
     unpublished = [

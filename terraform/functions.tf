@@ -52,7 +52,7 @@ locals {
       timeout       = 300
       max_instances = 1
       topic         = "projects/${var.project_id}/topics/${local.topic_sweep}"
-      env           = {}
+      env           = { LTXV_POOL_METRIC = "true" }
     }
     dead-letter = {
       source        = "notify"

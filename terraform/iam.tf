@@ -50,6 +50,8 @@ locals {
       "worker/datastore"  = { member = local.worker_sa, role = "roles/datastore.user" }
       "worker/logging"    = { member = local.worker_sa, role = "roles/logging.logWriter" }
       "worker/monitoring" = { member = local.worker_sa, role = "roles/monitoring.metricWriter" }
+      # The sweep writes each pool's load (google_monitoring_metric_descriptor.pool_jobs).
+      "redispatch/monitoring" = { member = local.sa["redispatch"], role = "roles/monitoring.metricWriter" }
       # The build account writes build logs; it pushes images only to the functions'
       # repository (google_artifact_registry_repository_iam_member.build_pushes) and reads
       # only the source bucket. roles/cloudbuild.builds.builder would also let it publish

@@ -94,8 +94,9 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber"
 resource "google_cloud_scheduler_job" "sweep" {
   name        = "${var.prefix}-redispatch-sweep"
   region      = var.region
-  description = "Publishes jobs a crash left recorded but unpublished (functions/submit redispatch)."
-  schedule    = "*/5 * * * *"
+  description = "Publishes jobs a crash left recorded but unpublished, and writes each pool's load for its autoscaler (functions/submit redispatch)."
+  # Each minute (Cloud Scheduler's finest): the pools' load signal is at most this old.
+  schedule = "* * * * *"
 
   pubsub_target {
     topic_name = google_pubsub_topic.sweep.id

@@ -251,6 +251,17 @@ resource "google_compute_region_autoscaler" "workers" {
       single_instance_assignment = var.jobs_per_worker
     }
 
+    # The pool's jobs queued or running over all its lanes, written by the sweep each
+    # minute (src/ltxv/intake/pool_metric.py): given several signals the autoscaler follows
+    # the one asking for the most VMs, so with this one among them the pool is as large as
+    # its lanes together want, while the lane signals above answer a submit sooner.
+    # https://cloud.google.com/compute/docs/autoscaler/multiple-signals
+    metric {
+      name                       = google_monitoring_metric_descriptor.pool_jobs.type
+      filter                     = "resource.type = \"global\" AND metric.labels.deployment = \"${var.prefix}\" AND metric.labels.model = \"${each.key}\""
+      single_instance_assignment = var.jobs_per_worker
+    }
+
     # Remove at most one VM per 15 minutes: a short lull does not tear down warm workers
     # (a VM recreated later pays the boot in docs/boot-budget.md again).
     scale_in_control {
@@ -260,4 +271,29 @@ resource "google_compute_region_autoscaler" "workers" {
       time_window_sec = 900
     }
   }
+}
+
+# Each pool's load, written by the sweep (the redispatch function, LTXV_POOL_METRIC): a
+# per-group metric on the `global` resource, selected by its labels in each autoscaler.
+resource "google_monitoring_metric_descriptor" "pool_jobs" {
+  type         = "custom.googleapis.com/ltxv/pool_jobs"
+  display_name = "ltx-video-pipeline pool jobs"
+  description  = "Jobs queued or running for one model's worker pool, over all its priority lanes."
+  metric_kind  = "GAUGE"
+  value_type   = "INT64"
+  unit         = "1"
+
+  labels {
+    key         = "deployment"
+    value_type  = "STRING"
+    description = "The deployment's prefix (var.prefix)."
+  }
+
+  labels {
+    key         = "model"
+    value_type  = "STRING"
+    description = "The model profile whose pool the jobs are for."
+  }
+
+  depends_on = [time_sleep.apis_ready]
 }

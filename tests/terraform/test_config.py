@@ -258,6 +258,7 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
             ("job_id", "DESCENDING"),
         ),
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
+        (("model", "ASCENDING"), ("state", "ASCENDING")),  # the sweep's pool load
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
     }
     fields = tf["google_firestore_field"]

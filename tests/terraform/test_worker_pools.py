@@ -14,6 +14,7 @@ from ltxv.core.dispatch import subscription_filter
 from ltxv.core.profiles import all_profiles
 from ltxv.core.resources import worker_lanes
 from ltxv.core.settings import Settings
+from ltxv.intake.pool_metric import METRIC_TYPE
 
 from ..boot_script import boot_script
 from .conftest import MODELS, PREFIX, PROJECT, address, evaluate, references
@@ -177,15 +178,23 @@ def test_each_autoscaler_follows_its_own_subscription_from_zero(tf, model):
     assert policy["max_replicas"] == 4
     # One signal per lane: a filter may only AND equalities, so no one metric selects a
     # pool's lanes together (workers.tf quotes the docs); the autoscaler takes the largest
-    # recommendation of the three.
-    metrics = policy["metric"]
-    assert [metric["filter"] for metric in metrics] == [
+    # recommendation of them, and the last, the pool's load summed by the sweep, makes the
+    # largest at least the sum.
+    *lanes, pool = policy["metric"]
+    assert [metric["filter"] for metric in lanes] == [
         "resource.type = pubsub_subscription AND "
         f'resource.labels.subscription_id = "{api_settings(tf).subscription_for(model, lane)}"'
         for lane in worker_lanes().order
     ]
-    for metric in metrics:
+    for metric in lanes:
         assert metric["name"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
+    assert pool["name"] == METRIC_TYPE
+    assert pool["filter"] == (
+        f'resource.type = "global" AND metric.labels.deployment = "{api_settings(tf).prefix}" '
+        f'AND metric.labels.model = "{model}"'
+    )
+    metrics = policy["metric"]
+    for metric in metrics:
         assert metric["single_instance_assignment"] >= 1
         assert " OR " not in metric["filter"] and "(" not in metric["filter"]
     assert len(metrics) <= 5  # the autoscaler's limit of Monitoring signals
@@ -233,3 +242,24 @@ def test_names_fit_gcp_limits_with_the_longest_prefix_and_every_profile(tmp_path
     for resources in (templates, groups, autoscalers):
         names = [r.get("name_prefix") or r["name"] for r in resources.values()]
         assert len(set(names)) == len(models), names
+
+
+def test_the_sweep_writes_the_pool_metric_each_minute_with_the_right_to(tf):
+    (descriptor,) = tf["google_monitoring_metric_descriptor"]
+    assert descriptor["type"] == METRIC_TYPE
+    assert descriptor["metric_kind"] == "GAUGE" and descriptor["value_type"] == "INT64"
+    assert {label["key"] for label in descriptor["labels"]} == {"deployment", "model"}
+    (sweep,) = tf["google_cloud_scheduler_job"]
+    assert sweep["schedule"] == "* * * * *"
+    functions = {
+        f["name"].removeprefix(f"{PREFIX}-"): f for f in tf["google_cloudfunctions2_function"]
+    }
+    env = functions["redispatch"]["service_config"]["environment_variables"]
+    assert env["LTXV_POOL_METRIC"] == "true"
+    roles = {
+        (str(r["role"]), r["member"])
+        for r in tf["google_project_iam_member"]
+        if not r.get("condition")
+    }
+    sweep_account = f"serviceAccount:{PREFIX}-sweep@{PROJECT}.iam.gserviceaccount.com"
+    assert ("roles/monitoring.metricWriter", sweep_account) in roles

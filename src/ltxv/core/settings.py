@@ -104,6 +104,9 @@ class Settings:
     signed_url_minutes: int = setting("LTXV_SIGNED_URL_MINUTES", 60)
     rpc_timeout_seconds: float = setting("LTXV_RPC_TIMEOUT_SECONDS", 10.0)
     redispatch_after_seconds: int = setting("LTXV_REDISPATCH_AFTER_SECONDS", 60)
+    # The sweep writes each pool's jobs queued or running to Cloud Monitoring, the signal
+    # that scales a pool on all its lanes together (ltxv.intake.pool_metric); deployed only.
+    pool_metric: bool = setting("LTXV_POOL_METRIC", False)
     log_level: str = setting("LTXV_LOG_LEVEL", "INFO")
     signing_credentials_file: str | None = setting("LTXV_SIGNING_CREDENTIALS_FILE")
     # fake-gcs-server locally (the client libraries' own variable); unset in the cloud.

@@ -27,6 +27,7 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake.api import JobsApi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
+from ltxv.intake.pool_metric import PoolMetric, monitoring_writer
 from ltxv.intake.prompt_files import PromptFiles
 from ltxv.intake.submission import Intake
 from ltxv.intake.validation import IntakePolicy
@@ -118,6 +119,17 @@ def prompt_file(settings: Settings) -> PromptFiles:
 
 
 def redispatch(settings: Settings) -> Callable[[], list[str]]:
-    """The `redispatch` function: publishes the jobs a crash left unpublished."""
+    """The `redispatch` function, the sweep: publishes the jobs a crash left unpublished,
+    then (deployed) writes each pool's load for its autoscaler."""
+    shared = parts(settings)
     after = timedelta(seconds=settings.redispatch_after_seconds)
-    return partial(parts(settings).intake.redispatch, after)
+    write = monitoring_writer(settings.rpc_timeout_seconds)
+    metric = PoolMetric(shared.store, settings.models, settings.project, settings.prefix, write)
+
+    def sweep() -> list[str]:
+        republished = shared.intake.redispatch(after)
+        if settings.pool_metric:
+            metric()
+        return republished
+
+    return sweep

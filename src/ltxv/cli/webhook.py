@@ -1,14 +1,16 @@
-"""`ltxv webhook verify | listen | secret`: check, receive and sign webhook deliveries."""
+"""`ltxv webhook verify | listen | secret | redeliver`: check, receive, sign and resend
+webhook deliveries."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
-from ltxv.client.client import setting
+from ltxv.client.client import WaitTimedOut, setting
 from ltxv.core.webhooks import WebhookVerificationError, verify_webhook
 
 
@@ -125,6 +127,25 @@ def cmd_webhook_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_redeliver(args: argparse.Namespace) -> int:
+    """0 requested (with --wait: delivered), 1 the redelivery failed, 2 refused (409, 429)."""
+    client = client_for(args)
+    record = client.redeliver_webhook(args.job_id)
+    number = len(record.get("redeliveries") or [])
+    err(f"redelivery {number} of {record.get('event_id')} requested")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while record["state"] not in ("delivered", "failed"):
+            if time.monotonic() > deadline:
+                raise WaitTimedOut(client.get(args.job_id), args.timeout)
+            time.sleep(0.5)
+            record = client.get(args.job_id)["webhook"]
+        last = record["attempts"][-1] if record["attempts"] else {}
+        err(f"{record['state']}: {last.get('status_code') or last.get('error') or ''}".strip())
+    out(json.dumps(record, indent=2) if args.json else record["state"])
+    return 1 if record["state"] == "failed" else 0
+
+
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     service: list[argparse.ArgumentParser],
@@ -165,3 +186,15 @@ def add_commands(
         "secret", parents=service, help="print this API key's webhook signing secret"
     )
     secret.set_defaults(run=cmd_webhook_secret)
+
+    redeliver = webhook_commands.add_parser(
+        "redeliver",
+        parents=service,
+        help="send a settled job's webhook event once more (same webhook-id)",
+    )
+    redeliver.add_argument("job_id")
+    redeliver.add_argument("--wait", action="store_true", help="wait for the attempt's outcome")
+    redeliver.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="with --wait (default 60)"
+    )
+    redeliver.set_defaults(run=cmd_webhook_redeliver)

@@ -285,6 +285,14 @@ class Client:
 
     # --- webhooks ---
 
+    def redeliver_webhook(self, job_id: str) -> dict[str, Any]:
+        """Send a settled job's event once more (the same webhook-id, one more attempt):
+        the job's webhook record, `pending` until the attempt is made. ApiError 409 while
+        a delivery is still under way, 429 when redelivered too recently (not retried
+        here: `Retry-After` says when, up to a minute)."""
+        path = f"/v1/jobs/{_segment(job_id)}/webhook/redeliver"
+        return self._call("POST", path, retry_too_many=False)
+
     def webhook_secret(self) -> dict[str, Any]:
         """This key's webhook signing secrets: `secret` (the current one, to verify with)
         and `secrets` (every one that signs, current first; two during a rotation)."""
@@ -298,9 +306,10 @@ class Client:
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, retry_too_many: bool = True, **kwargs: Any) -> Any:
+        session = self.session if retry_too_many else self._session_without_429()
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as exc:
             raise ServiceUnavailable(f"cannot reach the API at {self.url}") from exc
         except requests.RequestException as exc:
@@ -315,6 +324,15 @@ class Client:
             raise ServiceUnavailable(
                 f"{method} {path}: the answer is not JSON; is {self.url} this API?"
             ) from exc
+
+    def _session_without_429(self) -> requests.Session:
+        """This client's session, but a 429 is answered at once rather than waited out."""
+        session = requests.Session()
+        session.headers.update(self.session.headers)
+        adapter = HTTPAdapter(max_retries=RETRY.new(status_forcelist=(502, 503, 504)))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
 
 
 def _segment(job_id: str) -> str:

@@ -8,9 +8,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
-from ltxv.client.client import WaitTimedOut, setting
+from ltxv.client.client import ApiError, WaitTimedOut, setting
 from ltxv.core.webhooks import WebhookVerificationError, verify_webhook
 
 
@@ -128,22 +129,35 @@ def cmd_webhook_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook_redeliver(args: argparse.Namespace) -> int:
-    """0 requested (with --wait: delivered), 1 the redelivery failed, 2 refused (409, 429)."""
+    """0 requested (with --wait: delivered), 1 the redelivery failed, 2 refused (409, 429).
+    With --wait, a delivery still under way is waited for first, then the redelivery."""
     client = client_for(args)
-    record = client.redeliver_webhook(args.job_id)
-    number = len(record.get("redeliveries") or [])
-    err(f"redelivery {number} of {record.get('event_id')} requested")
-    if args.wait:
-        deadline = time.monotonic() + args.timeout
-        while record["state"] not in ("delivered", "failed"):
+    deadline = time.monotonic() + args.timeout
+
+    def settled_record() -> dict[str, Any]:
+        while True:
+            record: dict[str, Any] = client.get(args.job_id)["webhook"]
+            if record["state"] in ("delivered", "failed"):
+                return record
             if time.monotonic() > deadline:
                 raise WaitTimedOut(client.get(args.job_id), args.timeout)
             time.sleep(0.5)
-            record = client.get(args.job_id)["webhook"]
+
+    try:
+        record = client.redeliver_webhook(args.job_id)
+    except ApiError as exc:
+        if not (args.wait and exc.code == "webhook_delivery_pending"):
+            raise
+        err(f"waiting for the delivery under way: {exc.message}")
+        settled_record()
+        record = client.redeliver_webhook(args.job_id)
+    err(f"redelivery {len(record.get('redeliveries') or [])} of {record['event_id']} requested")
+    if args.wait:
+        record = settled_record()
         last = record["attempts"][-1] if record["attempts"] else {}
         err(f"{record['state']}: {last.get('status_code') or last.get('error') or ''}".strip())
     out(json.dumps(record, indent=2) if args.json else record["state"])
-    return 1 if record["state"] == "failed" else 0
+    return EXIT_FAILED if record["state"] == "failed" else 0
 
 
 def add_commands(
@@ -193,7 +207,11 @@ def add_commands(
         help="send a settled job's webhook event once more (same webhook-id)",
     )
     redeliver.add_argument("job_id")
-    redeliver.add_argument("--wait", action="store_true", help="wait for the attempt's outcome")
+    redeliver.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a delivery under way to settle first, then for the redelivery's outcome",
+    )
     redeliver.add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="with --wait (default 60)"
     )

@@ -29,23 +29,12 @@ import google.cloud.storage as storage
 import requests
 from google.api_core import exceptions as gexc
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
+from ltxv.client.http_retries import RETRY, without_429
 from ltxv.core.jobs import Page, State
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
-RETRY = Retry(
-    total=4,
-    connect=4,
-    read=2,
-    status=4,
-    backoff_factor=0.5,
-    status_forcelist=(429, 502, 503, 504),
-    allowed_methods=None,  # POSTs too: submits and retries carry an Idempotency-Key
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
 
 
 class ClientError(Exception):
@@ -286,12 +275,10 @@ class Client:
     # --- webhooks ---
 
     def redeliver_webhook(self, job_id: str) -> dict[str, Any]:
-        """Send a settled job's event once more (the same webhook-id, one more attempt):
-        the job's webhook record, `pending` until the attempt is made. ApiError 409 while
-        a delivery is still under way, 429 when redelivered too recently (not retried
-        here: `Retry-After` says when, up to a minute)."""
+        """A settled job's event once more (same webhook-id): its webhook record. ApiError
+        409 while a delivery is under way; 429 (too soon) is raised at once, not waited out."""
         path = f"/v1/jobs/{_segment(job_id)}/webhook/redeliver"
-        return self._call("POST", path, retry_too_many=False)
+        return self._call("POST", path, retry_429=False)
 
     def webhook_secret(self) -> dict[str, Any]:
         """This key's webhook signing secrets: `secret` (the current one, to verify with)
@@ -306,8 +293,8 @@ class Client:
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")
 
-    def _call(self, method: str, path: str, *, retry_too_many: bool = True, **kwargs: Any) -> Any:
-        session = self.session if retry_too_many else self._session_without_429()
+    def _call(self, method: str, path: str, *, retry_429: bool = True, **kwargs: Any) -> Any:
+        session = self.session if retry_429 else without_429(self.session)
         try:
             response = session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as exc:
@@ -324,15 +311,6 @@ class Client:
             raise ServiceUnavailable(
                 f"{method} {path}: the answer is not JSON; is {self.url} this API?"
             ) from exc
-
-    def _session_without_429(self) -> requests.Session:
-        """This client's session, but a 429 is answered at once rather than waited out."""
-        session = requests.Session()
-        session.headers.update(self.session.headers)
-        adapter = HTTPAdapter(max_retries=RETRY.new(status_forcelist=(502, 503, 504)))
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
 
 
 def _segment(job_id: str) -> str:

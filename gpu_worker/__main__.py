@@ -20,6 +20,7 @@ from . import health
 from .compile_cache import CompileCache
 from .generation import Renderer
 from .messages import JobMessages
+from .running_events import RunningAnnouncer
 from .worker import Worker
 
 
@@ -43,6 +44,7 @@ def compose(settings: Settings, status: health.Health | None = None) -> Worker:
             settings.worker_id or worker_id(),
             settings.lease_seconds,
             model=settings.worker_model,
+            on_claimed=RunningAnnouncer(storage, settings.outputs),
         ),
         storage_client=storage,
         messages=JobMessages(

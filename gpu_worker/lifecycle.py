@@ -10,12 +10,16 @@ ran out is taken over (attempts + 1), one for a live lease is left to its owner.
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from ltxv.core.jobs import Changes, Job, Lease, State, lease_end, transition
 from ltxv.core.store import Decision, JobStore
+
+log = logging.getLogger(__name__)
 
 
 class ClaimOutcome(enum.Enum):
@@ -46,12 +50,21 @@ class LeaseLost(RuntimeError):
 
 class JobLifecycle:
     def __init__(
-        self, store: JobStore, owner: str, lease_seconds: float = 120.0, *, model: str
+        self,
+        store: JobStore,
+        owner: str,
+        lease_seconds: float = 120.0,
+        *,
+        model: str,
+        on_claimed: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.model = model  # the only model this worker renders
+        # Told of each job this worker claims, before its render (the job.running event,
+        # `running_events.RunningAnnouncer`); it must not raise.
+        self.on_claimed = on_claimed
 
     def _lease(self, now: datetime) -> Lease:
         return {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_seconds)}
@@ -103,6 +116,11 @@ class JobLifecycle:
         if decided is None:
             return Claim(ClaimOutcome.MISSING)
         job, claim = decided
+        if claim.outcome is ClaimOutcome.CLAIMED and self.on_claimed is not None:
+            try:
+                self.on_claimed(job)
+            except Exception:  # an announcement never costs the render
+                log.exception("on_claimed failed", extra={"job_id": job_id})
         return replace(claim, job=job)
 
     def renew(self, job_id: str, progress: tuple[int, int] | None = None) -> Job:

@@ -142,9 +142,11 @@ resource "google_secret_manager_secret_iam_member" "webhook_secrets" {
 }
 
 # A job canceled in the queue gets its result.json (and so its job.canceled webhook) from
-# the API's cancel call, not from a GPU VM booted for it: the API may create exactly those
-# objects. objectCreator holds no delete, so with the write's if_generation_match=0 nothing
-# is ever overwritten. Conditions name an object as projects/_/buckets/BUCKET/objects/NAME
+# the API's cancel call, not from a GPU VM booted for it; a webhook redelivery is asked
+# of result-ready by a jobs/JOB/redelivery-N.webhook.json trigger object (the API never
+# signs: ltxv/core/webhook_triggers.py). The API may create exactly those objects.
+# objectCreator holds no delete, so with the write's if_generation_match=0 nothing is
+# ever overwritten. Conditions name an object as projects/_/buckets/BUCKET/objects/NAME
 # (IAM Conditions, resource attributes: Cloud Storage); the bucket has uniform access.
 resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
   bucket = local.bucket_outputs
@@ -152,9 +154,9 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
   member = local.sa["api"]
 
   condition {
-    title       = "canceled-job-results-only"
-    description = "Create jobs/JOB/result.json in the outputs bucket, nothing else."
-    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_outputs}/objects/jobs/\") && resource.name.endsWith(\"/result.json\")"
+    title       = "canceled-job-results-and-webhook-triggers-only"
+    description = "Create jobs/JOB/result.json and jobs/JOB/*.webhook.json in the outputs bucket, nothing else."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_outputs}/objects/jobs/\") && (resource.name.endsWith(\"/result.json\") || resource.name.endsWith(\".webhook.json\"))"
   }
 
   depends_on = [google_storage_bucket.this, google_service_account.function]

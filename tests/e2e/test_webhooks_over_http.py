@@ -21,7 +21,7 @@ from ltxv.core import schemas
 from ltxv.intake import compose as compose_submit
 from ltxv.local.stack import LocalStack
 
-from ..bodies import SMALL
+from ..bodies import SLOW, SMALL
 from .conftest import key_session, running_stack
 
 pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
@@ -89,6 +89,25 @@ def test_a_rendered_job_sends_one_verifiable_job_succeeded(stack, api, receiver)
     assert event["data"]["state"] == "succeeded" and event["data"]["video"]["num_frames"] == 9
     assert delivery.webhook_id == record["event_id"] == f"evt_{job_id}"
     assert [a["status_code"] for a in record["attempts"]] == [200]
+
+
+def test_job_running_reaches_the_receiver_before_job_succeeded_when_asked_for(stack, api, receiver):
+    # The worker announces its claim (a trigger object), notify signs and sends; a render
+    # of some seconds leaves job.running time to arrive before the job settles.
+    body = {**SLOW, "webhook_url": receiver.url, "webhook_events": ["running", "settled"]}
+    job_id = submit(stack, api, body)
+    record = wait_webhook(stack, api, job_id, {"delivered"}, timeout=180)
+    time.sleep(2)  # room for a duplicate, were there one
+
+    running, settled = receiver.deliveries
+    events = [Webhook(stack.webhook_secret).verify(d.body, d.headers) for d in (running, settled)]
+    for event in events:
+        schemas.validator("webhook-event").validate(event)
+    assert [e["type"] for e in events] == ["job.running", "job.succeeded"]
+    assert running.webhook_id == f"evt_{job_id}_running_1"
+    assert settled.webhook_id == record["event_id"] == f"evt_{job_id}"
+    assert events[0]["data"]["job_id"] == job_id and events[0]["data"]["attempt"] == 1
+    assert record["running"]["state"] == "delivered"
 
 
 def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt(stack, api, receiver):

@@ -145,3 +145,16 @@ def test_the_ltxv_script_is_installed():
     script = Path(sys.executable).parent / "ltxv"
     result = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "webhook" in result.stdout
+
+
+def test_webhook_events_is_a_repeatable_flag_with_the_schemas_choices(capsys):
+    from ltxv.cli import build_parser
+    from ltxv.cli.jobs import request_body
+
+    hook = ["--webhook-url", "http://127.0.0.1:8099/webhook"]
+    events = ["--webhook-events", "running", "--webhook-events", "settled"]
+    args = build_parser().parse_args(["submit", "a kite", *hook, *events])
+    assert request_body(args)["webhook_events"] == ["running", "settled"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "a kite", *hook, "--webhook-events", "started"])
+    assert "invalid choice: 'started'" in capsys.readouterr().err

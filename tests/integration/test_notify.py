@@ -474,7 +474,7 @@ def contended_after_sending(service, notify_settings, receiver, times: int):
         store.times = times
         return sent
 
-    notifier.send = send_then_contend
+    notifier.sender.send = send_then_contend
     return job_id, notifier
 
 

@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from ltxv.core.webhook_triggers import TRIGGER_SUFFIX, redelivery_object, running_object
+
 from .conftest import PREFIX, PROJECT, address, by_address, references
 from .conftest import evaluate_with as evaluate
 
@@ -100,7 +102,7 @@ def test_only_the_api_and_result_ready_read_the_webhook_secrets(tf):
     )
 
 
-def test_the_api_may_create_result_json_in_outputs_and_nothing_more(tf):
+def test_the_api_may_create_result_json_and_webhook_triggers_in_outputs_and_nothing_more(tf):
     grants = [
         m
         for m in tf["google_storage_bucket_iam_member"]
@@ -111,8 +113,13 @@ def test_the_api_may_create_result_json_in_outputs_and_nothing_more(tf):
     creator = roles["roles/storage.objectCreator"]
     assert creator["condition"]["expression"] == (
         f'resource.name.startsWith("projects/_/buckets/{OUTPUTS}/objects/jobs/")'
-        ' && resource.name.endsWith("/result.json")'
+        ' && (resource.name.endsWith("/result.json")'
+        f' || resource.name.endsWith("{TRIGGER_SUFFIX}"))'
     )
+    # The names the API writes fall under it (the worker's running triggers too: the same
+    # convention, though the worker's own role writes them).
+    for name in (redelivery_object("a" * 26, 1), running_object("a" * 26, 2)):
+        assert name.startswith("jobs/") and name.endswith(TRIGGER_SUFFIX)
     assert "condition" not in roles["roles/storage.objectViewer"]
     # objectCreator cannot delete, so nothing the workers wrote can be replaced.
     assert not any(

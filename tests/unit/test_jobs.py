@@ -9,6 +9,7 @@ from ltxv.core.jobs import (
     DeliveryAttempt,
     InvalidTransition,
     Job,
+    RunningRecord,
     State,
     WebhookRecord,
     check_transition,
@@ -107,7 +108,8 @@ def test_the_job_document_type_names_the_schemas_fields():
     assert set(Job.__annotations__) == set(schema["properties"]) - shown_only
     assert Job.__required_keys__ == set(schema["required"])
     for kind, part in [
-        (WebhookRecord, schema["properties"]["webhook"]),
+        (WebhookRecord, schema["$defs"]["webhook_record"]),
+        (RunningRecord, schema["$defs"]["running_record"]),
         (DeliveryAttempt, schema["$defs"]["delivery_attempt"]),
     ]:
         assert set(kind.__annotations__) == set(part["properties"])

@@ -54,6 +54,11 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
                 action="append",
                 help=f"{text} (repeatable)",
             )
+        elif "array" in (spec["type"] if isinstance(spec["type"], list) else [spec["type"]]):
+            choices = spec.get("items", {}).get("enum")
+            fields.add_argument(
+                flag, dest=name, choices=choices, action="append", help=f"{text} (repeatable)"
+            )
         else:
             kind = _field_type(spec)
             metavar = "N" if kind is int else "X" if kind is float else name.split("_")[-1].upper()

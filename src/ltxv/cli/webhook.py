@@ -1,14 +1,17 @@
-"""`ltxv webhook verify | listen | secret`: check, receive and sign webhook deliveries."""
+"""`ltxv webhook verify | listen | secret | redeliver`: check, receive, sign and resend
+webhook deliveries."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
-from ltxv.client.client import setting
+from ltxv.client.client import ApiError, WaitTimedOut, setting
 from ltxv.core.webhooks import WebhookVerificationError, verify_webhook
 
 
@@ -125,6 +128,38 @@ def cmd_webhook_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_redeliver(args: argparse.Namespace) -> int:
+    """0 requested (with --wait: delivered), 1 the redelivery failed, 2 refused (409, 429).
+    With --wait, a delivery still under way is waited for first, then the redelivery."""
+    client = client_for(args)
+    deadline = time.monotonic() + args.timeout
+
+    def settled_record() -> dict[str, Any]:
+        while True:
+            record: dict[str, Any] = client.get(args.job_id)["webhook"]
+            if record["state"] in ("delivered", "failed"):
+                return record
+            if time.monotonic() > deadline:
+                raise WaitTimedOut(client.get(args.job_id), args.timeout)
+            time.sleep(0.5)
+
+    try:
+        record = client.redeliver_webhook(args.job_id)
+    except ApiError as exc:
+        if not (args.wait and exc.code == "webhook_delivery_pending"):
+            raise
+        err(f"waiting for the delivery under way: {exc.message}")
+        settled_record()
+        record = client.redeliver_webhook(args.job_id)
+    err(f"redelivery {len(record.get('redeliveries') or [])} of {record['event_id']} requested")
+    if args.wait:
+        record = settled_record()
+        last = record["attempts"][-1] if record["attempts"] else {}
+        err(f"{record['state']}: {last.get('status_code') or last.get('error') or ''}".strip())
+    out(json.dumps(record, indent=2) if args.json else record["state"])
+    return EXIT_FAILED if record["state"] == "failed" else 0
+
+
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     service: list[argparse.ArgumentParser],
@@ -165,3 +200,19 @@ def add_commands(
         "secret", parents=service, help="print this API key's webhook signing secret"
     )
     secret.set_defaults(run=cmd_webhook_secret)
+
+    redeliver = webhook_commands.add_parser(
+        "redeliver",
+        parents=service,
+        help="send a settled job's webhook event once more (same webhook-id)",
+    )
+    redeliver.add_argument("job_id")
+    redeliver.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a delivery under way to settle first, then for the redelivery's outcome",
+    )
+    redeliver.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="with --wait (default 60)"
+    )
+    redeliver.set_defaults(run=cmd_webhook_redeliver)

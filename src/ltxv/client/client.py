@@ -29,23 +29,12 @@ import google.cloud.storage as storage
 import requests
 from google.api_core import exceptions as gexc
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
+from ltxv.client.http_retries import RETRY, without_429
 from ltxv.core.jobs import Page, State
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
-RETRY = Retry(
-    total=4,
-    connect=4,
-    read=2,
-    status=4,
-    backoff_factor=0.5,
-    status_forcelist=(429, 502, 503, 504),
-    allowed_methods=None,  # POSTs too: submits and retries carry an Idempotency-Key
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
 
 
 class ClientError(Exception):
@@ -285,6 +274,12 @@ class Client:
 
     # --- webhooks ---
 
+    def redeliver_webhook(self, job_id: str) -> dict[str, Any]:
+        """A settled job's event once more (same webhook-id): its webhook record. ApiError
+        409 while a delivery is under way; 429 (too soon) is raised at once, not waited out."""
+        path = f"/v1/jobs/{_segment(job_id)}/webhook/redeliver"
+        return self._call("POST", path, retry_429=False)
+
     def webhook_secret(self) -> dict[str, Any]:
         """This key's webhook signing secrets: `secret` (the current one, to verify with)
         and `secrets` (every one that signs, current first; two during a rotation)."""
@@ -298,9 +293,10 @@ class Client:
     def openapi(self) -> dict[str, Any]:
         return self._call("GET", "/openapi.json")
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, retry_429: bool = True, **kwargs: Any) -> Any:
+        session = self.session if retry_429 else without_429(self.session)
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.ConnectionError as exc:
             raise ServiceUnavailable(f"cannot reach the API at {self.url}") from exc
         except requests.RequestException as exc:

@@ -79,11 +79,29 @@ class DeliveryAttempt(_DeliveryAttempt, total=False):
     error: str | None
     duration_seconds: float
     in_flight: bool
+    redelivery: int  # made for the settled event's redelivery number N (1, 2, ...)
+
+
+class _RunningRecord(TypedDict):
+    attempt: int  # the job's attempt whose job.running event this is
+    event_id: str
+    state: str  # pending, retrying, delivered, failed, skipped
+    attempts: list[DeliveryAttempt]
+
+
+class RunningRecord(_RunningRecord, total=False):
+    next_attempt_at: datetime | None
+    sending_until: datetime | None
+    reason: str | None
+
+
+class Redelivery(TypedDict):
+    requested_at: datetime
 
 
 class _WebhookRecord(TypedDict):
     url: str
-    state: str  # pending, retrying, delivered, failed
+    state: str  # pending, retrying, delivered, failed, skipped
     attempts: list[DeliveryAttempt]
 
 
@@ -92,6 +110,8 @@ class WebhookRecord(_WebhookRecord, total=False):
     next_attempt_at: datetime | None
     sending_until: datetime | None
     reason: str | None
+    redeliveries: list[Redelivery]  # POST .../webhook/redeliver, oldest first
+    running: RunningRecord | None  # the latest job.running event (opt-in)
 
 
 class _Job(TypedDict):

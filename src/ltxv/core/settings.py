@@ -125,6 +125,12 @@ class Settings:
     webhook_retry_base_seconds: float = setting("LTXV_WEBHOOK_RETRY_BASE_SECONDS", 30.0)
     webhook_retry_max_seconds: float = setting("LTXV_WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
     webhook_retry_window_seconds: float = setting("LTXV_WEBHOOK_RETRY_WINDOW_SECONDS", 23 * 3600.0)
+    # POST /v1/jobs/{id}/webhook/redeliver (the API): at most one redelivery per interval
+    # and `max` per job, so a key cannot turn the service into a traffic source.
+    webhook_redelivery_interval_seconds: float = setting(
+        "LTXV_WEBHOOK_REDELIVERY_INTERVAL_SECONDS", 60.0
+    )
+    webhook_redeliveries_max: int = setting("LTXV_WEBHOOK_REDELIVERIES_MAX", 10)
     # The GPU worker.
     model_dir: str | None = setting("LTXV_MODEL_DIR")
     worker_id: str | None = setting("LTXV_WORKER_ID")

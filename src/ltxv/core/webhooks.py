@@ -31,10 +31,13 @@ from ltxv.core.jobs import State
 
 __all__ = [
     "EVENT_TYPES",
+    "RUNNING_EVENT",
     "WebhookVerificationError",
     "build_event",
+    "build_running_event",
     "encode_event",
     "event_id",
+    "running_event_id",
     "sign_headers",
     "verify_webhook",
 ]
@@ -44,6 +47,7 @@ EVENT_TYPES = {
     State.FAILED: "job.failed",
     State.CANCELED: "job.canceled",
 }
+RUNNING_EVENT = "job.running"
 USER_AGENT = "ltxv-webhooks/1"
 
 
@@ -56,6 +60,17 @@ def new_secret() -> str:
 def event_id(job_id: str) -> str:
     """One event per job (its settlement), so the id follows from the job id alone."""
     return f"evt_{job_id}"
+
+
+def running_event_id(job_id: str, attempt: int) -> str:
+    """One job.running event per attempt (a requeued job that runs again is a new event),
+    never the settled event's id."""
+    return f"evt_{job_id}_running_{attempt}"
+
+
+def build_running_event(data: dict[str, Any]) -> dict[str, Any]:
+    """The job.running event for its data (`webhook_triggers.running_data`)."""
+    return {"type": RUNNING_EVENT, "timestamp": data["started_at"], "data": data}
 
 
 def build_event(result: dict[str, Any]) -> dict[str, Any]:

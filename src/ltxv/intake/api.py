@@ -28,6 +28,7 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake import openapi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
+from ltxv.intake.redelivery import WebhookRedeliveries
 from ltxv.intake.refusals import refusals_as_http_errors
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
@@ -59,6 +60,7 @@ class JobsApi:
 
     def __post_init__(self) -> None:
         self.web = WebPage(self.settings.storage_origin)
+        self.redeliveries = WebhookRedeliveries(self.store, self.storage, self.settings)
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -350,6 +352,12 @@ class JobsApi:
             headers={"Location": f"/v1/jobs/{job_id}"},
             job_id=job_id,
         )
+
+    def redeliver_webhook(self, request: Request, job_id: str) -> Response:
+        """The settled event once more (same webhook-id): 202 with the webhook record."""
+        key_id = self._authenticate(request)
+        job = self.redeliveries.request(job_id, key_id)
+        return json_response(to_json(job["webhook"]), 202, {"Location": f"/v1/jobs/{job_id}"})
 
     def webhook_secret(self, request: Request) -> Response:
         """This key's webhook signing secrets (current first), and no other key's."""

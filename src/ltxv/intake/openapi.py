@@ -123,6 +123,7 @@ def _extra_components() -> dict[str, Any]:
                 },
             },
         },
+        "WebhookRecord": {"$ref": JOB + "/$defs/webhook_record"},
         "Health": {
             "type": "object",
             "required": ["status"],
@@ -223,6 +224,30 @@ def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
                 "200": _json(JOB, "The new job, finished within Prefer: wait"),
                 "202": _json(JOB, "The new job, accepted (queued or running)"),
                 **_errors(400, 401, 404, 409, 422, 429, 503),
+            },
+        },
+        "redeliver_webhook": {
+            "operationId": "redeliverWebhook",
+            "summary": "Send the job's settled event again (same webhook-id), as one more "
+            "attempt on its webhook record; no body",
+            "description": "Allowed once the job and the delivery of its settled event have "
+            "settled (webhook state delivered or failed); otherwise 409 (no_webhook, "
+            "job_not_settled, webhook_not_requested, webhook_delivery_pending). At most one "
+            "redelivery per LTXV_WEBHOOK_REDELIVERY_INTERVAL_SECONDS (60) and "
+            "LTXV_WEBHOOK_REDELIVERIES_MAX (10) per job: 429 too_many_redeliveries with "
+            "Retry-After, or redelivery_limit_reached. Each redelivery is exactly one attempt, "
+            "sent by the notify function; follow it on GET /v1/jobs/{job_id} (webhook).",
+            "parameters": [job_id_param],
+            "responses": {
+                "202": _json(
+                    "#/components/schemas/WebhookRecord",
+                    "Redelivery recorded (state pending); the attempt follows",
+                ),
+                **_errors(401, 404, 409, 503),
+                "429": _json(
+                    "#/components/schemas/Error",
+                    "Redelivered too recently (see Retry-After), or the job's limit reached",
+                ),
             },
         },
         "predict": {

@@ -25,6 +25,12 @@ Webhook delivery, per job (the record is `jobs/{id}.webhook`):
    `Retry-After`, if later), and ask the trigger to come back. A contended or failing
    Firestore is tried again; if the outcome still cannot be written it is logged as an
    error, and the attempt, left in flight, is taken as interrupted by a later trigger.
+
+The same trigger brings two more kinds of object (`ltxv.core.webhook_triggers`): a
+redelivery the API recorded (`POST /v1/jobs/{id}/webhook/redeliver`: the settled event
+again, same webhook-id, exactly one more attempt, marked with its `redelivery` number),
+and a job.running event a worker announced (`running_events`). The settled event waits
+for a job.running attempt still on the wire, so a receiver never gets them out of order.
 """
 
 from __future__ import annotations
@@ -35,112 +41,55 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Changes, DeliveryAttempt, Job, WebhookRecord, utcnow
-from ltxv.core.results import RESULT_NAME
+from ltxv.core.results import RESULT_NAME, output_prefix
 from ltxv.core.settings import Settings
 from ltxv.core.store import Decision, JobStore
-from ltxv.core.urlsafety import (
-    RESOLVE_TIMEOUT_SECONDS,
-    Resolver,
-    Unresolvable,
-    UnsafeURL,
-    check_webhook_url,
-    system_resolver,
-)
+from ltxv.core.urlsafety import Resolver, system_resolver
 from ltxv.core.webhook_secrets import Secrets, WebhookSecrets
-from ltxv.core.webhooks import build_event, encode_event, event_id, sign_headers
-from ltxv.notify.webhook_sender import (
-    INTERNAL_ERROR,
-    TIMED_OUT,
-    SendResult,
-    describe_error,
-    post_pinned,
+from ltxv.core.webhook_triggers import REDELIVERY_OBJECT, RUNNING_OBJECT, wanted_events
+from ltxv.core.webhooks import build_event, encode_event, event_id
+from ltxv.notify.attempt import (
+    FINAL,
+    INTERRUPTED,
+    SKIPPED,
+    AttemptSender,
+    Claim,
+    Send,
+    filled,
+    interrupted,
+    outcome_of,
 )
+from ltxv.notify.running_events import RunningNotifier
+from ltxv.notify.schedule import RetryLater, RetrySchedule
+from ltxv.notify.webhook_sender import SendResult, post_pinned
+
+__all__ = ["RetryLater", "RetrySchedule", "WebhookNotifier"]
 
 log = logging.getLogger(__name__)
 
 RESULT_OBJECT = re.compile(rf"^jobs/([a-z0-9]{{1,64}})/{re.escape(RESULT_NAME)}$")
-# How long past an attempt's own deadlines (DNS, then the POST) its `sending_until` mark
-# still holds off other triggers: room for the claim's commit and the clocks of two
-# function instances.
-SENDING_MARGIN_SECONDS = 30.0
-INTERRUPTED = "interrupted"
-SETTLED = ("delivered", "failed")
 # Recording an outcome: tries, and the pause before the next (doubled each time).
 RECORD_TRIES = 3
 RECORD_PAUSE_SECONDS = 0.5
 BACKEND_RETRY = timedelta(seconds=10)
+# How often a settled event waiting for a job.running send in flight looks again.
+RUNNING_POLL_SECONDS = 0.2
 
 
-class RetryLater(Exception):
-    """The trigger must deliver this event again, not before `at`."""
+class RunningInFlight(Exception):
+    """A job.running attempt of this job is on the wire until `until` at the latest."""
 
-    def __init__(self, job_id: str, at: datetime, reason: str) -> None:
-        super().__init__(f"job {job_id}: {reason}; retry at {at.isoformat()}")
-        self.job_id = job_id
-        self.at = at
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class RetrySchedule:
-    """Exponential backoff with jitter, bounded per step and in total."""
-
-    base_seconds: float
-    max_seconds: float
-    window_seconds: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetrySchedule:
-        return cls(
-            settings.webhook_retry_base_seconds,
-            settings.webhook_retry_max_seconds,
-            settings.webhook_retry_window_seconds,
-        )
-
-    def delay(self, failed_attempts: int, retry_after: float | None, rng: float) -> float:
-        """Seconds before the next attempt; `rng` in [0, 1) spreads retries of many jobs."""
-        backoff = min(self.max_seconds, self.base_seconds * 2 ** (failed_attempts - 1))
-        delay = backoff * (0.5 + rng / 2)
-        return max(delay, retry_after) if retry_after is not None else delay
-
-    def window_passed(self, first_attempt: datetime, when: datetime) -> bool:
-        return (when - first_attempt).total_seconds() > self.window_seconds
-
-    def gave_up(self, attempts: list[DeliveryAttempt], last: str) -> str:
-        hours = self.window_seconds / 3600
-        return f"gave up after {len(attempts)} attempts over {hours:g} h; last: {last}"
-
-
-Send = Callable[..., SendResult]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One attempt, claimed: where it goes, signed with what, and when it must be over."""
-
-    job_id: str
-    event_id: str
-    index: int  # its place in webhook.attempts
-    url: str
-    secrets: tuple[str, ...]
-    send_by: float  # the notifier's clock: the POST must have ended by then
-
-
-class _Outcome(TypedDict):
-    """What a sent attempt adds to its DeliveryAttempt (beside `at`)."""
-
-    status_code: int | None
-    error: str | None
-    duration_seconds: float
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"a job.running attempt is in flight until {until.isoformat()}")
+        self.until = until
 
 
 class WebhookNotifier:
@@ -155,24 +104,32 @@ class WebhookNotifier:
         send: Send = post_pinned,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.secrets = secrets
         self.store = store
         self.storage = storage_client
         self.settings = settings
         self.schedule = RetrySchedule.from_settings(settings)
-        self.resolver = resolver
-        self.send = send
+        self.sender = AttemptSender(settings, resolver, send, clock)
         self.rng = rng
         self.clock = clock
-        # The most an attempt takes once claimed (a lookup, then the POST), and how long
-        # its claim keeps other triggers off: longer by a margin.
-        self.budget = RESOLVE_TIMEOUT_SECONDS + settings.webhook_timeout_seconds
-        self.hold = timedelta(seconds=self.budget + SENDING_MARGIN_SECONDS)
+        self.sleep = sleep
+        self.running = RunningNotifier(
+            store, storage_client, settings, secrets=secrets, sender=self.sender, rng=rng
+        )
 
     def on_object(self, bucket: str, name: str, generation: str | None) -> str:
-        """A finalized object in some bucket; only the outputs' result.json files matter."""
-        if bucket != self.settings.outputs or not RESULT_OBJECT.match(name):
+        """A finalized object in some bucket: a result.json, a redelivery's or a job.running
+        trigger (`ltxv.core.webhook_triggers`) of the outputs bucket; all else is ignored."""
+        if bucket != self.settings.outputs:
+            return "ignored"
+        if RUNNING_OBJECT.match(name):
+            return self.running.on_object(bucket, name, generation)
+        redelivery = REDELIVERY_OBJECT.match(name)
+        if redelivery:  # the settled event again: its body is the job's result.json
+            name, generation = output_prefix(redelivery.group(1)) + RESULT_NAME, None
+        elif not RESULT_OBJECT.match(name):
             return "ignored"
         blob = self.storage.bucket(bucket).blob(name, generation=int(generation or 0) or None)
         try:
@@ -205,16 +162,17 @@ class WebhookNotifier:
             raise RetryLater(
                 job_id, utcnow() + BACKEND_RETRY, "webhook secrets unreadable"
             ) from exc
-        claim = self._begin(job_id, msg_id, secrets)
+        claim = self._begin_after_running(job_id, msg_id, secrets)
         if isinstance(claim, str):
             return claim
-        sent, final = self._attempt(claim, body)
+        sent, final = self.sender.attempt(claim, body)
         state, next_at = self._record(claim, sent, final)
         log.info(
             "webhook attempt",
             extra={
                 "job_id": job_id,
                 "event_id": msg_id,
+                "redelivery": claim.redelivery,
                 "status_code": sent.status_code,
                 "error": sent.error,
                 "detail": sent.detail,
@@ -228,6 +186,20 @@ class WebhookNotifier:
 
     # --- 1. claim ---------------------------------------------------------------------------
 
+    def _begin_after_running(self, job_id: str, msg_id: str, secrets: Secrets) -> Claim | str:
+        """Claim, once a job.running attempt still on the wire has ended: the settled event
+        never goes out before it. That attempt ends within its budget, so this waits here
+        rather than for the trigger's backoff (10 s at least); past the budget (its sender
+        died), the trigger comes back once the attempt's mark runs out."""
+        give_up_at = self.clock() + self.sender.budget
+        while True:
+            try:
+                return self._begin(job_id, msg_id, secrets)
+            except RunningInFlight as busy:
+                if self.clock() >= give_up_at:
+                    raise RetryLater(job_id, busy.until, "a job.running is in flight") from None
+                self.sleep(RUNNING_POLL_SECONDS)
+
     def _begin(self, job_id: str, msg_id: str, secrets: Secrets) -> Claim | str:
         """Claim the next attempt, or say why there is none (or raise RetryLater)."""
         started = self.clock()
@@ -237,39 +209,58 @@ class WebhookNotifier:
             webhook = job.get("webhook")
             if not webhook:
                 return Decision(("no_webhook", False))
-            if webhook["state"] in SETTLED:
+            if webhook["state"] in FINAL:
                 return Decision((webhook["state"], False))
+            if "settled" not in wanted_events(job):
+                reason = "the request's webhook_events leave out settled: not sent"
+                return Decision((SKIPPED, False), _settle(SKIPPED, reason))
+            running = webhook.get("running")
+            running_until = running.get("sending_until") if running else None
+            if running_until and running_until > now:
+                raise RunningInFlight(running_until)
             sending_until = webhook.get("sending_until")
             if sending_until and sending_until > now:
                 raise RetryLater(job_id, sending_until, "another attempt is in flight")
             due = webhook.get("next_attempt_at")
             if due and due > now:
                 raise RetryLater(job_id, due, "the next attempt is not due yet")
+            # The record is only unsettled again after it settled once if the API asked
+            # for a redelivery (`redelivery.py`): that one gets exactly one attempt.
+            redelivery = len(webhook.get("redeliveries") or []) or None
             attempts = list(webhook.get("attempts") or [])
-            interrupted = bool(attempts and attempts[-1].get("in_flight"))
-            if interrupted:
+            was_interrupted = bool(attempts and attempts[-1].get("in_flight"))
+            if was_interrupted:
                 # Its invocation ended before recording it (killed at the function's
                 # timeout, or Firestore failed it): a failed attempt, and it counts.
-                attempts[-1] = {"at": attempts[-1]["at"], "status_code": None, "error": INTERRUPTED}
-                if self.schedule.window_passed(attempts[0]["at"], now):
+                ours = redelivery and attempts[-1].get("redelivery") == redelivery
+                attempts[-1] = interrupted(attempts[-1])
+                if ours:  # never sent twice for one redelivery request
+                    reason = "the redelivery's attempt was interrupted; redeliver again"
+                    failed = {"webhook.attempts": attempts, **_settle("failed", reason)}
+                    return Decision(("failed", was_interrupted), failed)
+                if not redelivery and self.schedule.window_passed(attempts[0]["at"], now):
                     reason = self.schedule.gave_up(attempts, INTERRUPTED)
                     failed = {"webhook.attempts": attempts, **_settle("failed", reason)}
-                    return Decision(("failed", interrupted), failed)
+                    return Decision(("failed", was_interrupted), failed)
             owner = job.get("api_key_id")
             keys = secrets.get(owner or "", ())
             if not keys:
                 reason = f"no webhook signing secret for API key {owner!r}; nothing was sent"
                 failed = {"webhook.attempts": attempts, **_settle("failed", reason)}
-                return Decision(("failed", interrupted), failed)
-            send_by = started + self.budget
-            claim = Claim(job_id, msg_id, len(attempts), webhook["url"], keys, send_by)
-            attempt = {"at": now, "status_code": None, "error": None, "in_flight": True}
+                return Decision(("failed", was_interrupted), failed)
+            send_by = started + self.sender.budget
+            url = webhook["url"]
+            claim = Claim(job_id, msg_id, len(attempts), url, keys, send_by, redelivery)
+            attempt: DeliveryAttempt = {"at": now, "status_code": None, "error": None}
+            attempt["in_flight"] = True
+            if redelivery:
+                attempt["redelivery"] = redelivery
             claimed = {
                 "webhook.attempts": [*attempts, attempt],
-                "webhook.sending_until": now + self.hold,
+                "webhook.sending_until": now + self.sender.hold,
                 "webhook.event_id": msg_id,
             }
-            return Decision((claim, interrupted), claimed)
+            return Decision((claim, was_interrupted), claimed)
 
         try:
             decided = self.store.decide(job_id, decide)
@@ -278,69 +269,36 @@ class WebhookNotifier:
         if decided is None:
             log.warning("result.json for a job that does not exist", extra={"job_id": job_id})
             return "missing"
-        _, (begun, interrupted) = decided
-        if interrupted:
+        _, (begun, was_interrupted) = decided
+        if was_interrupted:
             log.warning("a webhook attempt was interrupted unrecorded", extra={"job_id": job_id})
         if begun == "failed":
             log.warning("webhook delivery failed", extra={"job_id": job_id})
         return begun
 
-    # --- 2. send ----------------------------------------------------------------------------
-
-    def _attempt(self, claim: Claim, body: bytes) -> tuple[SendResult, str | None]:
-        """Check the URL and POST; the outcome, and why it is final if it is a refusal.
-        Never raises: whatever happens must be recorded."""
-        started = self.clock()
-        try:
-            checked = check_webhook_url(
-                claim.url,
-                allow_http_loopback=self.settings.allow_http_loopback_webhooks,
-                resolver=self.resolver,
-            )
-            timeout = min(self.settings.webhook_timeout_seconds, claim.send_by - self.clock())
-            if timeout <= 0:
-                return SendResult(None, TIMED_OUT, self._since(started)), None
-            headers = sign_headers(claim.secrets, claim.event_id, body)
-            return self.send(checked, body, headers, timeout=timeout), None
-        except Unresolvable as exc:  # DNS may answer next time
-            return SendResult(None, str(exc), self._since(started)), None
-        except UnsafeURL as exc:
-            return SendResult(None, str(exc), self._since(started)), str(exc)
-        except Exception as exc:
-            log.exception("webhook attempt failed unexpectedly", extra={"job_id": claim.job_id})
-            detail = describe_error(exc)
-            return SendResult(None, INTERNAL_ERROR, self._since(started), detail=detail), None
-
-    def _since(self, started: float) -> float:
-        return round(max(0.0, self.clock() - started), 3)
-
-    # --- 3. record --------------------------------------------------------------------------
+    # --- 3. record (2, the send, is `AttemptSender.attempt`) --------------------------------
 
     def _record(
         self, claim: Claim, sent: SendResult, final: str | None
     ) -> tuple[str, datetime | None]:
         """Fill in the claimed attempt and settle the record: (state, next attempt at)."""
         rng = self.rng()
-        outcome: _Outcome = {
-            "status_code": sent.status_code,
-            "error": sent.error,
-            "duration_seconds": sent.duration_seconds,
-        }
+        outcome = outcome_of(sent)
 
         def decide(job: Job, now: datetime) -> Decision[tuple[str, datetime | None]]:
             """The delivery's state and next attempt after this outcome is recorded."""
             webhook = cast(WebhookRecord, job["webhook"])  # claimed: the job has one
             attempts = list(webhook.get("attempts") or [])
             if claim.index < len(attempts):
-                attempts[claim.index] = {"at": attempts[claim.index]["at"], **outcome}
+                attempts[claim.index] = filled(attempts[claim.index], outcome)
             else:  # the record was rewritten meanwhile; what happened is kept all the same
                 attempts.append({"at": now, **outcome})
-            if claim.index < len(attempts) - 1 or webhook["state"] in SETTLED:
+            if claim.index < len(attempts) - 1 or webhook["state"] in FINAL:
                 # A later trigger took over (this one outlived its claim): the record is
                 # its to settle; this attempt's outcome is only filled in.
                 standing = (webhook["state"], webhook.get("next_attempt_at"))
                 return Decision(standing, {"webhook.attempts": attempts})
-            state, reason, next_at = self._next_step(attempts, sent, final, now, rng)
+            state, reason, next_at = self._next_step(claim, attempts, sent, final, now, rng)
             changes = {"webhook.attempts": attempts, **_settle(state, reason, next_at)}
             return Decision((state, next_at), changes)
 
@@ -355,7 +313,9 @@ class WebhookNotifier:
                         extra={"job_id": claim.job_id, "error": str(exc), **outcome},
                     )
                     raise RetryLater(
-                        claim.job_id, utcnow() + self.hold, "the attempt could not be recorded"
+                        claim.job_id,
+                        utcnow() + self.sender.hold,
+                        "the attempt could not be recorded",
                     ) from exc
                 time.sleep(RECORD_PAUSE_SECONDS * 2**attempt)
         if decided is None:
@@ -366,6 +326,7 @@ class WebhookNotifier:
 
     def _next_step(
         self,
+        claim: Claim,
         attempts: list[DeliveryAttempt],
         sent: SendResult,
         final: str | None,
@@ -376,6 +337,9 @@ class WebhookNotifier:
             return "failed", final, None
         if sent.delivered:
             return "delivered", None, None
+        if claim.redelivery:  # one attempt per request: the caller decides on another
+            what = sent.error or f"the receiver answered {sent.status_code}"
+            return "failed", f"redelivery {claim.redelivery}: {what}", None
         if not sent.retryable:
             code = sent.status_code
             why = "redirects are not followed" if code and code < 400 else "not retried"

@@ -43,6 +43,7 @@ def compose(settings: Settings, status: health.Health | None = None) -> Worker:
             settings.worker_id or worker_id(),
             settings.lease_seconds,
             model=settings.worker_model,
+            gpu_hour_usd=settings.gpu_hour_usd,
         ),
         storage_client=storage,
         messages=JobMessages(

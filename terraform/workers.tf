@@ -87,6 +87,7 @@ resource "google_compute_instance_template" "worker" {
     ltxv-worker-package         = "gs://${local.bucket_source}/${google_storage_bucket_object.package["worker"].name}"
     ltxv-log-level              = var.log_level
     ltxv-shutdown-grace-seconds = "20"
+    ltxv-gpu-hour-usd           = tostring(var.gpu_hour_usd)
   }
 
   lifecycle {

@@ -257,6 +257,7 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         ),
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
+        (("state", "ASCENDING"), ("queue_deadline_at", "ASCENDING")),  # queued_past_deadline
     }
     (ttl,) = tf["google_firestore_field"]
     assert ttl["collection"] == settings.jobs_collection and ttl["field"] == "expires_at"

@@ -130,6 +130,10 @@ class Settings:
     progress_interval_seconds: float = setting("LTXV_PROGRESS_INTERVAL_SECONDS", 2.0)
     shutdown_grace_seconds: float = setting("LTXV_SHUTDOWN_GRACE_SECONDS", 20.0)
     storage_retry_seconds: float = setting("LTXV_STORAGE_RETRY_SECONDS", 60.0)
+    # The price of an hour of a worker's GPU, which each job's usage.cost_usd estimates
+    # from: the whole VM, as it renders one job at a time (terraform gpu_hour_usd; default
+    # a g2-standard-8 with one L4 on demand in us-central1, list price).
+    gpu_hour_usd: float = setting("LTXV_GPU_HOUR_USD", 0.85)
     # H.264 encoder of the videos: auto (NVENC when the GPU offers it, else x264), nvenc, x264.
     video_encoder: str = setting("LTXV_VIDEO_ENCODER", "auto")
     # Where workers share their compiled transformer blocks (gpu_worker/compile_cache.py),

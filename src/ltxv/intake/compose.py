@@ -28,6 +28,7 @@ from ltxv.intake.api import JobsApi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.prompt_files import PromptFiles
+from ltxv.intake.queue_deadlines import QueueDeadlines
 from ltxv.intake.submission import Intake
 from ltxv.intake.validation import IntakePolicy
 
@@ -118,6 +119,18 @@ def prompt_file(settings: Settings) -> PromptFiles:
 
 
 def redispatch(settings: Settings) -> Callable[[], list[str]]:
-    """The `redispatch` function: publishes the jobs a crash left unpublished."""
+    """The `redispatch` function, the scheduled sweep: fails the queued jobs past their
+    queue deadline, then publishes the jobs a crash left unpublished."""
+    shared = parts(settings)
     after = timedelta(seconds=settings.redispatch_after_seconds)
-    return partial(parts(settings).intake.redispatch, after)
+    deadlines = QueueDeadlines(shared.store, shared.storage, settings.outputs)
+
+    def sweep() -> list[str]:
+        # Each task on its own: a failure of one must not starve the other every tick.
+        try:
+            deadlines.expire()
+        finally:
+            republished = shared.intake.redispatch(after)
+        return republished
+
+    return sweep

@@ -68,3 +68,14 @@ resource "google_firestore_field" "jobs_ttl" {
   # A TTL field needs no single-field index.
   index_config {}
 }
+
+# A prompt file's batch (src/ltxv/core/batches.py) lives as long as its jobs.
+resource "google_firestore_field" "batches_ttl" {
+  database   = google_firestore_database.this.name
+  collection = "batches"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  index_config {}
+}

@@ -157,6 +157,23 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
   depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
+# A prompt file's batch manifest is written by result-ready when its last job settles:
+# create-only, or replacing an older upload's manifest of the same name (so objectUser,
+# which can delete), and only under results/ of the prompts bucket.
+resource "google_storage_bucket_iam_member" "result_ready_writes_manifests" {
+  bucket = local.bucket_prompts
+  role   = "roles/storage.objectUser"
+  member = local.sa["result-ready"]
+
+  condition {
+    title       = "batch-manifests-only"
+    description = "Read, create and replace results/* in the prompts bucket, nothing else."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_prompts}/objects/results/\")"
+  }
+
+  depends_on = [google_storage_bucket.this, google_service_account.function]
+}
+
 # Two permissions no predefined role holds alone, as custom roles. Custom roles are
 # soft-deleted for 7 days and their ids stay taken for up to 37 (provider docs,
 # google_project_iam_custom_role), so the ids carry a random suffix: a destroy and re-apply
@@ -275,6 +292,7 @@ resource "time_sleep" "iam_ready" {
     google_project_iam_member.gcs_agent_publisher,
     google_storage_bucket_iam_member.this,
     google_storage_bucket_iam_member.api_writes_canceled_results,
+    google_storage_bucket_iam_member.result_ready_writes_manifests,
     google_pubsub_topic_iam_member.jobs_publisher,
     google_pubsub_subscription_iam_member.worker_subscriber,
     google_pubsub_topic_iam_member.dead_letter_publisher,

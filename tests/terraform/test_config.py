@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from ltxv.core.batches import BATCHES
 from ltxv.core.results import DESTINATIONS
 from ltxv.core.settings import Settings, env_names
 
@@ -259,8 +260,9 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
         (("state", "ASCENDING"), ("queue_deadline_at", "ASCENDING")),  # queued_past_deadline
     }
-    (ttl,) = tf["google_firestore_field"]
-    assert ttl["collection"] == settings.jobs_collection and ttl["field"] == "expires_at"
+    ttl = {field["collection"]: field["field"] for field in tf["google_firestore_field"]}
+    assert ttl[settings.jobs_collection] == "expires_at"
+    assert ttl[BATCHES] == "expires_at"  # a prompt file's batch lives as long as its jobs
 
 
 def test_the_scheduler_ticks_the_sweep_topic(tf):

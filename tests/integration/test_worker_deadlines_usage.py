@@ -78,7 +78,7 @@ def test_a_render_past_max_run_seconds_stops_between_steps_and_fails(
     # It held the GPU (and paid the model load, the process's first render) until it stopped.
     usage = job["usage"]
     assert usage["gpu_seconds"] >= 1.0 and usage == result["usage"]
-    assert usage["cost_usd"] == pytest.approx(_cost(usage["gpu_seconds"]), abs=1e-6)
+    assert usage["cost_usd"] == pytest.approx(_cost(usage["gpu_seconds"]), abs=1e-5)
 
 
 def test_a_succeeded_job_records_load_render_and_encode_seconds_at_the_price(
@@ -113,5 +113,5 @@ def test_a_job_canceled_while_running_records_the_gpu_time_it_took(
     assert job["state"] == "canceled"
     usage = job["usage"]
     assert usage["gpu_seconds"] > 0
-    assert usage["cost_usd"] == pytest.approx(_cost(usage["gpu_seconds"]), abs=1e-6)
+    assert usage["cost_usd"] == pytest.approx(_cost(usage["gpu_seconds"]), abs=1e-5)
     assert _result(settings, job_id)["usage"] == usage

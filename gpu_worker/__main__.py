@@ -45,6 +45,7 @@ def compose(settings: Settings, status: health.Health | None = None) -> Worker:
             settings.lease_seconds,
             model=settings.worker_model,
             on_claimed=RunningAnnouncer(storage, settings.outputs),
+            gpu_hour_usd=settings.gpu_hour_usd,
         ),
         storage_client=storage,
         messages=JobMessages(

@@ -1,5 +1,6 @@
 """A render's hold on its job: the Firestore lease, renewed in the background with the
-job's progress, and the flags the render loop checks between denoising steps."""
+job's progress, and what the render loop checks between denoising steps (a cancel, a lost
+lease, the run deadline)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from gpu_worker.lifecycle import JobLifecycle, LeaseLost
 from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import Job
 
 from .keeper import Keeper
 
@@ -25,6 +27,27 @@ class JobControl:
     step: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
+    # The request's max_run_seconds, counted from this attempt's claim (ltxv.core.deadlines).
+    max_run_seconds: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def for_job(cls, job: Job) -> JobControl:
+        """Made as the job is claimed: its run clock starts now."""
+        request = job["request"]
+        return cls(
+            job["job_id"],
+            request["num_inference_steps"],
+            max_run_seconds=request.get("max_run_seconds"),
+        )
+
+    def overdue(self) -> bool:
+        limit = self.max_run_seconds
+        return limit is not None and time.monotonic() - self.started > limit
+
+    def should_stop(self) -> bool:
+        """Checked between denoising steps: canceled, taken away, or out of time."""
+        return self.cancel.is_set() or self.lost.is_set() or self.overdue()
 
 
 class LeaseKeeper(Keeper):

@@ -5,19 +5,26 @@ worker and a cancel) can never both win.
 The lease is what makes "exactly one video per job" hold through crashes: a worker owns a
 running job only while its lease is live; a redelivered message for a job whose lease
 ran out is taken over (attempts + 1), one for a live lease is left to its owner.
+
+Each settling write also adds the attempt's GPU seconds and their price to the job's
+`usage` (ltxv.core.usage): a job requeued after part of a render carries them on.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ltxv.core.jobs import Changes, Job, Lease, State, lease_end, transition
+from ltxv.core.deadlines import fail_past_queue_deadline, past_queue_deadline, run_deadline_error
+from ltxv.core.jobs import Changes, Job, JobError, Lease, State, lease_end, transition
 from ltxv.core.store import Decision, JobStore
+from ltxv.core.usage import add_attempt
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,23 @@ class LeaseLost(RuntimeError):
     """The job is no longer this worker's: canceled, settled, or taken over."""
 
 
+@dataclass
+class Attempt:
+    """A render of this worker's: the GPU is the job's from its start, plus the model load
+    if this job paid it (the first a worker process renders)."""
+
+    load_seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def gpu_seconds(self) -> float:
+        return self.load_seconds + time.monotonic() - self.started
+
+
+# Renders remembered for their settling write; one whose job was taken away (and so is
+# never settled here) must not stay forever.
+MAX_ATTEMPTS_KEPT = 16
+
+
 class JobLifecycle:
     def __init__(
         self,
@@ -57,6 +81,7 @@ class JobLifecycle:
         *,
         model: str,
         on_claimed: Callable[[Job], None] | None = None,
+        gpu_hour_usd: float = 0.0,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -65,6 +90,8 @@ class JobLifecycle:
         # Told of each job this worker claims, before its render (the job.running event,
         # `running_events.RunningAnnouncer`); it must not raise.
         self.on_claimed = on_claimed
+        self.gpu_hour_usd = gpu_hour_usd  # what usage.cost_usd is priced at
+        self._attempts: OrderedDict[str, Attempt] = OrderedDict()
 
     def _lease(self, now: datetime) -> Lease:
         return {"owner": self.owner, "expires_at": now + timedelta(seconds=self.lease_seconds)}
@@ -85,6 +112,10 @@ class JobLifecycle:
                 # render of a job this process is still rendering or finishing.
                 lease_left = (busy_until - now).total_seconds()
                 return Decision(Claim(ClaimOutcome.BUSY, lease_left=lease_left))
+            if past_queue_deadline(job, now):
+                # Waited longer than its request allows: failed, never started, whichever
+                # worker (or the sweep, QueueDeadlines) gets to it first.
+                return Decision(Claim(ClaimOutcome.SETTLED), fail_past_queue_deadline(job, now))
             if job["model"] != self.model:
                 # Never rendered with another model than the one recorded. Only a message
                 # routed to the wrong pool gets here; the error explains the dead letter
@@ -109,6 +140,7 @@ class JobLifecycle:
                 progress={"step": 0, "total": job["request"]["num_inference_steps"]},
                 error=None,
                 timings={"queue_seconds": round((now - queued_at).total_seconds(), 3)},
+                queue_deadline_at=None,  # started in time: a later requeue does not fail it
             )
             return Decision(Claim(ClaimOutcome.CLAIMED), running)
 
@@ -122,6 +154,12 @@ class JobLifecycle:
             except Exception:  # an announcement never costs the render
                 log.exception("on_claimed failed", extra={"job_id": job_id})
         return replace(claim, job=job)
+
+    def rendering(self, job_id: str, load_seconds: float) -> None:
+        """The job's render starts now; `load_seconds` of model load are its to pay."""
+        self._attempts[job_id] = Attempt(load_seconds)
+        while len(self._attempts) > MAX_ATTEMPTS_KEPT:
+            self._attempts.popitem(last=False)
 
     def renew(self, job_id: str, progress: tuple[int, int] | None = None) -> Job:
         """Extend the lease (and record progress); raise LeaseLost if it is not ours."""
@@ -139,11 +177,22 @@ class JobLifecycle:
             raise LeaseLost(job_id)
         return job
 
-    def _settle(self, job_id: str, state: State, fields: dict[str, Any]) -> Job:
+    def _settle(
+        self, job_id: str, state: State, fields: dict[str, Any], gpu_seconds: float | None = None
+    ) -> Job:
+        """Move this worker's job on, adding the attempt's GPU time to its usage: the
+        seconds given, else since `rendering` (none if it never started rendering)."""
+        attempt = self._attempts.pop(job_id, None)
+        if gpu_seconds is None and attempt is not None:
+            gpu_seconds = attempt.gpu_seconds()
+
         def change(job: Job, now: datetime) -> Changes:
             if not self._owns(job):
                 raise LeaseLost(job_id)
-            return transition(job, state, now, **fields)
+            changes = transition(job, state, now, **fields)
+            if gpu_seconds is not None:
+                changes["usage"] = add_attempt(job.get("usage"), gpu_seconds, self.gpu_hour_usd)
+            return changes
 
         job = self.store.transact(job_id, change)
         if job is None:
@@ -155,10 +204,19 @@ class JobLifecycle:
     ) -> Job:
         fields = {"outputs": outputs, "progress": {"step": total_steps, "total": total_steps}}
         fields.update({f"timings.{name}": value for name, value in timings.items()})
-        return self._settle(job_id, State.SUCCEEDED, fields)
+        # The GPU's part of this attempt, by the worker's own clocks (not the upload).
+        used = sum(
+            timings.get(f"{part}_seconds", 0.0) for part in ("model_load", "generate", "encode")
+        )
+        return self._settle(job_id, State.SUCCEEDED, fields, gpu_seconds=used)
 
     def fail(self, job_id: str, code: str, message: str) -> Job:
-        error = {"code": code, "message": message, "retryable": False}
+        error: JobError = {"code": code, "message": message, "retryable": False}
+        return self._settle(job_id, State.FAILED, {"error": error})
+
+    def overran(self, job_id: str, max_run_seconds: int | None) -> Job:
+        """Fail a job whose render was stopped at its run deadline."""
+        error = run_deadline_error(max_run_seconds or 0)
         return self._settle(job_id, State.FAILED, {"error": error})
 
     def cancel(self, job_id: str) -> Job:

@@ -3,7 +3,7 @@
     while not stopping:
         message = pull one
         claim the job (conditional Firestore write) -> missing / settled / busy: ack or defer
-        render (lease and progress kept in the background, cancel checked between steps)
+        render (lease and progress kept in the background; cancel, deadline checked per step)
         finisher: encode mp4 + poster, upload, mark succeeded, write result.json, ack
 
 Rendering happens on the main thread, one job at a time (one process per GPU). What
@@ -203,7 +203,7 @@ class Worker:
     def _render(self, job: Job, received: Received, keeper: AckKeeper) -> None:
         job_id = job["job_id"]
         request = job["request"]
-        control = JobControl(job_id, request["num_inference_steps"])
+        control = JobControl.for_job(job)
         lease = LeaseKeeper(self.lifecycle, control, self.settings.progress_interval_seconds)
         lease.start()
         self._renders += 1
@@ -216,11 +216,13 @@ class Worker:
             self.health.progress()
 
         def should_stop() -> bool:
-            return control.cancel.is_set() or control.lost.is_set() or self.interrupting.is_set()
+            return control.should_stop() or self.interrupting.is_set()
 
         try:
             if request.get("gcs_destination"):
                 self.outputs.check_destination(job)  # before the GPU time, not after it
+            load, self._load_seconds = self._load_seconds, 0.0  # the first render pays it
+            self.lifecycle.rendering(job_id, load)
             result = self.renderer.render(request, on_step=on_step, should_stop=should_stop)
         except Exception as exc:
             lease.stop()
@@ -230,10 +232,9 @@ class Worker:
                 keeper.stop()
             return
         timings = {
-            "model_load_seconds": round(self._load_seconds, 3),
+            "model_load_seconds": round(load, 3),
             "generate_seconds": round(result.seconds, 3),
         }
-        self._load_seconds = 0.0  # later jobs found the model warm
         # One job finishing at a time bounds memory; the next render starts meanwhile.
         self._wait_for_finisher()
         self._finishing = self._finisher.submit(
@@ -293,10 +294,7 @@ class Worker:
 
     def _fail_destination_taken(self, job_id: str, received: Received, exc: Exception) -> None:
         log.warning("destination taken; job failed", extra={"job_id": job_id, "error": str(exc)})
-        reason = str(exc)
-        self._settle_with_result(
-            received, lambda: self.lifecycle.fail(job_id, "destination_exists", reason)
-        )
+        self._fail(job_id, received, "destination_exists", str(exc))
 
     # --- settling without a video ---------------------------------------------------------
 
@@ -313,10 +311,7 @@ class Worker:
         elif isinstance(exc, DestinationTaken):
             self._fail_destination_taken(job_id, received, exc)
         elif isinstance(exc, RenderRefused):  # the same request fails the same way again
-            reason = str(exc)
-            self._settle_with_result(
-                received, lambda: self.lifecycle.fail(job_id, "invalid_request", reason)
-            )
+            self._fail(job_id, received, "invalid_request", str(exc))
         else:
             # The job shows a code and a sentence; what broke stays in the logs.
             log.exception("render failed", extra={"job_id": job_id}, exc_info=exc)
@@ -336,9 +331,7 @@ class Worker:
                 "out of memory; job failed",
                 extra={"job_id": job_id, "fresh": fresh, "attempt": received.delivery_attempt},
             )
-            self._settle_with_result(
-                received, lambda: self.lifecycle.fail(job_id, "out_of_memory", reason)
-            )
+            self._fail(job_id, received, "out_of_memory", reason)
             return
         log.warning("out of memory; retrying in a fresh process", extra={"job_id": job_id})
         message = "ran out of memory; retried once in a fresh worker process"
@@ -353,8 +346,15 @@ class Worker:
         elif control.cancel.is_set():
             self._settle_with_result(received, lambda: self.lifecycle.cancel(job_id))
             log.info("job canceled mid-render", extra={"job_id": job_id})
+        elif control.overdue():
+            limit = control.max_run_seconds
+            self._settle_with_result(received, lambda: self.lifecycle.overran(job_id, limit))
+            log.info("job stopped at its run deadline", extra={"job_id": job_id})
         else:
             self._requeue(job_id, received, "worker_shutdown", "the worker stopped mid-render")
+
+    def _fail(self, job_id: str, received: Received, code: str, reason: str) -> None:
+        self._settle_with_result(received, lambda: self.lifecycle.fail(job_id, code, reason))
 
     def _settle_with_result(self, received: Received, settle: Callable[[], Job]) -> None:
         try:

@@ -11,7 +11,8 @@ resource "google_firestore_database" "this" {
 
 # The queries of src/ltxv/core/store.py: a key's jobs newest first (GET /v1/jobs), optionally
 # of one state; how many of a key's jobs are queued or running (a count at each submit) and
-# of a model's (the sweep's pool load); and the sweep's unpublished jobs older than a minute.
+# of a model's (the sweep's pool load); the sweep's unpublished jobs older than a minute,
+# and its queued jobs past their queue deadline.
 locals {
   firestore_indexes = {
     list_by_key = [
@@ -37,6 +38,10 @@ locals {
     unpublished = [
       { field = "published", order = "ASCENDING" },
       { field = "created_at", order = "ASCENDING" },
+    ]
+    queued_past_deadline = [
+      { field = "state", order = "ASCENDING" },
+      { field = "queue_deadline_at", order = "ASCENDING" },
     ]
   }
 }

@@ -237,6 +237,18 @@ variable "worker_spot" {
   default     = true
 }
 
+variable "gpu_hour_usd" {
+  description = "Price of one worker VM hour in USD, from which each job's usage.cost_usd is estimated (GPU seconds / 3600 x this; a VM renders one job at a time, so its whole hour counts). Default 0.85: a g2-standard-8 (one L4, the default worker_machine_type) on demand in us-central1 at list price (https://cloud.google.com/compute/vm-instance-pricing, accelerator-optimized G2); an upper bound for Spot VMs, whose price changes (https://cloud.google.com/spot-vms/pricing): set your region's and machine's, Spot or negotiated rate."
+  type        = number
+  default     = 0.85
+
+  validation {
+    # As the boot script checks ltxv-gpu-hour-usd: up to 4 digits and 6 decimals.
+    condition     = var.gpu_hour_usd >= 0 && can(regex("^[0-9]{1,4}(\\.[0-9]{1,6})?$", tostring(var.gpu_hour_usd)))
+    error_message = "gpu_hour_usd must be a price in USD per VM hour from 0 to 9999.999999 (at most 6 decimals)."
+  }
+}
+
 variable "worker_min_replicas" {
   description = "Fewest worker VMs per model pool; 0 lets each pool scale to zero when its queue is empty."
   type        = number

@@ -2,8 +2,9 @@
 
 - `api` (HTTP): the jobs API, the old /predict, health and the OpenAPI document.
 - `prompt_file` (CloudEvent, storage object finalized): prompt files under incoming/.
-- `redispatch` (CloudEvent, Pub/Sub message from Cloud Scheduler): publishes jobs that a
-  crash left recorded but unpublished.
+- `redispatch` (CloudEvent, Pub/Sub message from Cloud Scheduler): the sweep; fails queued
+  jobs past their queue deadline and publishes jobs that a crash left recorded but
+  unpublished.
 
 Thin on purpose: the wiring is in `ltxv.intake.compose`, the logic in the `ltxv` package.
 """

@@ -67,6 +67,8 @@ def test_each_model_the_api_accepts_has_its_own_worker(tmp_path):
     accepted = enabled_profiles(api["LTXV_DEFAULT_MODEL"], tuple(api["LTXV_MODELS"].split(",")))
     assert set(accepted) == {env["LTXV_WORKER_MODEL"] for env in envs.values()}
     assert {env["LTXV_DEFAULT_MODEL"] for env in envs.values()} == {"tiny-random"}
+    # Each prices its jobs' usage as a deployed pool would (LTXV_GPU_HOUR_USD).
+    assert {env["LTXV_GPU_HOUR_USD"] for env in envs.values()} == {str(settings.gpu_hour_usd)}
 
     # One model: one worker, still `worker` (.local/worker.pid, as the README says).
     single = LocalStack(tmp_path / "one", settings=Settings(), echo=None)

@@ -260,6 +260,7 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("model", "ASCENDING"), ("state", "ASCENDING")),  # the sweep's pool load
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
+        (("state", "ASCENDING"), ("queue_deadline_at", "ASCENDING")),  # queued_past_deadline
     }
     fields = tf["google_firestore_field"]
     ttl = {field["collection"]: field["field"] for field in fields if field.get("ttl_config")}

@@ -152,6 +152,8 @@ def test_each_template_is_a_private_shielded_l4_that_loads_its_model(tf, model):
     assert metadata["ltxv-subscription"] == api_settings(tf).subscription_for(model)
     assert ("google_storage_bucket_object", 'package["worker"]') in references(template)
     assert metadata["enable-oslogin"] == "TRUE"
+    # Each job's usage is priced at the deployment's VM hour (LTXV_GPU_HOUR_USD).
+    assert float(metadata["ltxv-gpu-hour-usd"]) == Settings().gpu_hour_usd == 0.85
     assert ("google_service_account", "worker") in references(template)
     # Every ltxv-* key terraform sets is one the boot script reads: a key nothing reads is
     # a setting that silently does nothing.

@@ -452,6 +452,7 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
             **REQUIRED_METADATA,
             "instance/attributes/ltxv-shutdown-grace-seconds": "15",
             "instance/attributes/ltxv-log-level": "DEBUG",
+            "instance/attributes/ltxv-gpu-hour-usd": "0.3125",
             "instance/attributes/ltxv-subscription": f"demo-jobs-worker-{MODEL}",
             # This VM's pool is not the deployment's default model's.
             "instance/attributes/ltxv-default-model": "ltx-video-2b",
@@ -480,6 +481,7 @@ def test_metadata_becomes_the_env_file(vm: Vm) -> None:
     assert (settings.worker_model, settings.default_model) == (MODEL, "ltx-video-2b")
     assert settings.model_dir == f"/var/lib/ltxv/models/{MODEL}"
     assert settings.shutdown_grace_seconds == 15
+    assert settings.gpu_hour_usd == 0.3125  # what each job's usage.cost_usd is priced at
     assert settings.subscription == f"demo-jobs-worker-{MODEL}"
     assert settings.model_cache == CACHE
     # Compiled blocks are shared beside the weights (gpu_worker/compile_cache.py).
@@ -505,6 +507,7 @@ def test_optional_keys_take_defaults(vm: Vm) -> None:
     assert env["LTXV_WORKER_MODEL"] == env["LTXV_DEFAULT_MODEL"] == MODEL
     assert "LTXV_SUBSCRIPTION" not in env
     assert "LTXV_OUTPUTS_BUCKET" not in env
+    assert "LTXV_GPU_HOUR_USD" not in env  # the worker's own default price
     settings = _settings_from(env)
     # Without the key, the name terraform gives the model's subscription.
     assert settings.subscription == f"{PREFIX}-jobs-worker-{MODEL}"
@@ -516,6 +519,8 @@ def test_optional_keys_take_defaults(vm: Vm) -> None:
         ({"instance/attributes/ltxv-worker-package": None}, "ltxv-worker-package"),
         ({"instance/attributes/ltxv-prefix": None}, "ltxv-prefix"),
         ({"instance/attributes/ltxv-shutdown-grace-seconds": "40"}, "ltxv-shutdown-grace"),
+        ({"instance/attributes/ltxv-gpu-hour-usd": "0.85\nLTXV_EVIL=1"}, "ltxv-gpu-hour-usd"),
+        ({"instance/attributes/ltxv-gpu-hour-usd": "1e3"}, "ltxv-gpu-hour-usd"),
         ({"instance/attributes/ltxv-model": "x y\nLTXV_EVIL=1"}, "ltxv-model"),
         ({"instance/attributes/ltxv-default-model": "x y\nLTXV_EVIL=1"}, "ltxv-default-model"),
         ({"instance/attributes/ltxv-worker-package": "https://x/y.whl"}, "ltxv-worker-package"),

@@ -52,6 +52,7 @@ read_config() {
       "systemd kills the worker 25 s after SIGTERM and a spot VM stops ~30 s after its preemption notice"
   fi
   cfg CFG_LOG_LEVEL ltxv-log-level INFO '^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$'
+  cfg CFG_GPU_HOUR_USD ltxv-gpu-hour-usd "" '^([0-9]{1,4}(\.[0-9]{1,6})?)?$'
   cfg CFG_SUBSCRIPTION ltxv-subscription "" '^[-A-Za-z0-9_.~+%]*$'
   cfg CFG_LANE_AGING_SECONDS ltxv-lane-aging-seconds "" '^([0-9]+)?$'
   cfg CFG_OUTPUTS_BUCKET ltxv-outputs-bucket "" '^[-a-z0-9_.]*$'
@@ -96,6 +97,8 @@ write_env_file() {
     echo "LTXV_COMPILE_CACHE_URI=$(cache_bucket)/compile-cache"
     echo "LTXV_SHUTDOWN_GRACE_SECONDS=${CFG_SHUTDOWN_GRACE_SECONDS}"
     echo "LTXV_LOG_LEVEL=${CFG_LOG_LEVEL}"
+    # What each job's usage.cost_usd is priced at (terraform gpu_hour_usd).
+    [[ -z "$CFG_GPU_HOUR_USD" ]] || echo "LTXV_GPU_HOUR_USD=${CFG_GPU_HOUR_USD}"
     [[ -z "$CFG_SUBSCRIPTION" ]] || echo "LTXV_SUBSCRIPTION=${CFG_SUBSCRIPTION}"
     [[ -z "$CFG_LANE_AGING_SECONDS" ]] || echo "LTXV_LANE_AGING_SECONDS=${CFG_LANE_AGING_SECONDS}"
     [[ -z "$CFG_OUTPUTS_BUCKET" ]] || echo "LTXV_OUTPUTS_BUCKET=${CFG_OUTPUTS_BUCKET}"

@@ -16,6 +16,7 @@ from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_i
 from ltxv.client.client import Client, PromptDrops
 from ltxv.core import schemas
 from ltxv.core.jobs import State
+from ltxv.core.usage import page_total
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -251,15 +252,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not jobs:
         err("no jobs" + (f" in state {args.state}" if args.state else ""))
         return 0
-    out(f"{'JOB':<28} {'STATE':<10} {'PROGRESS':<9} {'CREATED':<20} PROMPT")
+    for line in list_table(jobs):
+        out(line)
+    return 0
+
+
+def list_table(jobs: list[dict[str, Any]]) -> list[str]:
+    """`ltxv list`'s table: a line per job, with the GPU seconds and cost it used, then
+    their total over the jobs listed."""
+    head = f"{'JOB':<28} {'STATE':<10} {'PROGRESS':<9} {'CREATED':<20}"
+    lines = [f"{head} {'GPU S':>8} {'COST $':>9}  PROMPT"]
     for job in jobs:
         progress = job.get("progress")
         step = f"{progress['step']}/{progress['total']}" if progress else "-"
         prompt = job["request"].get("prompt", "")
         prompt = prompt if len(prompt) <= 40 else prompt[:39] + "…"
         created = (job.get("created_at") or "")[:19].replace("T", " ")
-        out(f"{job['job_id']:<28} {job['state']:<10} {step:<9} {created:<20} {prompt}")
-    return 0
+        usage = job.get("usage") or {}
+        seconds = f"{usage['gpu_seconds']:.1f}" if usage else "-"
+        cost = f"{usage['cost_usd']:.4f}" if usage else "-"
+        lines.append(
+            f"{job['job_id']:<28} {job['state']:<10} {step:<9} {created:<20} "
+            f"{seconds:>8} {cost:>9}  {prompt}"
+        )
+    total = page_total(jobs)
+    lines.append(
+        f"{'total':<70} {total['gpu_seconds']:>8.1f} {total['cost_usd']:>9.4f}  "
+        f"{total['jobs']} of {len(jobs)} job(s) used a GPU"
+    )
+    return lines
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -186,10 +186,11 @@ class Client:
     def list(
         self, state: str | None = None, page_size: int = 20, page_token: str | None = None
     ) -> Page:
-        """One page of this key's jobs, newest first."""
+        """One page of this key's jobs, newest first, with `usage_total`: their GPU
+        seconds, cost and count of jobs that used a GPU, summed over this page."""
         params = {"page_size": page_size, "state": state, "page_token": page_token}
         body = self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
-        return Page(body["jobs"], body.get("next_page_token"))
+        return Page(body["jobs"], body.get("next_page_token"), body.get("usage_total"))
 
     def iter_jobs(self, state: str | None = None, page_size: int = 50) -> Iterator[dict[str, Any]]:
         """Every job of this key, newest first, page by page."""

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from ltxv.core.usage import Usage
+
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -150,6 +152,10 @@ class Job(_Job, total=False):
     cancel_requested_at: datetime | None
     published_at: datetime | None
     publish_claim_until: datetime | None
+    # Start by then or fail (request.max_queue_seconds; ltxv.core.deadlines); cleared by
+    # the first claim. Absent on jobs stored before deadlines: none.
+    queue_deadline_at: datetime | None
+    usage: Usage | None  # None until a GPU worked on it (ltxv.core.usage)
 
 
 def lease_end(job: Job, now: datetime) -> datetime | None:
@@ -233,6 +239,7 @@ def new_job(
     """The Firestore document of a freshly accepted job."""
     now = now or utcnow()
     webhook_url = request.get("webhook_url")
+    queue_seconds = request.get("max_queue_seconds")
     return {
         "job_id": job_id,
         "state": State.QUEUED.value,
@@ -263,6 +270,9 @@ def new_job(
         "published": False,
         "published_at": None,
         "expires_at": now + timedelta(days=ttl_days),
+        # The wait is measured from acceptance (ltxv.core.deadlines).
+        "queue_deadline_at": now + timedelta(seconds=queue_seconds) if queue_seconds else None,
+        "usage": None,
     }
 
 
@@ -273,6 +283,8 @@ class Page:
 
     jobs: list[dict[str, Any]]
     next_page_token: str | None
+    # The page's jobs' usage summed (ltxv.core.usage.page_total), as the API answers it.
+    usage_total: dict[str, Any] | None = None
 
 
 def to_json(value: Any) -> Any:

@@ -49,6 +49,7 @@ def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any
             "outputs": job.get("outputs"),
             "video": video,
             "timings": job.get("timings") or {},
+            "usage": job.get("usage"),
             "error": job.get("error"),
             "metadata": job["request"].get("metadata") or {},
         }

@@ -143,6 +143,10 @@ class Settings:
     # long first, once, so a low job waits about this plus one render at most, however
     # many high jobs keep arriving.
     lane_aging_seconds: float = setting("LTXV_LANE_AGING_SECONDS", 300.0)
+    # The price of an hour of a worker's GPU, which each job's usage.cost_usd estimates
+    # from: the whole VM, as it renders one job at a time (terraform gpu_hour_usd; default
+    # a g2-standard-8 with one L4 on demand in us-central1, list price).
+    gpu_hour_usd: float = setting("LTXV_GPU_HOUR_USD", 0.85)
     # H.264 encoder of the videos: auto (NVENC when the GPU offers it, else x264), nvenc, x264.
     video_encoder: str = setting("LTXV_VIDEO_ENCODER", "auto")
     # Where workers share their compiled transformer blocks (gpu_worker/compile_cache.py),

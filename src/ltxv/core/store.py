@@ -135,6 +135,19 @@ class JobStore:
         stream = query.stream(retry=self.retry, timeout=self.timeout)
         return [cast(Job, s.to_dict()) for s in stream]
 
+    def queued_past_deadline(self, now: datetime, limit: int = 500) -> list[Job]:
+        """Queued jobs whose queue deadline has come (composite index: state,
+        queue_deadline_at); a started job's deadline is cleared, so only never-started
+        ones match."""
+        query = (
+            self.collection.where(filter=firestore.FieldFilter("state", "==", State.QUEUED.value))
+            .where(filter=firestore.FieldFilter("queue_deadline_at", "<=", now))
+            .order_by("queue_deadline_at")
+            .limit(limit)
+        )
+        stream = query.stream(retry=self.retry, timeout=self.timeout)
+        return [cast(Job, s.to_dict()) for s in stream]
+
     def count_in_flight(self, api_key_id: str, up_to: int | None = None) -> int:
         """How many of a key's jobs are queued or running, counting no further than
         `up_to`: one count aggregation (billed as one read per 1000 index entries), whose

@@ -24,6 +24,7 @@ from ltxv.core.profiles import ModelProfile
 from ltxv.core.results import build_result, write_result_once
 from ltxv.core.settings import Settings
 from ltxv.core.store import BadPageToken, JobNotFound, JobStore
+from ltxv.core.usage import page_total
 from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake import openapi
 from ltxv.intake.auth import KeyRing
@@ -286,8 +287,11 @@ class JobsApi:
                 str(exc),
                 [{"path": "query.page_token", "message": "not a token this API returned"}],
             ) from exc
+        jobs = [to_json(job) for job in page.jobs]
+        # This page's usage summed, not all time's: one more query per page otherwise.
+        total = page_total(jobs)
         return json_response(
-            {"jobs": [to_json(job) for job in page.jobs], "next_page_token": page.next_page_token}
+            {"jobs": jobs, "next_page_token": page.next_page_token, "usage_total": total}
         )
 
     def cancel_job(self, request: Request, job_id: str) -> Response:

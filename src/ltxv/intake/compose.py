@@ -29,6 +29,7 @@ from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.pool_metric import PoolMetric, monitoring_writer
 from ltxv.intake.prompt_files import PromptFiles
+from ltxv.intake.queue_deadlines import QueueDeadlines
 from ltxv.intake.submission import Intake
 from ltxv.intake.validation import IntakePolicy
 
@@ -119,17 +120,23 @@ def prompt_file(settings: Settings) -> PromptFiles:
 
 
 def redispatch(settings: Settings) -> Callable[[], list[str]]:
-    """The `redispatch` function, the sweep: publishes the jobs a crash left unpublished,
-    then (deployed) writes each pool's load for its autoscaler."""
+    """The `redispatch` function, the scheduled sweep: fails the queued jobs past their
+    queue deadline, publishes the jobs a crash left unpublished, then (deployed) writes
+    each pool's load for its autoscaler."""
     shared = parts(settings)
     after = timedelta(seconds=settings.redispatch_after_seconds)
+    deadlines = QueueDeadlines(shared.store, shared.storage, settings.outputs)
     write = monitoring_writer(settings.rpc_timeout_seconds)
     metric = PoolMetric(shared.store, settings.models, settings.project, settings.prefix, write)
 
     def sweep() -> list[str]:
-        republished = shared.intake.redispatch(after)
-        if settings.pool_metric:
-            metric()
+        # Each task on its own: a failure of one must not starve the others every tick.
+        try:
+            deadlines.expire()
+        finally:
+            republished = shared.intake.redispatch(after)
+            if settings.pool_metric:
+                metric()  # logs its own failures
         return republished
 
     return sweep

@@ -98,10 +98,11 @@ def _extra_components() -> dict[str, Any]:
         "JobList": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["jobs", "next_page_token"],
+            "required": ["jobs", "next_page_token", "usage_total"],
             "properties": {
                 "jobs": {"type": "array", "items": {"$ref": JOB}},
                 "next_page_token": {"type": ["string", "null"]},
+                "usage_total": {"$ref": JOB + "/$defs/usage_total"},
             },
         },
         "WebhookSecret": {
@@ -184,7 +185,11 @@ def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
                 {"name": name, "in": "query", "schema": list_params[name]} for name in LIST_PARAMS
             ],
             "responses": {
-                "200": _json("#/components/schemas/JobList", "A page of jobs"),
+                "200": _json(
+                    "#/components/schemas/JobList",
+                    "A page of jobs, and usage_total: their GPU seconds, cost and how many "
+                    "used a GPU, summed over this page (not all time)",
+                ),
                 **_errors(400, 401, 503),
             },
         },

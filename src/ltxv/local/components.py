@@ -265,6 +265,8 @@ def worker_component(name: str, model: str, port: int = WORKER_HEALTH_PORT) -> C
             "LTXV_SUBSCRIPTION": stack.settings.subscription_for(model),  # its lanes: + suffix
             "LTXV_LANE_AGING_SECONDS": str(stack.settings.lane_aging_seconds),
             "LTXV_MODEL_DIR": str(stack.state_dir / "models" / model),
+            # Each job's usage is priced as the deployment's would be (LTXV_GPU_HOUR_USD).
+            "LTXV_GPU_HOUR_USD": str(stack.settings.gpu_hour_usd),
             # Its health endpoint, on loopback (the port is the component's).
             "LTXV_HEALTH_PORT": str(stack.port(name)),
             "LTXV_HEALTH_PORT_OFFSET": "0",

@@ -221,7 +221,7 @@ class Worker:
 
         def on_step(step: int, total: int) -> None:
             control.step = step
-            self.health.progress()
+            self.health.progress(step, total)
 
         def should_stop() -> bool:
             return control.cancel.is_set() or control.lost.is_set() or self.interrupting.is_set()

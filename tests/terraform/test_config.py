@@ -257,9 +257,21 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         ),
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
+        # queue estimates (tests/terraform/test_firestore_indexes.py derives these)
+        (
+            ("model", "ASCENDING"),
+            ("priority", "ASCENDING"),
+            ("state", "ASCENDING"),
+            ("created_at", "ASCENDING"),
+        ),
+        (("model", "ASCENDING"), ("priority", "ASCENDING"), ("state", "ASCENDING")),
+        (("model", "ASCENDING"), ("last_seen", "ASCENDING")),  # the live workers
     }
-    (ttl,) = tf["google_firestore_field"]
-    assert ttl["collection"] == settings.jobs_collection and ttl["field"] == "expires_at"
+    ttls = {(f["collection"], f["field"]) for f in tf["google_firestore_field"]}
+    assert ttls == {
+        (settings.jobs_collection, "expires_at"),
+        (settings.workers_collection, "expires_at"),
+    }
 
 
 def test_the_scheduler_ticks_the_sweep_topic(tf):

@@ -19,7 +19,7 @@ from flask import Request, Response
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ltxv.core.errors import BACKEND_ERRORS
-from ltxv.core.jobs import Job, State, to_json
+from ltxv.core.jobs import Job, State
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.results import build_result, write_result_once
 from ltxv.core.settings import Settings
@@ -252,7 +252,7 @@ class JobsApi:
 
     def get_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
-        return json_response(self.views.job(self._owned_job(job_id, key_id)))
+        return json_response(self.views.detailed(self._owned_job(job_id, key_id)))
 
     def list_jobs(self, request: Request) -> Response:
         key_id = self._authenticate(request)
@@ -285,7 +285,10 @@ class JobsApi:
                 [{"path": "query.page_token", "message": "not a token this API returned"}],
             ) from exc
         return json_response(
-            {"jobs": [to_json(job) for job in page.jobs], "next_page_token": page.next_page_token}
+            {
+                "jobs": [self.views.listed(job) for job in page.jobs],
+                "next_page_token": page.next_page_token,
+            }
         )
 
     def cancel_job(self, request: Request, job_id: str) -> Response:

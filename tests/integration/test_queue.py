@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 from flask import Request
+from google.cloud import firestore
 from werkzeug.test import EnvironBuilder
 
 from ltxv.core.jobs import new_job, utcnow
+from ltxv.core.store import JobStore
 from ltxv.core.workers import BUSY, IDLE, LOADING, WorkerRegistry, worker_beat
 from ltxv.intake import compose as compose_submit
+from ltxv.intake.queue_estimates import QueueEstimates
 
 from .conftest import API_KEY, OTHER_KEY, settle
 
@@ -239,3 +242,24 @@ def _own_job(service, now: datetime) -> str:
     )
     service.store.create(job)
     return job["job_id"]
+
+
+def test_a_queue_that_cannot_be_read_leaves_the_job_answered(monkeypatch, service):
+    # A Firestore nobody answers (a closed port): the estimate gives way, not the GET.
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+    unreachable = firestore.Client(project=service.settings.project)
+    estimates = QueueEstimates(
+        JobStore(unreachable, timeout=1.0), WorkerRegistry(unreachable, timeout=1.0), 60
+    )
+    job = new_job(
+        job_id="q" * 26,
+        request={"model": "tiny-random"},
+        request_hash="x",
+        api_key_id="default",
+    )
+    assert estimates.for_job(job) == {
+        "position": None,
+        "estimated_start_at": None,
+        "estimated_finish_at": None,
+        "basis": "no estimate: the queue cannot be read right now",
+    }

@@ -13,6 +13,7 @@ why. Pub/Sub promises no order, so these are estimates, not promises.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from google.cloud import firestore
 
 from ltxv.core import schemas
+from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job, State, to_json, utcnow
 from ltxv.core.store import JobStore
 from ltxv.core.workers import BUSY, WorkerBeat, WorkerRegistry
@@ -29,6 +31,8 @@ from ltxv.core.workers import BUSY, WorkerBeat, WorkerRegistry
 if TYPE_CHECKING:
     from google.cloud.firestore_v1.aggregation import AggregationQuery
     from google.cloud.firestore_v1.base_aggregation import AggregationResult
+
+log = logging.getLogger(__name__)
 
 # Lanes, the one workers take first first (the request schema's order).
 LANES: tuple[str, ...] = tuple(
@@ -114,7 +118,7 @@ def _workers(pool: Pool) -> str:
 
 
 def _queue(
-    position: int, start: datetime | None, finish: datetime | None, basis: str
+    position: int | None, start: datetime | None, finish: datetime | None, basis: str
 ) -> dict[str, Any]:
     return {
         "position": position,
@@ -145,6 +149,17 @@ class QueueEstimates:
             return running_estimate(job)
         if job["state"] != State.QUEUED:
             return None
+        try:
+            return self._queued_estimate(job)
+        except BACKEND_ERRORS as exc:
+            # An estimate is a courtesy: the job itself is still answered (a missing index
+            # is FailedPrecondition, an outage a retryable error; both are in the log).
+            log.warning(
+                "queue estimate unavailable", extra={"job_id": job["job_id"], "error": str(exc)}
+            )
+            return _queue(None, None, None, "no estimate: the queue cannot be read right now")
+
+    def _queued_estimate(self, job: Job) -> dict[str, Any]:
         now = self.clock()
         position = self._count(self.ahead_in_lane_query(job))
         higher = self.higher_lanes_query(job)

@@ -48,6 +48,7 @@ export function queueText(job) {
     const done = fromNow(queue.estimated_finish_at);
     return done ? `done ${done}` : "";
   }
+  if (queue.position === null) return "no estimate right now";
   const ahead = queue.position === 1 ? "1 job ahead" : `${queue.position} jobs ahead`;
   const start = fromNow(queue.estimated_start_at);
   return start ? `${ahead} · starts ${start}` : `${ahead} · no estimate yet`;

@@ -204,6 +204,7 @@ def describe_job(job: dict[str, Any]) -> list[tuple[str, str]]:
     if queue:
         queued = job["state"] == State.QUEUED
         place = f"{queue['position']} ahead in its lane" if queued else "running"
+        place = "place unknown" if queue["position"] is None else place
         start, finish = (_eta(queue[f"estimated_{w}_at"]) for w in ("start", "finish"))
         rows.append(("queue", f"{place}; start {start}; finish {finish}"))
         rows.append(("estimate", queue["basis"]))

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from ltxv.core.batches import BATCHES
+from ltxv.core.resources import worker_lanes
 from ltxv.core.results import DESTINATIONS
 from ltxv.core.settings import Settings, env_names
 
@@ -267,11 +269,18 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("model", "ASCENDING"), ("priority", "ASCENDING"), ("state", "ASCENDING")),
         (("model", "ASCENDING"), ("last_seen", "ASCENDING")),  # the live workers
     }
-    ttls = {(f["collection"], f["field"]) for f in tf["google_firestore_field"]}
-    assert ttls == {
-        (settings.jobs_collection, "expires_at"),
-        (settings.workers_collection, "expires_at"),
+    fields = tf["google_firestore_field"]
+    ttl = {field["collection"]: field["field"] for field in fields if field.get("ttl_config")}
+    assert ttl[settings.jobs_collection] == "expires_at"
+    assert ttl[BATCHES] == "expires_at"  # a prompt file's batch lives as long as its jobs
+    assert ttl[settings.workers_collection] == "expires_at"  # a dead worker's last beat
+    # A batch's per-line lists are never queried: no index entry per element.
+    unindexed = {
+        field["field"]
+        for field in fields
+        if field["collection"] == BATCHES and not field.get("ttl_config")
     }
+    assert unindexed == {"accepted", "rejected", "settled"}
 
 
 def test_the_scheduler_ticks_the_sweep_topic(tf):
@@ -292,7 +301,7 @@ def test_alerts_watch_dead_letters_and_the_oldest_job(tf):
     start = re.search(r'subscription_id = starts_with\("([^"]+)"\)', oldest).group(1)
     subscriptions = [s["name"] for s in tf["google_pubsub_subscription"]]
     assert sorted(s for s in subscriptions if s.startswith(start)) == sorted(
-        settings.subscription_for(model) for model in MODELS
+        settings.subscription_for(model, lane) for model in MODELS for lane in worker_lanes().order
     )
 
 

@@ -15,10 +15,12 @@ from gpu_worker.lifecycle import JobLifecycle
 from ltxv.core.compose import job_store, settings_for, storage_client
 from ltxv.core.profiles import all_profiles
 from ltxv.core.settings import Settings
+from ltxv.core.workers import WorkerRegistry
 
 from . import health
 from .compile_cache import CompileCache
 from .generation import Renderer
+from .heartbeat import Heartbeat
 from .messages import JobMessages
 from .running_events import RunningAnnouncer
 from .worker import Worker
@@ -78,7 +80,20 @@ def main() -> int:
     worker = compose(settings, status)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
-    return worker.run()
+    heartbeat = Heartbeat(
+        WorkerRegistry(
+            worker.lifecycle.store.client,
+            settings.workers_collection,
+            settings.rpc_timeout_seconds,
+        ),
+        status,
+        worker.lifecycle.owner,
+        settings.heartbeat_seconds,
+    ).start()
+    try:
+        return worker.run()
+    finally:
+        heartbeat.stop()
 
 
 if __name__ == "__main__":

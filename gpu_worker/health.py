@@ -26,13 +26,30 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ltxv.core.jobs import utcnow
+from ltxv.core.workers import BUSY, IDLE, LOADING, RECENT_RENDERS
 
 log = logging.getLogger(__name__)
 
 PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the worker's heartbeat document says (gpu_worker/heartbeat.py)."""
+
+    state: str  # ltxv.core.workers: LOADING, IDLE or BUSY
+    ready: bool
+    job_id: str | None
+    job_started_at: datetime | None
+    render_seconds: list[float]
 
 
 class Health:
@@ -46,12 +63,14 @@ class Health:
         busy_seconds: float = 900.0,
         failing_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.model = model
         self.stall_seconds = stall_seconds
         self.busy_seconds = busy_seconds
         self.failing_seconds = failing_seconds
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._loaded = False
         self._device: str | None = None
@@ -62,6 +81,11 @@ class Health:
         self._activity = now  # the loop's last sign of life
         self._failing_since: float | None = None  # the first failed pull of a streak
         self._pull_error: str | None = None
+        # The current job: when it was taken (both clocks), and its last step of how many.
+        self._job_since: tuple[float, datetime] | None = None
+        self._steps: tuple[int, int] = (0, 0)
+        self._renders: deque[float] = deque(maxlen=RECENT_RENDERS)
+        self.changed = threading.Event()  # a job taken or ended: the heartbeat says so now
 
     # --- what the worker reports ----------------------------------------------------------
 
@@ -84,16 +108,37 @@ class Health:
     def job_started(self, job_id: str | None) -> None:
         with self._lock:
             self._busy, self._job_id, self._activity = True, job_id, self._clock()
+            self._job_since, self._steps = (self._activity, self._wall_clock()), (0, 0)
+        self.changed.set()
 
-    def progress(self) -> None:
-        """A sign of life during a job (a render step)."""
+    def progress(self, step: int = 0, total: int = 0) -> None:
+        """A sign of life during a job (a render step: `step` of `total` done)."""
         with self._lock:
             self._activity = self._clock()
+            self._steps = (step, total)
 
     def job_done(self) -> None:
         """The loop is back to pulling (the job is handed to the finisher, or settled)."""
         with self._lock:
             self._busy, self._job_id, self._activity = False, None, self._clock()
+            step, total = self._steps
+            # Only a render that ran to its last step is a render time: a message for a
+            # job that was settled or leased elsewhere, or a canceled render, is not.
+            if self._job_since is not None and total and step >= total:
+                self._renders.append(self._activity - self._job_since[0])
+            self._job_since = None
+        self.changed.set()
+
+    def snapshot(self) -> Snapshot:
+        ready, body = self.status()
+        with self._lock:
+            return Snapshot(
+                state={"loading": LOADING, "pulling": IDLE, "busy": BUSY}[body["state"]],
+                ready=ready,
+                job_id=self._job_id,
+                job_started_at=self._job_since[1] if self._job_since else None,
+                render_seconds=list(self._renders),
+            )
 
     # --- what the endpoint answers --------------------------------------------------------
 

@@ -213,7 +213,7 @@ class Worker:
 
         def on_step(step: int, total: int) -> None:
             control.step = step
-            self.health.progress()
+            self.health.progress(step, total)
 
         def should_stop() -> bool:
             return control.should_stop() or self.interrupting.is_set()

@@ -12,7 +12,9 @@ resource "google_firestore_database" "this" {
 # The queries of src/ltxv/core/store.py: a key's jobs newest first (GET /v1/jobs), optionally
 # of one state; how many of a key's jobs are queued or running (a count at each submit) and
 # of a model's (the sweep's pool load); the sweep's unpublished jobs older than a minute,
-# and its queued jobs past their queue deadline.
+# and its queued jobs past their queue deadline. And of src/ltxv/intake/queue_estimates.py
+# (GET /v1/jobs/{id}): how many queued jobs of a model and lane are older than a job, and
+# how many wait in the higher lanes.
 locals {
   firestore_indexes = {
     list_by_key = [
@@ -42,6 +44,17 @@ locals {
     queued_past_deadline = [
       { field = "state", order = "ASCENDING" },
       { field = "queue_deadline_at", order = "ASCENDING" },
+    ]
+    queued_ahead_in_lane = [
+      { field = "model", order = "ASCENDING" },
+      { field = "priority", order = "ASCENDING" },
+      { field = "state", order = "ASCENDING" },
+      { field = "created_at", order = "ASCENDING" },
+    ]
+    queued_in_lanes = [
+      { field = "model", order = "ASCENDING" },
+      { field = "priority", order = "ASCENDING" },
+      { field = "state", order = "ASCENDING" },
     ]
   }
 }
@@ -94,6 +107,35 @@ resource "google_firestore_field" "batches_unindexed" {
   database   = google_firestore_database.this.name
   collection = "batches"
   field      = each.key
+
+  index_config {}
+}
+
+# Each GPU worker's heartbeat (src/ltxv/core/workers.py): queue estimates read the live
+# workers of a model, those that beat since a moment ago.
+resource "google_firestore_index" "workers_live" {
+  database    = google_firestore_database.this.name
+  collection  = "workers"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "model"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "last_seen"
+    order      = "ASCENDING"
+  }
+}
+
+# A worker deletes its document when it stops; one that died leaves it behind, and the TTL
+# removes it a day after its last beat (estimates ignore it long before: last_seen).
+resource "google_firestore_field" "workers_ttl" {
+  database   = google_firestore_database.this.name
+  collection = "workers"
+  field      = "expires_at"
+
+  ttl_config {}
 
   index_config {}
 }

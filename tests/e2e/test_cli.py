@@ -211,6 +211,12 @@ def test_cancel_a_queued_job_and_waiting_that_times_out(no_worker, clean_firesto
     job_id = submitted.stdout.strip() or submitted.stderr.split()[2]
     assert "is still queued after 1s" in submitted.stderr
 
+    # Where it stands: first in line, and no estimate while no worker is up.
+    queued = ltxv(no_worker, "status", job_id)
+    assert queued.returncode == 0
+    assert "queue     0 ahead in its lane; start unknown; finish unknown" in queued.stdout
+    assert "estimate  0 jobs ahead; no live worker for model tiny-random" in queued.stdout
+
     early = ltxv(no_worker, "download", job_id)
     assert early.returncode == 2
     assert f"job {job_id} is queued; only a succeeded job has a video" in early.stderr

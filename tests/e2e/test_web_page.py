@@ -17,7 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from google.cloud import firestore
 
+from ltxv.core.jobs import utcnow
+from ltxv.core.workers import IDLE, WorkerRegistry, worker_beat
 from ltxv.local.stack import REPO_ROOT, LocalStack
 
 from .conftest import running_stack
@@ -200,6 +203,8 @@ def test_past_generations_page_and_a_queued_job_cancels(page, stack, api):
     expect(item.locator(".state")).to_have_text("queued")
     expect(jobs.first).to_contain_text(prompt)  # newest first
     expect(item.locator(".progress-text")).to_have_text("waiting for a worker")
+    # All eleven older jobs wait ahead of it, and with no worker up nothing says when.
+    expect(item.locator(".job-queue")).to_have_text("11 jobs ahead · no estimate yet")
     shoot(page, "03-queued")
 
     item.get_by_role("button", name="Cancel").click()
@@ -236,6 +241,36 @@ def test_a_canceled_job_is_retried_from_its_retry_button(page, stack, api):
     shoot(page, "04b-retried")
 
 
+def test_a_queued_job_shows_its_place_and_when_it_starts(page, stack, api):
+    stack.down(["worker"])  # the jobs stay queued; a worker's heartbeat says what to expect
+    WorkerRegistry(firestore.Client(project=stack.settings.project)).beat(
+        worker_beat(
+            worker_id="page-test",
+            model="tiny-random",
+            state=IDLE,
+            ready=True,
+            now=utcnow(),
+            render_seconds=[30.0, 30.0],
+        )
+    )
+    prompts = [unique(f"in line {n}") for n in range(3)]
+    for prompt in prompts:
+        assert api.post(f"{stack.api_url}/v1/jobs", json={"prompt": prompt}).status_code == 202
+    open_with_key(page, stack)
+    first, last = job_item(page, prompts[0]), job_item(page, prompts[2])
+    expect(first.locator(".job-queue")).to_have_text("0 jobs ahead · starts any moment")
+    # Two jobs of 30 s ahead on one idle worker: about a minute.
+    expect(last.locator(".job-queue")).to_have_text(
+        re.compile(r"^2 jobs ahead · starts in ~\d+ s$")
+    )
+    expect(last.locator(".job-queue")).to_have_attribute(
+        "title", "2 jobs ahead; 1 live worker, median render 30 s over the last 2 renders"
+    )
+    seconds = int(re.search(r"~(\d+) s", last.locator(".job-queue").inner_text()).group(1))
+    assert 50 <= seconds <= 60
+    shoot(page, "03b-queue-eta")
+
+
 def _wait_playing(page: Page, timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     state: dict = {}
@@ -267,10 +302,24 @@ def test_generate_watch_play_download_and_replay(page, stack):
     item = job_item(page, prompt)
     expect(item.locator(".state")).to_have_text("running", timeout=60_000)
     expect(item.locator(".progress-text")).to_have_text(re.compile(r"step [1-9]\d* of 50"))
+    # The list's running item carries its own ETA, from its step rate.
+    expect(item.locator(".job-queue")).to_have_text(
+        re.compile(r"^done (in ~\d+ (s|min)|any moment)$")
+    )
     shoot(page, "05-running")
 
     expect(item).to_have_attribute("data-state", "succeeded", timeout=120_000)
     expect(page.get_by_role("status")).to_contain_text("ready to play")
+    expect(item.locator(".job-queue")).to_be_hidden()
+    # Its poster, signed in the list, as a thumbnail the browser loaded under the CSP.
+    thumb = item.locator("img.job-thumb")
+    expect(thumb).to_be_visible()
+    assert thumb.get_attribute("src").startswith(stack.storage_emulator_host + "/")
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
+    assert thumb.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [704, 480]
+    shoot(page, "05b-thumbnail")
     item.get_by_role("button", name="Play").click()
     played = _wait_playing(page)
     assert played["error"] is None, f"chromium could not decode the mp4: {played}"

@@ -261,11 +261,21 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("model", "ASCENDING"), ("state", "ASCENDING")),  # the sweep's pool load
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
         (("state", "ASCENDING"), ("queue_deadline_at", "ASCENDING")),  # queued_past_deadline
+        # queue estimates (tests/terraform/test_firestore_indexes.py derives these)
+        (
+            ("model", "ASCENDING"),
+            ("priority", "ASCENDING"),
+            ("state", "ASCENDING"),
+            ("created_at", "ASCENDING"),
+        ),
+        (("model", "ASCENDING"), ("priority", "ASCENDING"), ("state", "ASCENDING")),
+        (("model", "ASCENDING"), ("last_seen", "ASCENDING")),  # the live workers
     }
     fields = tf["google_firestore_field"]
     ttl = {field["collection"]: field["field"] for field in fields if field.get("ttl_config")}
     assert ttl[settings.jobs_collection] == "expires_at"
     assert ttl[BATCHES] == "expires_at"  # a prompt file's batch lives as long as its jobs
+    assert ttl[settings.workers_collection] == "expires_at"  # a dead worker's last beat
     # A batch's per-line lists are never queried: no index entry per element.
     unindexed = {
         field["field"]

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -171,6 +171,14 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
 
 
+def _eta(at: str | None) -> str:
+    """An estimated time with how far off it is, or "unknown" (no basis for one)."""
+    seconds = _seconds_between(datetime.now(UTC).isoformat(), at)
+    if seconds is None:
+        return "unknown"
+    return f"{at} (in {round(seconds)} s)" if seconds >= 0 else f"{at} ({round(-seconds)} s ago)"
+
+
 def describe_outcome(job: dict[str, Any]) -> str:
     seconds = _seconds_between(job.get("created_at"), job.get("updated_at"))
     took = f" {seconds:.1f}s after it was submitted" if seconds is not None else ""
@@ -199,6 +207,14 @@ def describe_job(job: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("job", job["job_id"]), ("state", job["state"])]
     if progress:
         rows.append(("progress", f"step {progress['step']} of {progress['total']}"))
+    queue = job.get("queue")
+    if queue:
+        queued = job["state"] == State.QUEUED
+        place = f"{queue['position']} ahead in its lane" if queued else "running"
+        place = "place unknown" if queue["position"] is None else place
+        start, finish = (_eta(queue[f"estimated_{w}_at"]) for w in ("start", "finish"))
+        rows.append(("queue", f"{place}; start {start}; finish {finish}"))
+        rows.append(("estimate", queue["basis"]))
     rows.append(("prompt", request.get("prompt", "")))
     rows.append(
         (

@@ -78,6 +78,12 @@ class Settings:
     prompts_bucket: str = setting("LTXV_PROMPTS_BUCKET", "")
     outputs_bucket: str = setting("LTXV_OUTPUTS_BUCKET", "")
     jobs_collection: str = setting("LTXV_JOBS_COLLECTION", "jobs")
+    # Each GPU worker's heartbeat document (ltxv.core.workers), read for queue estimates.
+    workers_collection: str = setting("LTXV_WORKERS_COLLECTION", "workers")
+    # A worker beats every heartbeat_seconds (and at once when it takes or ends a job); one
+    # silent for worker_live_seconds is not counted as live by GET /v1/jobs/{id}'s `queue`.
+    heartbeat_seconds: float = setting("LTXV_HEARTBEAT_SECONDS", 15.0)
+    worker_live_seconds: float = setting("LTXV_WORKER_LIVE_SECONDS", 60.0)
     # Buckets besides the outputs bucket that gcs_destination may name, and for which API
     # keys: JSON {"bucket": ["key id", ...]}.
     destination_buckets_json: str | None = setting("LTXV_DESTINATION_BUCKETS")

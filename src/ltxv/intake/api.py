@@ -255,7 +255,7 @@ class JobsApi:
 
     def get_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
-        return json_response(self.views.job(self._owned_job(job_id, key_id)))
+        return json_response(self.views.detailed(self._owned_job(job_id, key_id)))
 
     def list_jobs(self, request: Request) -> Response:
         key_id = self._authenticate(request)
@@ -287,7 +287,7 @@ class JobsApi:
                 str(exc),
                 [{"path": "query.page_token", "message": "not a token this API returned"}],
             ) from exc
-        jobs = [to_json(job) for job in page.jobs]
+        jobs = [self.views.listed(job) for job in page.jobs]
         # This page's usage summed, not all time's: one more query per page otherwise.
         total = page_total(jobs)
         return json_response(

@@ -24,12 +24,14 @@ from ltxv.core.settings import Settings
 from ltxv.core.signing import UrlSigner
 from ltxv.core.store import JobStore
 from ltxv.core.webhook_secrets import WebhookSecrets
+from ltxv.core.workers import WorkerRegistry
 from ltxv.intake.api import JobsApi
 from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.pool_metric import PoolMetric, monitoring_writer
 from ltxv.intake.prompt_files import PromptFiles
 from ltxv.intake.queue_deadlines import QueueDeadlines
+from ltxv.intake.queue_estimates import QueueEstimates
 from ltxv.intake.submission import Intake
 from ltxv.intake.validation import IntakePolicy
 
@@ -93,6 +95,10 @@ def api(settings: Settings) -> JobsApi:
     """The `api` function: the HTTP API."""
     shared = parts(settings)
     signer = UrlSigner(shared.storage, settings.signing_credentials_file, settings.storage_endpoint)
+    workers = WorkerRegistry(
+        shared.firestore, settings.workers_collection, settings.rpc_timeout_seconds
+    )
+    queue = QueueEstimates(shared.store, workers, settings.worker_live_seconds)
     return JobsApi(
         settings,
         profiles=shared.profiles,
@@ -102,7 +108,7 @@ def api(settings: Settings) -> JobsApi:
         keyring=lazy(partial(keyring, settings)),
         webhook_secrets=lazy(partial(WebhookSecrets.from_settings, settings)),
         storage=shared.storage,
-        views=JobViews(signer, settings.signed_url_minutes),
+        views=JobViews(signer, settings.signed_url_minutes, queue),
     )
 
 

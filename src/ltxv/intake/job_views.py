@@ -1,19 +1,75 @@
 """What a client is shown of a job: the document as JSON, plus short-lived signed URLs for
-what the job itself wrote; and the old /predict API's response shape."""
+what the job itself wrote, and where it stands in the queue; and the old /predict API's
+response shape."""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, cast
 
 from ltxv.core.jobs import Job, State, to_json
 from ltxv.core.results import output_prefix
 from ltxv.core.signing import UrlSigner, split_gs_uri
+from ltxv.intake.queue_estimates import QueueEstimates, running_estimate
+
+# Poster URLs a list reuses: a page polled every 2 s would otherwise sign each poster
+# again each time (deployed, one IAM signBlob call per URL).
+POSTER_CACHE_SIZE = 2048
 
 
 class JobViews:
-    def __init__(self, signer: UrlSigner, url_minutes: int) -> None:
+    def __init__(
+        self,
+        signer: UrlSigner,
+        url_minutes: int,
+        queue: QueueEstimates | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.signer = signer
         self.url_minutes = url_minutes
+        self.queue = queue
+        self.clock = clock
+        self._posters: OrderedDict[tuple[str, int | None], tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def detailed(self, job: Job) -> dict[str, Any]:
+        """GET /v1/jobs/{id}: the job, with `queue` (null once settled)."""
+        body = self.job(job)
+        body["queue"] = self.queue.for_job(job) if self.queue else None
+        return body
+
+    def listed(self, document: dict[str, Any]) -> dict[str, Any]:
+        """An item of GET /v1/jobs: the job with `poster_url` when it succeeded, and `queue`
+        when it runs (its own step rate: no read). A queued item leaves `queue` out: a count
+        per queued item would make a page cost more the more of it waits."""
+        job = cast(Job, document)
+        body = to_json(job)
+        if job["state"] == State.RUNNING:
+            body["queue"] = running_estimate(job)
+        poster = _signable(job, "poster") if job["state"] == State.SUCCEEDED else None
+        if poster:
+            body["poster_url"] = self._cached_poster(*poster)
+        return body
+
+    def _cached_poster(self, uri: str, generation: int | None) -> str:
+        """A poster URL signed within the first half of its lifetime, so one handed out
+        always has at least half of it left."""
+        key, now = (uri, generation), self.clock()
+        with self._lock:
+            cached = self._posters.get(key)
+            if cached and now - cached[0] < self.url_minutes * 30:
+                self._posters.move_to_end(key)
+                return cached[1]
+        url = self._sign(uri, generation)
+        with self._lock:
+            self._posters[key] = (now, url)
+            self._posters.move_to_end(key)
+            while len(self._posters) > POSTER_CACHE_SIZE:
+                self._posters.popitem(last=False)
+        return url
 
     def job(self, job: Job) -> dict[str, Any]:
         """The job as the API answers it; a succeeded one with `video_url`, `download_url`

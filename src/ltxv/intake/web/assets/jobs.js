@@ -6,6 +6,9 @@ import { api } from "./api.js";
 
 export const PAGE_SIZE = 10;
 const POLL_MS = 2000;
+// A list item leaves a queued job's `queue` out (a count per item); the page asks each
+// queued job it shows for it, this often.
+const QUEUE_MS = 5000;
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 // What the API retries (POST /v1/jobs/{id}/retry): jobs that ended without a video.
 const RETRYABLE = new Set(["failed", "canceled"]);
@@ -29,6 +32,28 @@ function shortPrompt(job) {
   return prompt.length > 60 ? prompt.slice(0, 57) + "…" : prompt;
 }
 
+// "in ~40 s", "in ~3 min", "any moment" from an ISO time; null for none.
+function fromNow(iso) {
+  if (!iso) return null;
+  const seconds = (Date.parse(iso) - Date.now()) / 1000;
+  if (seconds < 5) return "any moment";
+  return seconds < 90 ? `in ~${Math.round(seconds)} s` : `in ~${Math.round(seconds / 60)} min`;
+}
+
+// What `queue` says of a queued or running job, in words; "" when the job has none yet.
+export function queueText(job) {
+  const queue = job.queue;
+  if (!queue || (job.state !== "queued" && job.state !== "running")) return "";
+  if (job.state === "running") {
+    const done = fromNow(queue.estimated_finish_at);
+    return done ? `done ${done}` : "";
+  }
+  if (queue.position === null) return "no estimate right now";
+  const ahead = queue.position === 1 ? "1 job ahead" : `${queue.position} jobs ahead`;
+  const start = fromNow(queue.estimated_start_at);
+  return start ? `${ahead} · starts ${start}` : `${ahead} · no estimate yet`;
+}
+
 function button(label, action, job) {
   const node = el("button", "secondary small");
   node.type = "button";
@@ -46,6 +71,7 @@ export class JobList {
     this.items = new Map();
     this.nextToken = undefined; // undefined: first page not loaded; null: no older page
     this.timer = null;
+    this.queueAsked = new Map(); // job id -> when its queue estimate was last asked for
     older.addEventListener("click", () => this.loadOlder());
     list.addEventListener("click", (event) => {
       const target = event.target.closest("button[data-action]");
@@ -61,6 +87,7 @@ export class JobList {
     this.stop();
     this.jobs.clear();
     this.items.clear();
+    this.queueAsked.clear();
     this.list.replaceChildren();
     this.nextToken = undefined;
   }
@@ -80,7 +107,17 @@ export class JobList {
       (job) => !isTerminal(job) && !firstIds.has(job.job_id),
     );
     for (const job of stragglers) this.update(await api.getJob(job.job_id));
+    await this.askQueue(first.jobs);
     this.render();
+  }
+
+  async askQueue(jobs) {
+    const now = Date.now();
+    for (const job of jobs.filter((j) => j.state === "queued")) {
+      if (now - (this.queueAsked.get(job.job_id) || 0) < QUEUE_MS) continue;
+      this.queueAsked.set(job.job_id, now);
+      this.update(await api.getJob(job.job_id));
+    }
   }
 
   async loadOlder() {
@@ -152,6 +189,10 @@ export class JobList {
     bar.setAttribute("aria-label", `Progress: ${shortPrompt(job)}`);
     const progressText = el("span", "progress-text");
     progress.append(bar, progressText);
+    const queue = el("p", "job-queue hint");
+    const thumb = el("img", "job-thumb");
+    thumb.alt = `First frame: ${shortPrompt(job)}`;
+    thumb.hidden = true;
     const error = el("p", "job-error");
     const lineage = el("p", "job-lineage hint");
     const actions = el("div", "job-actions");
@@ -160,7 +201,7 @@ export class JobList {
       button("Cancel", "cancel", job),
       button("Retry", "retry", job),
     );
-    item.append(prompt, meta, progress, error, lineage, actions);
+    item.append(prompt, meta, progress, queue, thumb, error, lineage, actions);
     return item;
   }
 
@@ -186,6 +227,15 @@ export class JobList {
     bar.value = step;
     item.querySelector(".progress-text").textContent =
       job.state === "queued" ? "waiting for a worker" : `step ${step} of ${total}`;
+
+    const queue = item.querySelector(".job-queue");
+    queue.textContent = queueText(job);
+    queue.title = (job.queue && job.queue.basis) || "";
+    queue.hidden = !queue.textContent;
+    // The list signs each finished job's poster; a new signature is a new src.
+    const thumb = item.querySelector(".job-thumb");
+    if (job.poster_url && thumb.getAttribute("src") !== job.poster_url) thumb.src = job.poster_url;
+    thumb.hidden = !job.poster_url || job.state !== "succeeded";
 
     const error = item.querySelector(".job-error");
     error.hidden = !job.error;

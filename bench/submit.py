@@ -2,9 +2,13 @@
 
 The floor is what any intake must pay: one Firestore create plus one Pub/Sub publish,
 issued with the same client libraries against the same emulators. The ratio says how
-much the API adds on top (HTTP, auth, validation, the `published` mark, JSON).
+much the API adds on top (HTTP, auth, validation, the in-flight count, JSON).
 
-    .venv/bin/python bench/submit.py [--requests 300] [--concurrency 8]
+    .venv/bin/python bench/submit.py [--requests 300] [--concurrency 8] [--rounds 5]
+
+The arms take turns, a slice of each arm's requests per round, so that whatever else the
+machine does at the time weighs on every arm alike; p50 and p99 are over all of an arm's
+requests, and "x floor" is also given per round (median and range).
 
 It always starts a private stack on free ports (and stops it), so the jobs it submits
 never reach the worker of a `make dev` stack.
@@ -34,7 +38,8 @@ from ltxv.local.stack import LocalStack
 BODY = schemas.old_predict_example()
 
 
-def run(operation: Callable[[int], None], count: int, concurrency: int) -> dict[str, float]:
+def run(operation: Callable[[int], None], count: int, concurrency: int) -> list[float]:
+    """The latencies of `count` calls of `operation`, `concurrency` at a time."""
     latencies: list[float] = []
 
     def timed(i: int) -> None:
@@ -42,24 +47,41 @@ def run(operation: Callable[[int], None], count: int, concurrency: int) -> dict[
         operation(i)
         latencies.append(time.perf_counter() - started)
 
-    for i in range(min(10, count)):  # warm connections and caches; not counted
-        operation(-i - 1)
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(timed, range(count)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "per_s": count / elapsed,
-    }
+    return latencies
+
+
+def percentile(latencies: list[float], share: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+
+
+def interleaved(
+    arms: dict[str, Callable[[int], None]], count: int, concurrency: int, rounds: int
+) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Every arm's latencies, and each round's p50 per arm, the arms rotating each round."""
+    for operation in arms.values():  # warm connections and caches; not counted
+        for i in range(10):
+            operation(-i - 1)
+    latencies: dict[str, list[float]] = {name: [] for name in arms}
+    per_round: list[dict[str, float]] = []
+    names = list(arms)
+    for r in range(rounds):
+        medians = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            measured = run(arms[name], max(1, count // rounds), concurrency)
+            latencies[name] += measured
+            medians[name] = statistics.median(measured) * 1000
+        per_round.append(medians)
+    return latencies, per_round
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     private_dir = tempfile.TemporaryDirectory(prefix="ltxv-bench-")
@@ -110,33 +132,33 @@ def main() -> int:
             floor_parts.store.count_in_flight("bench", up_to=1000)
             floor_and_mark(_i)
 
-        results = {
-            "floor (Firestore create + Pub/Sub publish)": run(
-                floor, args.requests, args.concurrency
-            ),
-            "floor + published mark (one more write)": run(
-                floor_and_mark, args.requests, args.concurrency
-            ),
-            "floor + mark + in-flight count (one query)": run(
-                floor_mark_and_count, args.requests, args.concurrency
-            ),
-            "POST /v1/jobs over HTTP": run(submit, args.requests, args.concurrency),
-        }
-        print(
-            f"\n{args.requests} requests, concurrency {args.concurrency}, "
-            f"{os.cpu_count()} CPUs, emulators on 127.0.0.1\n"
+        floor_name, api_name = (
+            "floor (Firestore create + Pub/Sub publish)",
+            "POST /v1/jobs over HTTP",
         )
-        print(f"{'':45} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-        for name, numbers in results.items():
-            print(
-                f"{name:45} {numbers['p50_ms']:8.1f} {numbers['p99_ms']:8.1f} "
-                f"{numbers['per_s']:8.1f}"
-            )
-        base, *_, api = results.values()
+        arms = {
+            floor_name: floor,
+            "floor + published mark (one more write)": floor_and_mark,
+            "floor + mark + in-flight count (one query)": floor_mark_and_count,
+            api_name: submit,
+        }
+        latencies, per_round = interleaved(arms, args.requests, args.concurrency, args.rounds)
         print(
-            f"\nAPI / floor: p50 x{api['p50_ms'] / base['p50_ms']:.2f}, "
-            f"p99 x{api['p99_ms'] / base['p99_ms']:.2f}, "
-            f"throughput x{api['per_s'] / base['per_s']:.2f}"
+            f"\n{args.requests} requests per arm in {args.rounds} interleaved rounds, "
+            f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, emulators on 127.0.0.1\n"
+        )
+        print(f"{'':45} {'p50 ms':>8} {'p99 ms':>8} {'x floor p50':>12} {'x floor p99':>12}")
+        base = latencies[floor_name]
+        for name, measured in latencies.items():
+            p50, p99 = percentile(measured, 0.5), percentile(measured, 0.99)
+            print(
+                f"{name:45} {p50:8.1f} {p99:8.1f} {p50 / percentile(base, 0.5):12.2f} "
+                f"{p99 / percentile(base, 0.99):12.2f}"
+            )
+        ratios = sorted(round_[api_name] / round_[floor_name] for round_ in per_round)
+        print(
+            f"\nAPI / floor p50 per round: median x{statistics.median(ratios):.2f} "
+            f"(x{ratios[0]:.2f} .. x{ratios[-1]:.2f})"
         )
         client.recursive_delete(collection)
     finally:

@@ -46,7 +46,11 @@ def compose(settings: Settings, status: health.Health | None = None) -> Worker:
         ),
         storage_client=storage,
         messages=JobMessages(
-            pubsub_v1.SubscriberClient(), settings.subscription_path, settings.ack_extension_seconds
+            pubsub_v1.SubscriberClient(),
+            settings.lane_subscription_paths,
+            settings.ack_extension_seconds,
+            pool=(settings.worker_model, settings.default_model),
+            aging_seconds=settings.lane_aging_seconds,
         ),
         renderer=Renderer(
             all_profiles()[settings.worker_model],

@@ -34,7 +34,6 @@ import google.cloud.storage as storage
 import numpy as np
 
 from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
-from ltxv.core.dispatch import passes_filter
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
 from ltxv.core.results import build_result, write_result_once
@@ -160,17 +159,8 @@ class Worker:
             log.error("message names no job; dropped", extra={"message_id": received.message_id})
             self.messages.ack(received)
             return
+        # What the subscription's filter keeps out never gets here (JobMessages.pull_one).
         job_id = received.job_id
-        model, default = self.lifecycle.model, self.settings.default_model
-        if not passes_filter(received.model, model, default):
-            # Pub/Sub's filter keeps these away; the emulator delivers every message to
-            # every subscription, and the copy for the job's own pool is not this one.
-            log.info(
-                "another model's job; acknowledged as the filter would",
-                extra={"job_id": job_id, "job_model": received.model, "worker_model": model},
-            )
-            self.messages.ack(received)
-            return
         keeper = AckKeeper(self.messages, received).start()
         try:
             claim = self.lifecycle.claim(job_id)
@@ -217,7 +207,9 @@ class Worker:
         lease = LeaseKeeper(self.lifecycle, control, self.settings.progress_interval_seconds)
         lease.start()
         self._renders += 1
-        log.info("rendering", extra={"job_id": job_id, "attempt": job["attempts"]})
+        log.info(
+            "rendering", extra={"job_id": job_id, "attempt": job["attempts"], "lane": received.lane}
+        )
 
         def on_step(step: int, total: int) -> None:
             control.step = step

@@ -63,3 +63,27 @@ resource "google_firestore_field" "jobs_ttl" {
   # A TTL field needs no single-field index.
   index_config {}
 }
+
+# A prompt file's batch (src/ltxv/core/batches.py) lives as long as its jobs.
+resource "google_firestore_field" "batches_ttl" {
+  database   = google_firestore_database.this.name
+  collection = "batches"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  index_config {}
+}
+
+# A batch's lists hold one entry per line of its file (up to LTXV_PROMPT_FILE_MAX_LINES), and
+# nothing queries them: unindexed, each settle's ArrayUnion writes one entry, not an index
+# entry per element (and a 5000-line file stays far from 40,000 index entries a document).
+resource "google_firestore_field" "batches_unindexed" {
+  for_each = toset(["accepted", "rejected", "settled"])
+
+  database   = google_firestore_database.this.name
+  collection = "batches"
+  field      = each.key
+
+  index_config {}
+}

@@ -114,8 +114,9 @@ resource "google_pubsub_topic_iam_member" "jobs_publisher" {
   depends_on = [google_service_account.function, google_service_account.worker]
 }
 
+# Each pool's workers pull every lane of their own model, and nothing else.
 resource "google_pubsub_subscription_iam_member" "worker_subscriber" {
-  for_each     = local.worker_pools
+  for_each     = local.worker_lanes
   subscription = google_pubsub_subscription.worker[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.worker_sa
@@ -152,6 +153,23 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
     title       = "canceled-job-results-only"
     description = "Create jobs/JOB/result.json in the outputs bucket, nothing else."
     expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_outputs}/objects/jobs/\") && resource.name.endsWith(\"/result.json\")"
+  }
+
+  depends_on = [google_storage_bucket.this, google_service_account.function]
+}
+
+# A prompt file's batch manifest is written by result-ready when its last job settles:
+# create-only, or replacing an older upload's manifest of the same name (so objectUser,
+# which can delete), and only under results/ of the prompts bucket.
+resource "google_storage_bucket_iam_member" "result_ready_writes_manifests" {
+  bucket = local.bucket_prompts
+  role   = "roles/storage.objectUser"
+  member = local.sa["result-ready"]
+
+  condition {
+    title       = "batch-manifests-only"
+    description = "Read, create and replace results/* in the prompts bucket, nothing else."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_prompts}/objects/results/\")"
   }
 
   depends_on = [google_storage_bucket.this, google_service_account.function]
@@ -275,6 +293,7 @@ resource "time_sleep" "iam_ready" {
     google_project_iam_member.gcs_agent_publisher,
     google_storage_bucket_iam_member.this,
     google_storage_bucket_iam_member.api_writes_canceled_results,
+    google_storage_bucket_iam_member.result_ready_writes_manifests,
     google_pubsub_topic_iam_member.jobs_publisher,
     google_pubsub_subscription_iam_member.worker_subscriber,
     google_pubsub_topic_iam_member.dead_letter_publisher,

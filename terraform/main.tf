@@ -31,12 +31,12 @@ locals {
     for model in var.models : model => {
       # As src/ltxv/core/settings.py names it too (Settings.subscription_for).
       subscription = replace(local.names.worker_subscription, "{model}", model)
-      # The same filter as src/ltxv/core/dispatch.py's subscription_filter(), character for
-      # character (tests/terraform compares them). The default pool also takes messages
-      # without a model attribute, published before messages carried one.
-      filter = (
+      # The model half of src/ltxv/core/dispatch.py's subscription_filter() (see
+      # worker_lanes). The default pool also takes messages without a model attribute,
+      # published before messages carried one.
+      model_filter = (
         model == local.default_model
-        ? "attributes.model = \"${model}\" OR NOT attributes:model"
+        ? "(attributes.model = \"${model}\" OR NOT attributes:model)"
         : "attributes.model = \"${model}\""
       )
       # Compute names are short: an instance template's name_prefix keeps its unique
@@ -46,6 +46,36 @@ locals {
       # characters; var.models is validated to keep it so).
       slug = trimprefix(model, "ltx-video-")
     }
+  }
+
+  # Priority lanes (schemas/resources.json worker_lanes): each pool pulls one subscription
+  # per lane, highest first. The default lane's is keyed by the model alone and keeps the
+  # name the pool's only subscription had before lanes, so it stays the same resource in
+  # the state (its new filter replaces it: docs/architecture.md "Priority lanes" says how
+  # to replay what waited in it); the others are "MODEL/LANE".
+  lanes = local.resources.worker_lanes
+  worker_lanes = merge([
+    for model, pool in local.worker_pools : {
+      for lane in local.lanes.order : (lane == local.lanes.default ? model : "${model}/${lane}") => {
+        model        = model
+        lane         = lane
+        subscription = "${pool.subscription}${local.lanes.subscription_suffix[lane]}"
+        # src/ltxv/core/dispatch.py's subscription_filter(), character for character
+        # (tests/terraform compares them). The default lane also takes messages without a
+        # lane attribute, published before messages carried one.
+        filter = join(" AND ", [pool.model_filter, (
+          lane == local.lanes.default
+          ? "(attributes.lane = \"${lane}\" OR NOT attributes:lane)"
+          : "attributes.lane = \"${lane}\""
+        )])
+      }
+    }
+  ]...)
+  # Each pool's local.worker_lanes keys, highest lane first (its autoscaler's signals).
+  pool_lane_keys = {
+    for model in var.models : model => [
+      for lane in local.lanes.order : lane == local.lanes.default ? model : "${model}/${lane}"
+    ]
   }
 
   # What every function reads (src/ltxv/core/settings.py); secrets are added per function.

@@ -46,7 +46,7 @@ resource "google_monitoring_alert_policy" "oldest_job" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "The oldest unacknowledged job in a model's worker subscription (${join(", ", [for pool in local.worker_pools : pool.subscription])}; the incident names which) is older than ${var.oldest_job_alert_seconds} s: that model's workers are not starting (GPU quota or stockout in ${var.region}, boot script failing) or not keeping up (raise worker_max_replicas)."
+    content   = "The oldest unacknowledged job in a model's worker subscription (${join(", ", [for lane in local.worker_lanes : lane.subscription])}; the incident names which) is older than ${var.oldest_job_alert_seconds} s: that model's workers are not starting (GPU quota or stockout in ${var.region}, boot script failing) or not keeping up (raise worker_max_replicas)."
   }
 
   conditions {

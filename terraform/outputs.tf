@@ -36,7 +36,7 @@ output "webhook_secrets_secret" {
 }
 
 output "worker_subscriptions" {
-  description = "The Pub/Sub subscription each model's GPU workers pull, by model; each one's backlog drives that model's autoscaler."
+  description = "The Pub/Sub subscriptions each model's GPU workers pull, one per priority lane: keyed MODEL (the normal lane) and MODEL/high, MODEL/low; their backlogs drive that model's autoscaler."
   value       = { for model, subscription in google_pubsub_subscription.worker : model => subscription.name }
 }
 

@@ -22,16 +22,18 @@ resource "google_pubsub_topic" "sweep" {
   depends_on = [time_sleep.apis_ready]
 }
 
-# What each model's GPU workers pull: one subscription per model, filtered on the message's
-# model attribute, so a pool only receives jobs recorded for the model it loads (the worker
-# checks again, see docs/architecture.md "Routing"). A filter cannot be changed: a new one
-# replaces the subscription and what waits in it, so drain the queue before such an apply.
+# What each model's GPU workers pull: one subscription per model and priority lane
+# (local.worker_lanes), filtered on the message's model and lane attributes, so a pool only
+# receives jobs recorded for the model it loads, and its workers can take a higher lane's
+# job first (the worker checks again, see docs/architecture.md "Routing" and "Priority
+# lanes"). A filter cannot be changed: a new one replaces the subscription and what waits in
+# it, so drain the queue before such an apply (or replay it: "Priority lanes" says how).
 # How Pub/Sub delivers to the workers is schemas/resources.json's worker_subscription
 # (local.worker_delivery), which the local stack's subscriptions follow too. A render takes
 # minutes: workers set the deadline as soon as they pull and keep extending it, so the
 # subscription's own deadline only decides how fast a killed worker's job comes back.
 resource "google_pubsub_subscription" "worker" {
-  for_each                     = local.worker_pools
+  for_each                     = local.worker_lanes
   name                         = each.value.subscription
   topic                        = google_pubsub_topic.jobs.id
   labels                       = local.labels
@@ -83,7 +85,7 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
 }
 
 resource "google_pubsub_subscription_iam_member" "dead_letter_source_subscriber" {
-  for_each     = local.worker_pools
+  for_each     = local.worker_lanes
   subscription = google_pubsub_subscription.worker[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent

@@ -270,6 +270,17 @@ variable "jobs_per_worker" {
   }
 }
 
+variable "lane_aging_seconds" {
+  description = "Priority lanes: a worker pulls a lane it has not served for this long first, once (LTXV_LANE_AGING_SECONDS), so behind a steady stream of high-priority jobs each worker still takes a normal or low job at least every lane_aging_seconds plus one render."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.lane_aging_seconds >= 1 && var.lane_aging_seconds <= 86400
+    error_message = "lane_aging_seconds must be from 1 to 86400."
+  }
+}
+
 variable "worker_image" {
   description = "Boot image of the worker VMs: a Deep Learning VM image (family) with the NVIDIA driver and Python 3.11 or newer (the boot script checks nvidia-smi and builds its env with the image's python3). The default, common-cu128-ubuntu-2404-nvidia-570, is Ubuntu 24.04 (Python 3.12), CUDA 12.8, driver 570: https://cloud.google.com/deep-learning-vm/docs/images"
   type        = string

@@ -87,6 +87,7 @@ resource "google_compute_instance_template" "worker" {
     ltxv-worker-package         = "gs://${local.bucket_source}/${google_storage_bucket_object.package["worker"].name}"
     ltxv-log-level              = var.log_level
     ltxv-shutdown-grace-seconds = "20"
+    ltxv-lane-aging-seconds     = tostring(var.lane_aging_seconds)
   }
 
   lifecycle {
@@ -184,7 +185,7 @@ resource "google_compute_region_instance_group_manager" "workers" {
   }
 }
 
-# Scale each pool on its own subscription's unacknowledged messages: jobs waiting *and*
+# Scale each pool on its own subscriptions' unacknowledged messages: jobs waiting *and*
 # jobs being rendered (a worker holds its message, leased and unacked, until the video is
 # done; num_undelivered_messages is "Number of unacknowledged messages (a.k.a. backlog
 # messages) in a subscription", https://cloud.google.com/monitoring/api/metrics_gcp_p_z#gcp-pubsub).
@@ -193,6 +194,27 @@ resource "google_compute_region_instance_group_manager" "workers" {
 # group's choice, not the autoscaler's, and the group knows nothing of jobs: it may stop a
 # busy one (as proactive redistribution may), whose worker then requeues its job on
 # SIGTERM, at the cost of one delivery attempt (max_delivery_attempts).
+#
+# A pool has one subscription per priority lane, and it should scale on their sum. One
+# metric whose filter selects all of them would be summed ("If multiple TimeSeries are
+# returned upon the query execution, the autoscaler will sum their respective values to
+# obtain its scaling value"), but the filter may not select them: "You can only use the AND
+# operator for joining selectors" and "only use direct equality comparison operator (=)
+# without any functions for each selector" (AutoscalingPolicyCustomMetricUtilization.filter,
+# https://cloud.google.com/compute/docs/reference/rest/v1/autoscalers), and a
+# pubsub_subscription's only labels are project_id and subscription_id, so no equality
+# selects a pool's subscriptions and no others (no OR, no starts_with). So: one metric per
+# lane, up to the 5 Monitoring signals an autoscaler takes, and "the autoscaler calculates
+# the recommended number of VMs for each signal and then picking the signal that results
+# in the largest number of VMs" (https://cloud.google.com/compute/docs/autoscaler/multiple-signals):
+# the pool runs max over lanes of ceil(lane's unacked / jobs_per_worker) VMs, not the sum.
+# What that means: never zero VMs while any lane holds a job; with several lanes busy at
+# once, up to 3x fewer VMs than jobs (the backlog drains slower: high first, see the
+# worker); and, when renders in progress are spread over lanes while no lane waits, fewer
+# VMs wanted than renders, so scale-in (1 VM per 15 minutes, below) may stop a busy VM,
+# whose job is requeued at the cost of a delivery attempt, as above. Summing exactly needs
+# a metric of our own per pool (a scheduled count written to Cloud Monitoring); see
+# docs/architecture.md "Priority lanes".
 resource "google_compute_region_autoscaler" "workers" {
   for_each = local.worker_pools
   name     = "${var.prefix}-workers-${each.value.slug}"
@@ -208,9 +230,24 @@ resource "google_compute_region_autoscaler" "workers" {
     cooldown_period = local.worker_fresh_boot_seconds
     mode            = "ON"
 
+    # One signal per lane (see above), highest lane first: as many blocks as
+    # schemas/resources.json has lanes (a test counts them; written out rather than a
+    # dynamic block, which the offline evaluation in tests/terraform does not expand).
     metric {
       name                       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
-      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker[each.key].name}\""
+      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker[local.pool_lane_keys[each.key][0]].name}\""
+      single_instance_assignment = var.jobs_per_worker
+    }
+
+    metric {
+      name                       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker[local.pool_lane_keys[each.key][1]].name}\""
+      single_instance_assignment = var.jobs_per_worker
+    }
+
+    metric {
+      name                       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+      filter                     = "resource.type = pubsub_subscription AND resource.labels.subscription_id = \"${google_pubsub_subscription.worker[local.pool_lane_keys[each.key][2]].name}\""
       single_instance_assignment = var.jobs_per_worker
     }
 

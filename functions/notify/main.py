@@ -3,7 +3,9 @@
 - `result_ready` (CloudEvent, storage object finalized in the outputs bucket): a job's
   result.json → its signed webhook, the attempt recorded on the job. Eventarc filters
   storage triggers by bucket only, so every video and poster arrives here too and is
-  ignored by name before anything else happens.
+  ignored by name before anything else happens. A job from a prompt file is then counted
+  in its batch, and the batch's last job writes `results/<name>.jsonl` and sends
+  batch.completed (`ltxv.notify.batches`).
 - `dead_letter` (CloudEvent, Pub/Sub message on the dead-letter topic): the job fails with
   `attempts_exhausted` and gets its result.json, which comes back here as `result_ready`.
 

@@ -170,6 +170,41 @@ def test_drop_uploads_a_prompt_file_and_prints_its_receipt(worker, clean_firesto
     assert "a prompt file ends in .json or .jsonl" in refused.stderr
 
 
+def test_drop_wait_renders_the_batch_and_prints_its_manifest(worker, clean_firestore, tmp_path):
+    batch = tmp_path / "shots.jsonl"
+    small = {"num_frames": 9, "height": 64, "width": 96, "num_inference_steps": 2}
+    lines = [
+        {"prompt": "a kite", **small},
+        {"prompt": "x", "height": 100},
+        {"prompt": "a boat", **small},
+    ]
+    batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    run = ltxv(worker, "drop", str(batch), "--wait", "--timeout", "150")
+    assert run.returncode == 1, run.stderr  # line 2 was rejected
+    out = run.stdout.splitlines()
+    assert out[0].startswith("line 1: succeeded ") and out[0].endswith("/video.mp4")
+    assert out[1] == "line 2: rejected: $.height: must be divisible by 32"
+    assert out[2].startswith("line 3: succeeded ")
+    assert "3 lines, 2 succeeded, 0 failed, 0 canceled, 1 rejected" in run.stderr
+    assert f"gs://{worker.settings.prompts}/results/shots.jsonl.jsonl" in run.stderr
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"jobs": [{"prompt": "a fox", **small}]}))
+    again = ltxv(worker, "drop", str(good), "--wait", "--json", "--timeout", "150")
+    assert again.returncode == 0, again.stderr
+    header, row = (json.loads(line) for line in again.stdout.splitlines())
+    validator = schemas.validator("batch-manifest")
+    validator.validate(header)
+    validator.validate(row)
+    assert header["summary"]["succeeded"] == 1 and row["state"] == "succeeded"
+
+    bad_hook = tmp_path / "hook.json"
+    bad_hook.write_text(json.dumps({"jobs": [{"prompt": "a"}], "webhook_url": "https://10.0.0.1/"}))
+    refused = ltxv(worker, "drop", str(bad_hook), "--wait")
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("file rejected: invalid_webhook_url: $.webhook_url")
+
+
 def test_cancel_a_queued_job_and_waiting_that_times_out(no_worker, clean_firestore):
     submitted = ltxv(no_worker, "submit", "stays queued", *SMALL, "--wait", "--timeout", "1")
     assert submitted.returncode == 4

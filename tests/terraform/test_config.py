@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from ltxv.core.batches import BATCHES
+from ltxv.core.resources import worker_lanes
 from ltxv.core.results import DESTINATIONS
 from ltxv.core.settings import Settings, env_names
 
@@ -258,8 +260,17 @@ def test_firestore_indexes_serve_the_stores_queries_and_jobs_expire(tf):
         (("api_key_id", "ASCENDING"), ("state", "ASCENDING")),  # count_in_flight
         (("published", "ASCENDING"), ("created_at", "ASCENDING")),
     }
-    (ttl,) = tf["google_firestore_field"]
-    assert ttl["collection"] == settings.jobs_collection and ttl["field"] == "expires_at"
+    fields = tf["google_firestore_field"]
+    ttl = {field["collection"]: field["field"] for field in fields if field.get("ttl_config")}
+    assert ttl[settings.jobs_collection] == "expires_at"
+    assert ttl[BATCHES] == "expires_at"  # a prompt file's batch lives as long as its jobs
+    # A batch's per-line lists are never queried: no index entry per element.
+    unindexed = {
+        field["field"]
+        for field in fields
+        if field["collection"] == BATCHES and not field.get("ttl_config")
+    }
+    assert unindexed == {"accepted", "rejected", "settled"}
 
 
 def test_the_scheduler_ticks_the_sweep_topic(tf):
@@ -280,7 +291,7 @@ def test_alerts_watch_dead_letters_and_the_oldest_job(tf):
     start = re.search(r'subscription_id = starts_with\("([^"]+)"\)', oldest).group(1)
     subscriptions = [s["name"] for s in tf["google_pubsub_subscription"]]
     assert sorted(s for s in subscriptions if s.startswith(start)) == sorted(
-        settings.subscription_for(model) for model in MODELS
+        settings.subscription_for(model, lane) for model in MODELS for lane in worker_lanes().order
     )
 
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ltxv.core import resources
-from ltxv.core.resources import WorkerDelivery, worker_delivery
+from ltxv.core.resources import WorkerDelivery, worker_delivery, worker_lanes
 from ltxv.core.settings import Settings
 
 from .conftest import MODELS, PREFIX, ROOT, TERRAFORM, VARS, address, evaluate_with
@@ -30,6 +30,10 @@ ALTERED = {
         "minimum_backoff_seconds": 3,
         "maximum_backoff_seconds": 300,
         "enable_exactly_once_delivery": False,
+    },
+    "worker_lanes": {
+        **resources.table()["worker_lanes"],
+        "subscription_suffix": {"high": "-urgent", "normal": "", "low": "-batch"},
     },
 }
 KINDS = {"bucket": "google_storage_bucket", "subscription": "google_pubsub_subscription"}
@@ -83,7 +87,12 @@ def test_terraform_names_each_resource_as_the_table_does(tf):
 
 def test_terraform_delivers_to_each_pool_as_the_table_says(tf):
     subscriptions = _worker_subscriptions(tf)
-    assert set(subscriptions) == set(MODELS)
+    lanes = worker_lanes()
+    assert set(subscriptions) == {
+        model if lane == lanes.default else f"{model}/{lane}"
+        for model in MODELS
+        for lane in lanes.order
+    }
     for subscription in subscriptions.values():
         assert _delivery(subscription) == worker_delivery()
 
@@ -96,6 +105,8 @@ def test_terraform_reads_the_table_rather_than_repeating_it(tmp_path):
     altered = WorkerDelivery(**ALTERED["worker_subscription"])
     for subscription in _worker_subscriptions(tf).values():
         assert _delivery(subscription) == altered
+    pool = ALTERED["names"]["worker_subscription"].format(prefix=PREFIX, model=MODELS[1])
+    assert _worker_subscriptions(tf)[f"{MODELS[1]}/low"]["name"] == f"{pool}-batch"
 
 
 def test_a_deployment_may_override_the_ack_deadline_and_the_attempts(tmp_path):

@@ -119,7 +119,7 @@ def test_health_checkers_reach_port_8080_only_and_ssh_comes_through_iap_only(tf)
 def test_one_job_per_vm_so_scale_in_never_removes_a_rendering_vm(tf, model):
     autoscaler = by_model(tf, "google_compute_region_autoscaler", "workers")[model]
     policy = autoscaler["autoscaling_policy"]
-    assert policy["metric"]["single_instance_assignment"] == 1
+    assert [metric["single_instance_assignment"] for metric in policy["metric"]] == [1, 1, 1]
     assert policy["mode"] == "ON"
     # The initialization period is a fresh VM's boot with the caches in place (b).
     assert 120 <= policy["cooldown_period"] <= 600

@@ -77,7 +77,7 @@ OPS_AGENT_CONFIG="${VM_ROOT}/etc/google-cloud-ops-agent/config.yaml"
 CFG_ON_BOOT_FAILURE="poweroff" # before read_config too: an unreadable metadata server fails
 CFG_PROJECT="" CFG_PREFIX="" CFG_MODEL="" CFG_DEFAULT_MODEL="" CFG_WORKER_PACKAGE=""
 CFG_SHUTDOWN_GRACE_SECONDS="" CFG_LOG_LEVEL="" CFG_SUBSCRIPTION="" CFG_OUTPUTS_BUCKET=""
-CFG_TORCH_INDEX_URL="" CFG_WORKER_EXTRAS="" CFG_BOOT_READY_SECONDS=""
+CFG_TORCH_INDEX_URL="" CFG_WORKER_EXTRAS="" CFG_BOOT_READY_SECONDS="" CFG_LANE_AGING_SECONDS=""
 GPU_INDICES=()
 DRIVER_CUDA="" PYTHON="" PY_VERSION="" PKG_FILE="" PKG_SHA="" ENV_URI=""
 CHANGED=0 # a running worker restarts when its code or settings changed on this run

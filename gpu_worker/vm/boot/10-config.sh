@@ -53,6 +53,7 @@ read_config() {
   fi
   cfg CFG_LOG_LEVEL ltxv-log-level INFO '^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$'
   cfg CFG_SUBSCRIPTION ltxv-subscription "" '^[-A-Za-z0-9_.~+%]*$'
+  cfg CFG_LANE_AGING_SECONDS ltxv-lane-aging-seconds "" '^([0-9]+)?$'
   cfg CFG_OUTPUTS_BUCKET ltxv-outputs-bucket "" '^[-a-z0-9_.]*$'
   cfg CFG_TORCH_INDEX_URL ltxv-torch-index-url "" '^(https://[^[:space:]]+)?$'
   cfg CFG_WORKER_EXTRAS ltxv-worker-extras worker '^[-A-Za-z0-9_,]*$'
@@ -96,6 +97,7 @@ write_env_file() {
     echo "LTXV_SHUTDOWN_GRACE_SECONDS=${CFG_SHUTDOWN_GRACE_SECONDS}"
     echo "LTXV_LOG_LEVEL=${CFG_LOG_LEVEL}"
     [[ -z "$CFG_SUBSCRIPTION" ]] || echo "LTXV_SUBSCRIPTION=${CFG_SUBSCRIPTION}"
+    [[ -z "$CFG_LANE_AGING_SECONDS" ]] || echo "LTXV_LANE_AGING_SECONDS=${CFG_LANE_AGING_SECONDS}"
     [[ -z "$CFG_OUTPUTS_BUCKET" ]] || echo "LTXV_OUTPUTS_BUCKET=${CFG_OUTPUTS_BUCKET}"
     # GET /healthz on every address (the MIG's probes come from Google's ranges).
     echo "LTXV_HEALTH_PORT=${HEALTH_PORT}"

@@ -4,7 +4,8 @@
     ltxv status JOB_ID          ltxv list [--state running]
     ltxv cancel JOB_ID          ltxv download JOB_ID --out fox.mp4
     ltxv retry JOB_ID [--wait]  (a failed or canceled job's request, as a new job)
-    ltxv drop prompts.jsonl     (upload into the prompts bucket, print its receipt)
+    ltxv drop prompts.jsonl     (upload into the prompts bucket, print its receipt;
+                                 --wait: and the manifest once every job settled)
     ltxv webhook verify|listen|secret
     ltxv dev up|down|status|logs|dead-letter
 

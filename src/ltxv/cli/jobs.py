@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ltxv.cli.batch_wait import follow_batch
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
 from ltxv.client.client import Client, PromptDrops
 from ltxv.core import schemas
@@ -294,7 +295,9 @@ def cmd_drop(args: argparse.Namespace) -> int:
     if args.no_wait:
         out(f"gs://{drops.bucket.name}/{name}")
         return 0
-    receipt = drops.receipt(name, generation, timeout=args.timeout)
+    receipt = drops.receipt(name, generation, timeout=args.timeout or 120)
+    if args.wait and not receipt.get("error"):
+        return follow_batch(drops, name, generation, args)
     if args.json:
         out(json.dumps(receipt, indent=2))
     else:
@@ -360,7 +363,13 @@ def add_commands(
     drop.add_argument("file")
     drop.add_argument("--bucket", help="the prompts bucket (default: LTXV_PROMPTS_BUCKET)")
     drop.add_argument("--name", help="object name under incoming/ (default: the file's name)")
-    drop.add_argument("--no-wait", action="store_true", help="upload only")
-    drop.add_argument("--timeout", type=float, default=120, help="for the receipt (seconds)")
-    drop.add_argument("--json", action="store_true", help="print the receipt's JSON")
+    waits = drop.add_mutually_exclusive_group()
+    waits.add_argument("--no-wait", action="store_true", help="upload only")
+    waits.add_argument(
+        "--wait", action="store_true", help="wait until every job settled; print the manifest"
+    )
+    drop.add_argument(
+        "--timeout", type=float, metavar="S", help="stop waiting after S seconds (receipt: 120)"
+    )
+    drop.add_argument("--json", action="store_true", help="print the receipt (manifest) as JSON")
     drop.set_defaults(run=cmd_drop)

@@ -1,8 +1,9 @@
 """Publishing jobs to the jobs topic, where each model's GPU workers pull their own.
 
-A message carries the job id (data and attribute) and the job's model (attribute). Each
-model's worker pool pulls a subscription filtered on that attribute, so a worker only ever
-receives jobs recorded for the model it has loaded.
+A message carries the job id (data and attribute), the job's model and its lane (the
+request's priority) as attributes. Each model's worker pool pulls one subscription per lane,
+filtered on both, so a worker only ever receives jobs recorded for the model it has loaded,
+and can take a higher lane's job first.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core.retry import Retry
 from google.cloud.pubsub_v1.types import BatchSettings
 
+from ltxv.core.resources import worker_lanes
+
 JOB_ID_ATTRIBUTE = "job_id"
 MODEL_ATTRIBUTE = "model"
+LANE_ATTRIBUTE = "lane"
 
 
 def make_publisher() -> pubsub_v1.PublisherClient:
@@ -35,39 +39,66 @@ class Dispatcher:
         self.retry = Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
 
     def publish(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Publish a message per job (`job_id` and `model` of each) and wait until Pub/Sub
-        has them all; the message ids."""
+        """Publish a message per job (`job_id`, `model` and lane of each) and wait until
+        Pub/Sub has them all; the message ids."""
         futures = [
             self.publisher.publish(
                 self.topic_path,
                 json.dumps({"job_id": job["job_id"]}).encode(),
                 retry=self.retry,
                 timeout=self.timeout,
-                **{JOB_ID_ATTRIBUTE: job["job_id"], MODEL_ATTRIBUTE: job["model"]},
+                **{
+                    JOB_ID_ATTRIBUTE: job["job_id"],
+                    MODEL_ATTRIBUTE: job["model"],
+                    LANE_ATTRIBUTE: job_lane(job),
+                },
             )
             for job in jobs
         ]
         return [future.result(timeout=self.timeout * 2) for future in futures]
 
 
-def subscription_filter(model: str, default_model: str) -> str:
-    """The filter of `model`'s worker subscription (terraform spells the same).
+def job_lane(job: Mapping[str, Any]) -> str:
+    """The lane a job's message goes to: its priority (jobs stored before lanes have none)."""
+    lane = job.get("priority")
+    return lane if lane in worker_lanes().order else worker_lanes().default
 
-    The default model's pool also takes messages that name no model, published before
-    messages carried one, so that an upgrade strands nothing."""
+
+def subscription_filter(model: str, default_model: str, lane: str | None = None) -> str:
+    """The filter of `model`'s worker subscription for `lane` (terraform spells the same).
+
+    The default model's pool also takes messages that name no model, and the default lane
+    messages that name no lane, both published before messages carried them, so that an
+    upgrade strands nothing."""
+    lane = lane or worker_lanes().default
     own = f'attributes.{MODEL_ATTRIBUTE} = "{model}"'
-    return f"{own} OR NOT attributes:{MODEL_ATTRIBUTE}" if model == default_model else own
+    if model == default_model:
+        own = f"({own} OR NOT attributes:{MODEL_ATTRIBUTE})"
+    in_lane = f'attributes.{LANE_ATTRIBUTE} = "{lane}"'
+    if lane == worker_lanes().default:
+        in_lane = f"({in_lane} OR NOT attributes:{LANE_ATTRIBUTE})"
+    return f"{own} AND {in_lane}"
 
 
-def passes_filter(message_model: str | None, model: str, default_model: str) -> bool:
-    """Whether `subscription_filter(model, default_model)` lets through a message whose
-    model attribute is `message_model` (None: it has none).
+def passes_filter(
+    message_model: str | None,
+    model: str,
+    default_model: str,
+    message_lane: str | None = None,
+    lane: str | None = None,
+) -> bool:
+    """Whether `subscription_filter(model, default_model, lane)` lets through a message
+    whose model and lane attributes are `message_model` and `message_lane` (None: absent).
 
     Pub/Sub applies the filter and never delivers the rest; the emulator stores a filter
     but delivers everything, so a worker checks again and acknowledges what its
     subscription would not have received (as Pub/Sub acknowledges filtered-out messages)."""
+    lane = lane or worker_lanes().default
     # An empty attribute is still an attribute (`attributes:model` holds), as in Pub/Sub.
-    return message_model == model if message_model is not None else model == default_model
+    own = message_model == model if message_model is not None else model == default_model
+    default_lane = worker_lanes().default
+    in_lane = message_lane == lane if message_lane is not None else lane == default_lane
+    return own and in_lane
 
 
 def parse_job_id(data: bytes, attributes: Mapping[str, str]) -> str | None:

@@ -126,6 +126,7 @@ class Job(_Job, total=False):
     webhook: WebhookRecord | None
     idempotency_key: str | None
     parent_job_id: str | None  # the failed or canceled job this one retries
+    batch_id: str | None  # the prompt-file upload it came from (batches/{id})
     cancel_requested_at: datetime | None
     published_at: datetime | None
     publish_claim_until: datetime | None
@@ -188,6 +189,11 @@ def job_id_for_retry(api_key_id: str, parent_job_id: str, idempotency_key: str) 
 def job_id_for_prompt_line(bucket: str, name: str, generation: str, line: int) -> str:
     """A redelivered storage event for the same object generation names the same jobs."""
     return _derived_id("gs", bucket, name, str(generation), str(line))
+
+
+def batch_id_for_prompt_file(bucket: str, name: str, generation: str) -> str:
+    """The batch of one upload: a redelivered storage event names the same batch."""
+    return _derived_id("batch", bucket, name, str(generation))
 
 
 def new_job(

@@ -44,3 +44,26 @@ class WorkerDelivery:
 def worker_delivery() -> WorkerDelivery:
     policy = table()["worker_subscription"]
     return WorkerDelivery(**{f.name: policy[f.name] for f in fields(WorkerDelivery)})
+
+
+@dataclass(frozen=True)
+class WorkerLanes:
+    """The priority lanes of every pool: one subscription each, pulled highest first."""
+
+    order: tuple[str, ...]  # highest first
+    default: str  # the lane of a message without a lane attribute (and of older jobs)
+    subscription_suffix: dict[str, str]
+
+    def subscription(self, normal_subscription: str, lane: str) -> str:
+        """A lane's subscription, named after the pool's (the default lane's) subscription."""
+        return normal_subscription + self.subscription_suffix[lane]
+
+
+@cache
+def worker_lanes() -> WorkerLanes:
+    lanes = table()["worker_lanes"]
+    return WorkerLanes(
+        order=tuple(lanes["order"]),
+        default=lanes["default"],
+        subscription_suffix=dict(lanes["subscription_suffix"]),
+    )

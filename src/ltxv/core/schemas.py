@@ -21,6 +21,8 @@ SCHEMA_FILES = {
     "result": "result.schema.json",
     "webhook-event": "webhook-event.schema.json",
     "receipt": "receipt.schema.json",
+    "prompt-file": "prompt-file.schema.json",
+    "batch-manifest": "batch-manifest.schema.json",
     "error": "error.schema.json",
     "predict-response": "predict-response.schema.json",
     "model-profiles": "model-profiles.schema.json",

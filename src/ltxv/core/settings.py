@@ -144,6 +144,10 @@ class Settings:
     progress_interval_seconds: float = setting("LTXV_PROGRESS_INTERVAL_SECONDS", 2.0)
     shutdown_grace_seconds: float = setting("LTXV_SHUTDOWN_GRACE_SECONDS", 20.0)
     storage_retry_seconds: float = setting("LTXV_STORAGE_RETRY_SECONDS", 60.0)
+    # Priority lanes (gpu_worker/lanes.py): a worker pulls a lane it has not served for this
+    # long first, once, so a low job waits about this plus one render at most, however
+    # many high jobs keep arriving.
+    lane_aging_seconds: float = setting("LTXV_LANE_AGING_SECONDS", 300.0)
     # H.264 encoder of the videos: auto (NVENC when the GPU offers it, else x264), nvenc, x264.
     video_encoder: str = setting("LTXV_VIDEO_ENCODER", "auto")
     # Where workers share their compiled transformer blocks (gpu_worker/compile_cache.py),
@@ -193,14 +197,26 @@ class Settings:
     def worker_model(self) -> str:
         return self.worker_model_name or self.default_model
 
-    def subscription_for(self, model: str) -> str:
-        """The subscription `model`'s worker pool pulls (filtered on the model attribute)."""
-        return resources.name("worker_subscription", self.prefix, model=model)
+    def subscription_for(self, model: str, lane: str | None = None) -> str:
+        """The subscription `model`'s worker pool pulls for `lane` (default: the normal
+        lane's, which keeps the name the pool's only subscription had before lanes)."""
+        lanes = resources.worker_lanes()
+        pool = resources.name("worker_subscription", self.prefix, model=model)
+        return lanes.subscription(pool, lane or lanes.default)
 
     @property
     def subscription(self) -> str:
-        """The subscription this process's worker pulls: its model's, unless overridden."""
+        """The default lane's subscription this process's worker pulls: its model's, unless
+        overridden (the other lanes' names follow from it)."""
         return self.subscription_name or self.subscription_for(self.worker_model)
+
+    @property
+    def lane_subscription_paths(self) -> dict[str, str]:
+        """Lane -> the subscription this worker pulls for it, highest lane first."""
+        lanes = resources.worker_lanes()
+        names = {lane: lanes.subscription(self.subscription, lane) for lane in lanes.order}
+        prefix = f"projects/{self.project}/subscriptions/"
+        return {lane: prefix + name for lane, name in names.items()}
 
     @property
     def dead_letter_topic(self) -> str:

@@ -34,6 +34,8 @@ COMPONENTS = {
     "result": "JobResult",
     "webhook-event": "WebhookEvent",
     "receipt": "PromptFileReceipt",
+    "prompt-file": "PromptFileBatch",
+    "batch-manifest": "BatchManifest",
     "error": "Error",
     "predict-response": "PredictResponse",
 }

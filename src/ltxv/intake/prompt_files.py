@@ -1,8 +1,10 @@
-"""Prompt files: a `.json` (one job) or `.jsonl` (a job per line) dropped under incoming/.
+"""Prompt files: a `.json` (one job, or a batch object `{"jobs": [...], "webhook_url"}`) or
+`.jsonl` (a job per line) dropped under incoming/.
 
 Job ids derive from the object's bucket, name, generation and line, so a storage event
 delivered twice creates each job once. What became of every line is written to
-`receipts/<name>.json` in the same bucket.
+`receipts/<name>.json` in the same bucket; each upload is a batch (`prompt_batches`), whose
+manifest `results/<name>.jsonl` is written once all its jobs settled.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from typing import Any
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
+from ltxv.core.batches import BatchStore
 from ltxv.core.errors import BACKEND_ERRORS
-from ltxv.core.jobs import job_id_for_prompt_line, to_json, utcnow
+from ltxv.core.jobs import batch_id_for_prompt_file, job_id_for_prompt_line, to_json, utcnow
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 from ltxv.core.urlsafety import LookupTimedOut, caching
+from ltxv.intake.prompt_batches import (
+    BatchFormError,
+    BatchRecorder,
+    check_batch_webhook,
+    is_batch_form,
+    read_batch_form,
+)
 from ltxv.intake.submission import (
     IdempotencyConflict,
     Intake,
@@ -72,8 +82,15 @@ class Entry:
     syntax_error: str | None = None
 
 
-def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
-    """One entry per job in the file (lines count from 1; blank lines are skipped)."""
+@dataclass(frozen=True)
+class ParsedFile:
+    entries: list[Entry]
+    webhook_url: str | None = None  # where the batch.completed event goes (.json form only)
+
+
+def parse_lines(name: str, raw: bytes, max_lines: int) -> ParsedFile:
+    """One entry per job in the file (lines count from 1; blank lines are skipped; a batch
+    object's jobs count from 1 in order)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -87,9 +104,16 @@ def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
             raise PromptFileError("invalid_json", f"the file is not valid JSON: {exc}") from exc
         if isinstance(value, list):
             raise PromptFileError(
-                "not_an_object", "a .json prompt file holds one job object; use .jsonl for many"
+                "not_an_object",
+                'a .json prompt file holds one job object or {"jobs": [...]}; or use .jsonl',
             )
-        return [Entry(1, value)]
+        if not is_batch_form(value):
+            return ParsedFile([Entry(1, value)])
+        try:
+            form = read_batch_form(value, max_lines)
+        except BatchFormError as exc:
+            raise PromptFileError(exc.code, str(exc)) from exc
+        return ParsedFile([Entry(n, job) for n, job in enumerate(form.jobs, 1)], form.webhook_url)
     entries: list[Entry] = []
     # JSON Lines ends a line at \n only (\r\n too): str.splitlines() would also split at
     # U+2028, U+0085 and others, which JSON strings may hold unescaped.
@@ -105,7 +129,7 @@ def parse_lines(name: str, raw: bytes, max_lines: int) -> list[Entry]:
             entries.append(Entry(number, parse_json(line)))
         except JsonSyntaxError as exc:
             entries.append(Entry(number, syntax_error=f"line is not valid JSON: {exc}"))
-    return entries
+    return ParsedFile(entries)
 
 
 class PromptFiles:
@@ -118,6 +142,7 @@ class PromptFiles:
         owner: str,
         max_bytes: int,
         max_lines: int,
+        batches: BatchStore | None = None,
     ) -> None:
         self.intake = intake
         self.storage = storage_client
@@ -125,6 +150,8 @@ class PromptFiles:
         self.owner = owner
         self.max_bytes = max_bytes
         self.max_lines = max_lines
+        batches = batches or BatchStore(intake.store.client, intake.store.timeout)
+        self.batches = BatchRecorder(batches, storage_client, intake.ttl_days)
 
     def wants(self, bucket: str, name: str) -> bool:
         return bucket == self.prompts_bucket and name.startswith(INCOMING)
@@ -135,27 +162,40 @@ class PromptFiles:
             log.info("ignored object", extra={"object": f"gs://{bucket}/{name}"})
             return None
         receipt = Receipt(source=f"gs://{bucket}/{name}", generation=str(generation))
-        try:
-            entries = self._read(bucket, name, generation, size)
-        except PromptFileError as exc:
-            receipt.error = {"code": exc.code, "message": str(exc)}
-            entries = []
-        except gexc.NotFound:
-            log.info("object gone before it was read", extra={"object": receipt.source})
-            return None
-        room = self.intake.room_for(self.owner) if entries else 0
         # Each webhook host is looked up once per file, not once per line: 5000 lines naming
         # one slow name server would otherwise wait on it 5000 times.
         policy = self.intake.policy
         policy = dataclasses.replace(policy, resolver=caching(policy.resolver))
-        for entry in entries:
+        try:
+            parsed = self._read(bucket, name, generation, size)
+            check_batch_webhook(parsed.webhook_url, policy)
+        except (PromptFileError, BatchFormError) as exc:
+            receipt.error = {"code": exc.code, "message": str(exc)}
+            parsed = ParsedFile([])
+        except gexc.NotFound:
+            log.info("object gone before it was read", extra={"object": receipt.source})
+            return None
+        room = self.intake.room_for(self.owner) if parsed.entries else 0
+        batch = batch_id_for_prompt_file(bucket, name, str(generation))
+        for entry in parsed.entries:
             room -= self._accept_line(
-                receipt, bucket, name, str(generation), entry, full=room < 1, policy=policy
+                receipt, bucket, name, str(generation), entry, batch, full=room < 1, policy=policy
+            )
+        if receipt.error is None:
+            # Before the receipt, which is what a client waits for first.
+            self.batches.record(
+                bucket=bucket,
+                name=name,
+                generation=str(generation),
+                owner=self.owner,
+                accepted=receipt.accepted,
+                rejected=receipt.rejected,
+                webhook_url=parsed.webhook_url,
             )
         self._write_receipt(bucket, name, receipt)
         return receipt
 
-    def _read(self, bucket: str, name: str, generation: str, size: int | None) -> list[Entry]:
+    def _read(self, bucket: str, name: str, generation: str, size: int | None) -> ParsedFile:
         if not name.endswith(SUFFIXES):
             raise PromptFileError(
                 "unsupported_type", "prompt files must end in .json (one job) or .jsonl"
@@ -177,6 +217,7 @@ class PromptFiles:
         name: str,
         generation: str,
         entry: Entry,
+        batch_id: str,
         *,
         full: bool,
         policy: IntakePolicy,
@@ -192,6 +233,7 @@ class PromptFiles:
             source=f"gs://{bucket}/{name}",
             source_generation=generation,
             source_line=line,
+            batch_id=batch_id,
         )
         try:
             if entry.syntax_error:

@@ -12,6 +12,12 @@ holds the claim, so a burst of replays of one Idempotency-Key waits for that pub
 instead of publishing again; a replay takes the claim over only once it has run out (the
 creator crashed). Every duplicate message would be one more delivery toward the
 subscription's dead-letter limit.
+
+An HTTP submit waits for no more than the create and the publish (the floor any intake
+pays). The key's in-flight count, when one is due (`in_flight`), runs beside the create,
+and the `published` mark is written after the answer: all the mark buys is that the
+sweep leaves the job alone, so one lost with its process costs a second message, which
+the worker's claim ignores.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +47,7 @@ from ltxv.core.jobs import (
 )
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
+from ltxv.intake.in_flight import InFlightGauge
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,
@@ -107,6 +115,7 @@ class JobOrigin:
     source_line: int | None = None
     idempotency_key: str | None = None
     parent_job_id: str | None = None
+    batch_id: str | None = None  # a prompt-file line's upload
 
 
 # What a retry may start from: a job that ended without a video (a job past its deadline
@@ -130,6 +139,9 @@ class Intake:
         self.max_in_flight = max_in_flight
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
+        # Counts taken beside creates, and marks written after answers.
+        self._beside = ThreadPoolExecutor(8, thread_name_prefix="intake")
+        self._gauge = InFlightGauge(max_in_flight)
 
     def validate(
         self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
@@ -180,11 +192,34 @@ class Intake:
         self, request: dict[str, Any], *, job_id: str, origin: JobOrigin
     ) -> Accepted:
         """`accept`, if the key has room for one more job in flight (TooManyJobs if not);
-        a replay of a job already accepted is answered whatever the count."""
-        replay = origin.idempotency_key is not None
-        if self.room_for(origin.api_key_id) < 1 and not (replay and self.exists(job_id)):
-            raise TooManyJobs(self.max_in_flight)
-        return self.accept(request, job_id=job_id, origin=origin)
+        a replay of a job already accepted is answered whatever the count. The count runs
+        while the job is created, and is waited for before it is published."""
+        if not self.max_in_flight or not self._gauge.needs_count(origin.api_key_id):
+            return self.accept(request, job_id=job_id, origin=origin, mark_later=True)
+        counting = self._beside.submit(self._count_in_flight, origin.api_key_id)
+        return self.accept(
+            request,
+            job_id=job_id,
+            origin=origin,
+            admit=lambda: self._has_room(counting, origin.api_key_id),
+            mark_later=True,
+        )
+
+    def _count_in_flight(self, api_key_id: str) -> int:
+        with _unavailable_on_error("job store"):
+            counted = self.store.count_in_flight(api_key_id, up_to=self.max_in_flight + 1)
+        self._gauge.counted(api_key_id, counted)
+        return counted
+
+    def _has_room(self, counting: Future[int], api_key_id: str) -> bool:
+        """Whether the key had room for the job just created, from a count taken while it
+        was created (so it may or may not include it): below the limit there was room
+        either way, above it there was none either way, and at the limit a second count,
+        which certainly includes it, decides."""
+        counted = counting.result()
+        if counted == self.max_in_flight:
+            counted = self._count_in_flight(api_key_id) - 1
+        return counted < self.max_in_flight
 
     def room_for(self, api_key_id: str) -> int | float:
         """How many more jobs the key may have queued or running now. A soft limit: a
@@ -200,8 +235,18 @@ class Intake:
         with _unavailable_on_error("job store"):
             return self.store.get(job_id) is not None
 
-    def accept(self, request: dict[str, Any], *, job_id: str, origin: JobOrigin) -> Accepted:
-        """Record and publish a validated request under a stable job id, exactly once."""
+    def accept(
+        self,
+        request: dict[str, Any],
+        *,
+        job_id: str,
+        origin: JobOrigin,
+        admit: Callable[[], bool] | None = None,
+        mark_later: bool = False,
+    ) -> Accepted:
+        """Record and publish a validated request under a stable job id, exactly once.
+        `admit`, asked once the job is recorded and before it is published, may refuse a
+        new job (TooManyJobs); `mark_later` writes the `published` mark after returning."""
         digest = request_hash(request)
         job = new_job(
             job_id=job_id,
@@ -216,6 +261,8 @@ class Intake:
             ttl_days=self.ttl_days,
         )
         job["publish_claim_until"] = job["created_at"] + self.publish_claim
+        if origin.batch_id:
+            job["batch_id"] = origin.batch_id
         try:
             self.store.create(job)
         except JobExists as exists:
@@ -229,12 +276,34 @@ class Intake:
             ) from exc
         except BACKEND_ERRORS as exc:
             raise Unavailable(f"job store unavailable: {exc}") from exc
+        if admit is not None:
+            self._admit_or_undo(job_id, admit)
         try:
             self.dispatcher.publish([job])
         except BACKEND_ERRORS as exc:
             self._undo_create(job_id)
             raise Unavailable(f"job queue unavailable: {exc}") from exc
+        if mark_later:
+            self._beside.submit(self._mark_after_answer, job)
+            return Accepted({**job, "published": True, "published_at": utcnow()}, created=True)
         return Accepted(self._mark_published(job), created=True)
+
+    def _admit_or_undo(self, job_id: str, admit: Callable[[], bool]) -> None:
+        try:
+            admitted = admit()
+        except Unavailable:
+            self._undo_create(job_id)
+            raise
+        if admitted:
+            return
+        try:
+            self.store.delete_unpublished(job_id)
+        except BACKEND_ERRORS as exc:
+            # Left in place, the sweep would publish the job the client is told was
+            # refused: say "unknown, retry" instead (a retry with its Idempotency-Key
+            # finds the job).
+            raise Unavailable(f"job store unavailable: {exc}") from exc
+        raise TooManyJobs(self.max_in_flight)
 
     def _replay(self, job: Job, digest: str) -> Accepted:
         if job.get("request_hash") != digest:
@@ -291,6 +360,12 @@ class Intake:
             log.warning("could not mark job published", extra={"job_id": job["job_id"]})
             return job
         return {**job, "published": True, "published_at": utcnow()}
+
+    def _mark_after_answer(self, job: Job) -> None:
+        try:
+            self._mark_published(job)
+        except Unavailable:
+            log.warning("job gone before its published mark", extra={"job_id": job["job_id"]})
 
     def _undo_create(self, job_id: str) -> None:
         try:

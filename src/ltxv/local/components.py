@@ -262,7 +262,8 @@ def worker_component(name: str, model: str, port: int = WORKER_HEALTH_PORT) -> C
         return {
             **stack.service_env(),
             "LTXV_WORKER_MODEL": model,
-            "LTXV_SUBSCRIPTION": stack.settings.subscription_for(model),
+            "LTXV_SUBSCRIPTION": stack.settings.subscription_for(model),  # its lanes: + suffix
+            "LTXV_LANE_AGING_SECONDS": str(stack.settings.lane_aging_seconds),
             "LTXV_MODEL_DIR": str(stack.state_dir / "models" / model),
             # Its health endpoint, on loopback (the port is the component's).
             "LTXV_HEALTH_PORT": str(stack.port(name)),

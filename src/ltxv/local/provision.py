@@ -1,6 +1,6 @@
 """What terraform creates, created in the emulators: the topics, the subscriptions (each
-model's worker subscription with the deployment's delivery policy, and the pull
-subscriptions the bridge reads in place of Eventarc's) and the buckets.
+model's worker subscription per priority lane, with the deployment's delivery policy, and
+the pull subscriptions the bridge reads in place of Eventarc's) and the buckets.
 
 `EmulatorResources` holds the `LocalStack` methods that do it, with real clients bound to
 the stack's emulators; each creation is idempotent, as it runs on every `up`.
@@ -22,7 +22,7 @@ from google.pubsub_v1.services.publisher.transports import PublisherGrpcTranspor
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from ltxv.core.dispatch import subscription_filter
-from ltxv.core.resources import worker_delivery
+from ltxv.core.resources import worker_delivery, worker_lanes
 from ltxv.local.bridge import storage_events_subscription
 from ltxv.local.layout import StackLayout
 
@@ -62,11 +62,11 @@ class EmulatorResources(StackLayout):
                 _ignore_exists(publisher.create_topic, name=topic(name))
             subscriptions = [
                 {
-                    "name": s.subscription_for(model),
+                    "name": s.subscription_for(model, lane),
                     "topic": topic(s.topic),
-                    # As terraform filters each model's subscription. The emulator keeps
-                    # the filter but delivers every message anyway: each worker re-checks.
-                    "filter": subscription_filter(model, s.default_model),
+                    # As terraform filters each model's lane subscriptions. The emulator
+                    # keeps the filter but delivers every message anyway: workers re-check.
+                    "filter": subscription_filter(model, s.default_model, lane),
                     "ack_deadline_seconds": delivery.ack_deadline_seconds,
                     "dead_letter_policy": {
                         "dead_letter_topic": topic(s.dead_letter_topic),
@@ -78,6 +78,7 @@ class EmulatorResources(StackLayout):
                     "enable_exactly_once_delivery": delivery.enable_exactly_once_delivery,
                 }
                 for model in s.models
+                for lane in worker_lanes().order
             ]
             subscriptions += [
                 # The bridge pulls these and holds each message while a function runs (up

@@ -1,23 +1,21 @@
 """Outcomes to clients: result.json → a signed webhook, each attempt recorded on the job.
-
 Runs as the `result_ready` event function (functions/notify) and leans on its trigger for
 retries: raising :class:`RetryLater` makes the function answer non-2xx, Eventarc delivers
 the event again after its backoff (10 s to 10 min, for 24 h), and the handler decides
 afresh from the job document. So no timer, queue or process of our own has to survive.
-(Dead letters, the other notify entry point, are in `dead_letters`.)
+(Dead letters, the other entry point: `dead_letters`; batches of prompt files: `batches`.)
 
 Webhook delivery, per job (the record is `jobs/{id}.webhook`):
 
 1. Claim, in one `JobStore.decide` (read, decide, conditional write): nothing to do if the job
    has no webhook or its delivery is settled (`delivered`/`failed`); retry later if an
    attempt is in flight (`sending_until`) or the next one is not due (`next_attempt_at`).
-   Else append the
-   attempt, marked `in_flight`, and hold `sending_until` for longer than the attempt can
-   possibly take (DNS and the send each have a deadline; a margin on top), so two
-   triggers never send at once. The attempt counts from here on: an invocation killed
-   mid-send (the function's own timeout) leaves it in flight, and the first claim after
-   `sending_until` records it as `interrupted`, counts it toward the retry window and goes
-   on. A job whose owner (its API key) has no signing secret fails here, unsent.
+   Else append the attempt, marked `in_flight`, and hold `sending_until` for longer than
+   the attempt can possibly take (DNS and the send each have a deadline; a margin on top),
+   so two triggers never send at once. The attempt counts from here on: an invocation
+   killed mid-send (the function's own timeout) leaves it in flight, and the first claim
+   after `sending_until` records it as `interrupted`, counts it toward the retry window and
+   goes on. A job whose owner (its API key) has no signing secret fails here, unsent.
 2. Check the URL again (DNS may have changed since intake) and POST to the checked
    address, signed with each of the owner's secrets (several during a rotation). Nothing
    here raises: whatever happens is the attempt's outcome.
@@ -197,7 +195,10 @@ class WebhookNotifier:
                 "result.json is no settled job's result; no webhook", extra={"error": str(exc)}
             )
             return "unreadable"
-        msg_id = event_id(job_id)
+        return self.send_event(job_id, event_id(job_id), body)
+
+    def send_event(self, job_id: str, msg_id: str, body: bytes) -> str:
+        """Deliver `body` per document `job_id`'s webhook record (a job's, or a batch's)."""
         try:
             secrets = self.secrets.all()  # before claiming: an outage leaves nothing half-done
         except BACKEND_ERRORS as exc:

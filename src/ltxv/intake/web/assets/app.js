@@ -177,6 +177,7 @@ async function onSubmit(event) {
     showErrors(errors, `Fix ${errors.length} field(s) before generating.`);
     return;
   }
+  body.priority = $("f-priority").value; // a select of the schema's lanes: nothing to check
   clearErrors();
   $("submit").disabled = true;
   try {

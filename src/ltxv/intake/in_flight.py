@@ -1,0 +1,53 @@
+"""When a submit must count its key's jobs in flight, and what the last count said.
+
+The per-key limit guards the queue against one client flooding it; it is soft (requests
+counted at the same moment all see room). A count is one aggregation query, as costly as
+the create it would slow, so a key far below its limit is not counted on every request:
+while its last count plus what this process admitted since stays within half the limit
+and the count is younger than `fresh_seconds`, a submit goes ahead uncounted. Near the
+limit, and whenever the count has aged, every submit counts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Reading:
+    counted: int  # what the last count found
+    at: float  # when, by the gauge's clock
+    admitted: int  # jobs this process admitted since, uncounted
+
+
+class InFlightGauge:
+    def __init__(
+        self,
+        limit: int,
+        fresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.fresh_seconds = fresh_seconds
+        self.clock = clock
+        self._readings: dict[str, _Reading] = {}
+        self._lock = threading.Lock()
+
+    def needs_count(self, api_key_id: str) -> bool:
+        """Whether this submit must count; when it need not, it is recorded as admitted."""
+        with self._lock:
+            reading = self._readings.get(api_key_id)
+            if reading is None or self.clock() - reading.at > self.fresh_seconds:
+                return True
+            if (reading.counted + reading.admitted + 1) * 2 > self.limit:
+                return True
+            reading.admitted += 1
+            return False
+
+    def counted(self, api_key_id: str, value: int) -> None:
+        """A count just taken, beside the create of one more job it may not include."""
+        with self._lock:
+            self._readings[api_key_id] = _Reading(value, self.clock(), admitted=1)

@@ -1,0 +1,67 @@
+"""What a submit waits for (the create and the publish), and what it leaves for after its
+answer (the `published` mark) or does beside them (the in-flight count), against the
+emulators: nothing a refused request made survives, and every accepted job is marked."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ltxv.core import schemas
+from ltxv.core.jobs import job_id_for_idempotency_key
+
+from .conftest import pull_job_ids
+
+pytestmark = pytest.mark.emulators
+
+OLD_EXAMPLE = schemas.old_predict_example()
+
+
+def submit(client, auth, **headers):
+    return client.post("/v1/jobs", json=OLD_EXAMPLE, headers={**auth, **headers})
+
+
+@pytest.fixture
+def capped_client(env, monkeypatch):
+    from functions_framework import create_app
+
+    from .conftest import SUBMIT_SOURCE
+
+    monkeypatch.setenv("LTXV_MAX_JOBS_IN_FLIGHT", "3")
+    return create_app(target="api", source=SUBMIT_SOURCE, signature_type="http").test_client()
+
+
+def test_a_job_refused_at_the_limit_leaves_no_document_and_no_message(
+    capped_client, auth, service, settings
+):
+    accepted = [submit(capped_client, auth).get_json()["job_id"] for _ in range(3)]
+    # Counted while it was being created: the job was written, then removed unpublished.
+    refused = submit(capped_client, auth, **{"Idempotency-Key": "over-the-limit"})
+    assert refused.status_code == 429, refused.get_data(as_text=True)
+    assert service.store.get(job_id_for_idempotency_key("default", "over-the-limit")) is None
+    assert service.store.count_in_flight("default") == 3
+    assert sorted(pull_job_ids(settings)) == sorted(accepted)
+    # The same key, asked again at the limit, is refused again; nothing was left to replay.
+    again = submit(capped_client, auth, **{"Idempotency-Key": "over-the-limit"})
+    assert again.status_code == 429
+
+
+def test_the_published_mark_follows_the_answer(client, auth, service):
+    answered = [submit(client, auth).get_json() for _ in range(5)]
+    assert all(job["published"] is True for job in answered)
+    deadline = time.monotonic() + 10
+    stored = [service.store.get(job["job_id"]) for job in answered]
+    while not all(job["published"] for job in stored) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stored = [service.store.get(job["job_id"]) for job in answered]
+    assert all(job["published"] and job["published_at"] for job in stored)
+
+
+def test_a_replay_during_the_creators_publish_gets_the_same_published_job(client, auth):
+    first = submit(client, auth, **{"Idempotency-Key": "twice-quickly"})
+    second = submit(client, auth, **{"Idempotency-Key": "twice-quickly"})
+    assert first.status_code == second.status_code == 202
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert first.get_json()["job_id"] == second.get_json()["job_id"]
+    assert second.get_json()["published"] is True

@@ -1,0 +1,51 @@
+"""When a submit counts its key's jobs in flight (ltxv.intake.in_flight)."""
+
+from __future__ import annotations
+
+from ltxv.intake.in_flight import InFlightGauge
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_key_never_counted_is_counted():
+    assert InFlightGauge(100).needs_count("k")
+
+
+def test_far_below_the_limit_submits_go_uncounted_until_half_of_it():
+    gauge = InFlightGauge(100, clock=Clock())
+    gauge.counted("k", 10)  # 10 found, and the job created beside the count
+    uncounted = 0
+    while not gauge.needs_count("k"):
+        uncounted += 1
+    # 10 counted + 1 beside + 39 uncounted = 50, half the limit: the next one counts.
+    assert uncounted == 39
+    assert gauge.needs_count("k")  # and every one after it, until a count comes back
+
+
+def test_an_aged_count_is_taken_again():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
+    gauge.counted("k", 0)
+    assert not gauge.needs_count("k")
+    clock.now = 1.5
+    assert gauge.needs_count("k")
+
+
+def test_near_the_limit_every_submit_counts():
+    gauge = InFlightGauge(3, clock=Clock())
+    gauge.counted("k", 0)
+    assert gauge.needs_count("k")  # 0 + 1 beside + this one = 2 > 3 / 2
+
+
+def test_keys_are_counted_apart():
+    gauge = InFlightGauge(100, clock=Clock())
+    gauge.counted("busy", 60)
+    gauge.counted("quiet", 0)
+    assert gauge.needs_count("busy")
+    assert not gauge.needs_count("quiet")

@@ -11,6 +11,10 @@
 
 locals {
   runtime = "python312"
+  # Requests one API instance serves at once. functions-framework runs that many gunicorn
+  # threads only when THREADS says so (else 4 per CPU), and each open event stream
+  # (GET /v1/jobs/{id}/events) holds one thread: streams may take at most half of them.
+  api_concurrency = 80
 
   # Functions triggered by objects finalized in a bucket.
   storage_function = {
@@ -129,7 +133,7 @@ resource "google_cloudfunctions2_function" "api" {
     available_cpu         = "1"
     # Requests mostly wait on Firestore and Pub/Sub (and /predict on the render): one
     # instance serves many at once.
-    max_instance_request_concurrency = 80
+    max_instance_request_concurrency = local.api_concurrency
     min_instance_count               = 0
     max_instance_count               = var.api_max_instances
     timeout_seconds                  = var.predict_wait_seconds + 60
@@ -138,6 +142,7 @@ resource "google_cloudfunctions2_function" "api" {
     environment_variables = merge(local.function_env, {
       LTXV_API_KEYS_SECRET        = "projects/${var.project_id}/secrets/${var.prefix}-api-keys"
       LTXV_WEBHOOK_SECRETS_SECRET = local.webhook_secrets_secret # GET /v1/webhooks/secret
+      THREADS                     = tostring(local.api_concurrency)
     })
   }
 

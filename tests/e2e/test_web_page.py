@@ -340,6 +340,48 @@ def test_generate_watch_play_download_and_replay(page, stack):
     assert _wait_playing(page)["error"] is None
 
 
+# Every way the page could learn of a job other than its event stream: the list and one job.
+POLLS = re.compile(r".*/v1/jobs(\?.*|/[a-z2-7]{26})$")
+
+
+def test_live_progress_comes_from_the_event_stream_alone(page, stack):
+    stack.up(["worker"])
+    prompt = unique("a kite over the dunes")
+    open_with_key(page, stack)
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
+    page.route(POLLS, lambda route: route.abort())  # polling learns nothing from here on
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Inference steps").fill("50")
+    page.get_by_label("Width (pixels)").fill("704")
+    page.get_by_label("Height (pixels)").fill("480")
+    page.get_by_label("Frames").fill("65")
+    page.get_by_role("button", name="Generate").click()
+    item = job_item(page, prompt)
+    expect(item.locator(".state")).to_have_text("running", timeout=60_000)
+    bar = item.locator("progress")
+    expect(bar).to_have_attribute("max", "50")
+    steps = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and item.get_attribute("data-state") == "running":
+        steps.add(int(bar.evaluate("b => b.value")))
+        time.sleep(0.2)
+    expect(item).to_have_attribute("data-state", "succeeded", timeout=120_000)
+    assert len(steps - {0}) >= 2, f"the bar moved through too few steps: {sorted(steps)}"
+    assert streams and all("/v1/jobs/" in url for url in streams)
+    page.unroute(POLLS)
+
+
+def test_without_its_event_stream_the_page_polls(page, stack):
+    stack.up(["worker"])
+    prompt = unique("a lantern in the fog")
+    page.route("**/events", lambda route: route.fulfill(status=404, json={"error": {}}))
+    open_with_key(page, stack)
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_role("button", name="Generate").click()
+    expect(job_item(page, prompt)).to_have_attribute("data-state", "succeeded", timeout=60_000)
+
+
 @pytest.mark.parametrize(
     "page",
     [{"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}],

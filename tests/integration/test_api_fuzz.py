@@ -67,6 +67,8 @@ def stand_in_worker(service):
 def api_schema(env, monkeypatch, stand_in_worker):
     monkeypatch.setenv("LTXV_MAX_WAIT_SECONDS", "2")
     monkeypatch.setenv("LTXV_PREDICT_WAIT_SECONDS", "10")
+    # An event stream the fuzzer opens ends within seconds even on a job still queued.
+    monkeypatch.setenv("LTXV_EVENTS_LIFETIME_SECONDS", "2")
     monkeypatch.setattr(socket, "getaddrinfo", _offline_getaddrinfo)
     app = create_app(target="api", source=SUBMIT_SOURCE, signature_type="http")
     return schemathesis.openapi.from_wsgi("/openapi.json", app)

@@ -331,3 +331,16 @@ def test_outputs_give_what_a_first_request_needs(tf):
         assert f"output.{name}" in outputs
     assert outputs["output.api_keys"]["sensitive"] is True
     assert outputs["output.webhook_secrets"]["sensitive"] is True
+
+
+def test_the_api_runs_a_thread_per_concurrent_request_and_outlives_an_event_stream(tf):
+    service = _functions(tf)["api"]["service_config"]
+    threads = int(service["environment_variables"]["THREADS"])
+    # functions-framework's default would be 4 per CPU: 4 threads for 80 requests.
+    assert threads == service["max_instance_request_concurrency"]
+    deployed = Settings.from_env(service["environment_variables"])
+    assert deployed.server_threads == threads
+    # An event stream ends itself (its lifetime, then a last keep-alive's worth) well
+    # before the platform would cut the request.
+    lifetime = deployed.events_lifetime_seconds + deployed.events_heartbeat_seconds
+    assert lifetime * 2 <= service["timeout_seconds"]

@@ -34,6 +34,8 @@ from ltxv.client.http_retries import RETRY, without_429
 from ltxv.core.jobs import Page, State
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 
+from .job_stream import changes_only, follow_events
+
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
 
 
@@ -221,20 +223,27 @@ class Client:
         timeout: float | None = None,
         poll_interval: float = 1.0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        stream: bool = True,
     ) -> dict[str, Any]:
-        """Poll until the job is succeeded, failed or canceled, and return it.
+        """Follow the job until it is succeeded, failed or canceled, and return it.
 
+        Reads its event stream (GET /v1/jobs/{id}/events); where that is unavailable, or
+        with `stream=False`, polls every `poll_interval`.
         `on_progress(job)` is called with the first answer and whenever its state or
         denoising step changes. Raises `WaitTimedOut` after `timeout` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen = None
+        report = changes_only(on_progress)
+        if stream:
+            url = f"{self.url}/v1/jobs/{_segment(job_id)}/events"
+            outcome, job = follow_events(self.session, url, self.timeout, deadline, report)
+            if outcome == "settled" and job:
+                return job
+            if outcome == "timed_out":
+                raise WaitTimedOut(job or self.get(job_id), timeout or 0)
         while True:
             job = self.get(job_id)
-            mark = (job["state"], (job.get("progress") or {}).get("step"))
-            if on_progress and mark != seen:
-                on_progress(job)
-            seen = mark
+            report(job)
             if State(job["state"]).terminal:
                 return job
             if deadline is not None and time.monotonic() >= deadline:

@@ -102,6 +102,20 @@ class Settings:
     max_jobs_in_flight: int = setting("LTXV_MAX_JOBS_IN_FLIGHT", 1000)
     max_wait_seconds: int = setting("LTXV_MAX_WAIT_SECONDS", 60)
     predict_wait_seconds: int = setting("LTXV_PREDICT_WAIT_SECONDS", 900)
+    # GET /v1/jobs/{id}/events (intake/job_events.py): how often a stream reads the job,
+    # how long it stays quiet before a `: keep-alive` comment, how long one connection
+    # lives (well under the API function's request timeout; the client reconnects with
+    # Last-Event-ID), the reconnect delay it suggests, and how many streams one instance
+    # holds at once, in all and per API key (each holds a server thread for its life).
+    events_poll_seconds: float = setting("LTXV_EVENTS_POLL_SECONDS", 1.0)
+    events_heartbeat_seconds: float = setting("LTXV_EVENTS_HEARTBEAT_SECONDS", 15.0)
+    events_lifetime_seconds: float = setting("LTXV_EVENTS_LIFETIME_SECONDS", 300.0)
+    events_retry_seconds: float = setting("LTXV_EVENTS_RETRY_SECONDS", 1.0)
+    events_max_streams: int = setting("LTXV_EVENTS_MAX_STREAMS", 40)
+    events_max_streams_per_key: int = setting("LTXV_EVENTS_MAX_STREAMS_PER_KEY", 10)
+    # The request threads of this server process: functions-framework's own variable
+    # (its gunicorn runs THREADS threads, default 4 per CPU); 0 here means that default.
+    server_threads: int = setting("LTXV_SERVER_THREADS", 0, also=("THREADS",))
     job_ttl_days: int = setting("LTXV_JOB_TTL_DAYS", 30)
     allow_http_loopback_webhooks: bool = setting("LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS", False)
     prompt_file_owner: str = setting("LTXV_PROMPT_FILE_OWNER", "default")

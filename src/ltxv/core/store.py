@@ -108,6 +108,15 @@ class JobStore:
         snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
         return cast(Job, snapshot.to_dict()) if snapshot.exists else None
 
+    def get_versioned(self, job_id: str) -> tuple[Job, datetime] | None:
+        """The job and Firestore's update time of the version read: it grows with every
+        write of the document, whoever wrote it (the job's `updated_at` is the writer's
+        clock, and not every writer sets it)."""
+        snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
+        if not snapshot.exists:
+            return None
+        return cast(Job, snapshot.to_dict()), snapshot.update_time
+
     def delete_unpublished(self, job_id: str) -> None:
         """Undo a create whose publish failed, unless something already moved the job on."""
 

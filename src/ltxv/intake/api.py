@@ -28,6 +28,7 @@ from ltxv.core.usage import page_total
 from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.intake import openapi
 from ltxv.intake.auth import KeyRing
+from ltxv.intake.job_events import JobEvents
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.redelivery import WebhookRedeliveries
 from ltxv.intake.refusals import refusals_as_http_errors
@@ -62,6 +63,9 @@ class JobsApi:
     def __post_init__(self) -> None:
         self.web = WebPage(self.settings.storage_origin)
         self.redeliveries = WebhookRedeliveries(self.store, self.storage, self.settings)
+        self.events = JobEvents(
+            self.settings, self.store, self.views, sleep=self.sleep, clock=self.clock
+        )
 
     def __call__(self, request: Request) -> Response:
         started = self.clock()
@@ -256,6 +260,11 @@ class JobsApi:
     def get_job(self, request: Request, job_id: str) -> Response:
         key_id = self._authenticate(request)
         return json_response(self.views.detailed(self._owned_job(job_id, key_id)))
+
+    def job_events(self, request: Request, job_id: str) -> Response:
+        """Server-Sent Events of the job's state and progress until it settles."""
+        key_id = self._authenticate(request)
+        return self.events.open(job_id, key_id, request.headers.get("Last-Event-ID"))
 
     def list_jobs(self, request: Request) -> Response:
         key_id = self._authenticate(request)

@@ -199,6 +199,42 @@ def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
             "parameters": [job_id_param],
             "responses": {"200": _json(JOB, "The job"), **_errors(401, 404, 503)},
         },
+        "job_events": {
+            "operationId": "jobEvents",
+            "summary": "The job's state changes and progress as Server-Sent Events, until "
+            "it settles",
+            "description": "`event: state` (first on each connection, and on each change of "
+            "state, attempts, cancel request or error) and `event: progress` (the "
+            "denoising step moved), each with the job as `GET /v1/jobs/{job_id}` answers "
+            "it as `data` and an `id`; `: keep-alive` comments while nothing changes. The "
+            "stream ends after a settled job's event, or after its lifetime with a "
+            "`retry:` field: reconnect with `Last-Event-ID`. Streams per instance and per "
+            "key are capped (429/503: poll instead).",
+            "parameters": [
+                job_id_param,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "The id of the last event received: only what changed "
+                    "since is sent.",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "An event stream (text/event-stream)",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "204": {"description": "The job settled and Last-Event-ID is its last event"},
+                **_errors(400, 401, 404),
+                "429": _json(
+                    "#/components/schemas/Error",
+                    "This API key has its limit of event streams open; poll instead",
+                ),
+                **_errors(503),
+            },
+        },
         "cancel_job": {
             "operationId": "cancelJob",
             "summary": "Cancel: a queued job at once, a running one between steps",

@@ -26,6 +26,7 @@ ROUTES = Map(
         Rule("/v1/jobs", endpoint="create_job", methods=["POST"]),
         Rule("/v1/jobs", endpoint="list_jobs", methods=["GET"]),
         Rule("/v1/jobs/<job_id>", endpoint="get_job", methods=["GET"]),
+        Rule("/v1/jobs/<job_id>/events", endpoint="job_events", methods=["GET"]),
         Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
         Rule("/v1/jobs/<job_id>/retry", endpoint="retry_job", methods=["POST"]),
         Rule("/v1/jobs/<job_id>/webhook/redeliver", endpoint="redeliver_webhook", methods=["POST"]),

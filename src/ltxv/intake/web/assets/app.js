@@ -2,6 +2,7 @@
 
 import { ApiError, api, apiKey } from "./api.js";
 import { JobList, PAGE_SIZE } from "./jobs.js";
+import { follow, stopAll } from "./live.js";
 import { NUMBER_FIELDS, hint, loadRules, validate } from "./rules.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +25,7 @@ function label(job) {
 // --- the key ------------------------------------------------------------------------------
 
 function showKeyForm(message) {
+  stopAll();
   jobs.reset();
   $("app").hidden = true;
   $("key-state").hidden = true;
@@ -184,6 +186,7 @@ async function onSubmit(event) {
     jobs.update(job);
     jobs.render();
     jobs.schedule();
+    watch(job.job_id);
     announce(`Submitted ${label(job)}: ${job.state}`);
   } catch (error) {
     if (error.status === 401) onUnauthorized(error);
@@ -209,6 +212,19 @@ const jobs = new JobList({
   },
   onError: handleError,
 });
+
+// A job submitted (or retried) here is followed live, step by step, through its event
+// stream; the list's polling goes on beside it and is all there is where the stream is
+// unavailable.
+function watch(jobId) {
+  follow(jobId, {
+    onJob: (job) => {
+      jobs.update(job);
+      jobs.render();
+    },
+    onUnavailable: () => jobs.schedule(),
+  });
+}
 
 function handleError(error) {
   if (error instanceof ApiError && error.status === 401) onUnauthorized(error);
@@ -288,6 +304,7 @@ async function retry(job, button) {
     jobs.update(fresh);
     jobs.render();
     jobs.schedule();
+    watch(fresh.job_id);
     jobs.items.get(fresh.job_id)?.querySelector(".job-prompt").focus();
     announce(`Retrying ${label(job)} as a new job: ${fresh.state}`);
   } catch (error) {

@@ -95,10 +95,17 @@ def main() -> int:
         session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=args.concurrency))
         headers = {"X-API-Key": stack.api_key}
 
-        def submit(_i: int) -> None:
-            response = session.post(f"{stack.api_url}/v1/jobs", json=BODY, headers=headers)
+        def submit(_i: int, **extra: str) -> None:
+            response = session.post(
+                f"{stack.api_url}/v1/jobs", json=BODY, headers={**headers, **extra}
+            )
             if response.status_code != 202:
                 raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
+
+        def submit_keyed(_i: int) -> None:
+            """With an Idempotency-Key (a fresh one), whose job is created before it is
+            published: the order that lets a replay find it."""
+            submit(_i, **{"Idempotency-Key": new_job_id()})
 
         # The intake's own store and dispatcher, as its composition root builds them; the
         # floor's jobs go to a collection of their own.
@@ -141,6 +148,7 @@ def main() -> int:
             "floor + published mark (one more write)": floor_and_mark,
             "floor + mark + in-flight count (one query)": floor_mark_and_count,
             api_name: submit,
+            "POST /v1/jobs with an Idempotency-Key": submit_keyed,
         }
         latencies, per_round = interleaved(arms, args.requests, args.concurrency, args.rounds)
         print(

@@ -22,7 +22,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ltxv.core.deadlines import fail_past_queue_deadline, past_queue_deadline, run_deadline_error
-from ltxv.core.jobs import Changes, Job, JobError, Lease, State, lease_end, transition
+from ltxv.core.jobs import (
+    Changes,
+    Job,
+    JobError,
+    Lease,
+    State,
+    lease_end,
+    transition,
+    utcnow,
+)
 from ltxv.core.store import Decision, JobStore
 from ltxv.core.usage import add_attempt
 
@@ -49,6 +58,12 @@ class Claim:
         if self.job is None:
             raise LookupError(f"a {self.outcome.value} claim has no job")
         return self.job
+
+
+# How long after its message was published a job may still be being created, and when a
+# message that found none then comes back.
+UNRECORDED_GRACE = timedelta(seconds=60)
+UNRECORDED_RETRY_SECONDS = 10
 
 
 class LeaseLost(RuntimeError):
@@ -101,7 +116,21 @@ class JobLifecycle:
         owner = lease.get("owner") if lease else None
         return job["state"] == State.RUNNING and owner == self.owner
 
-    def claim(self, job_id: str) -> Claim:
+    def claim(self, job_id: str, published_at: datetime | None = None) -> Claim:
+        """Take the job if it is there to take. A message published less than
+        `UNRECORDED_GRACE` ago may have overtaken its job's creation (intake publishes a
+        fresh job while it creates the document): missing, it is looked for again a few
+        times within a second before the claim says MISSING."""
+        claim = self._claim(job_id)
+        young = published_at is not None and utcnow() - published_at < UNRECORDED_GRACE
+        for pause in (0.05, 0.2, 0.75) if young else ():
+            if claim.outcome is not ClaimOutcome.MISSING:
+                break
+            time.sleep(pause)
+            claim = self._claim(job_id)
+        return claim
+
+    def _claim(self, job_id: str) -> Claim:
         def decide(job: Job, now: datetime) -> Decision[Claim]:
             state = State(job["state"])
             if state.terminal:

@@ -18,6 +18,8 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
@@ -42,6 +44,11 @@ class Received:
     model: str | None = None  # the model attribute, the pool it is for (None: it has none)
     lane: str | None = None  # the lane whose subscription it came from (None: the default)
     subscription: str | None = None  # that subscription's path (None: the default lane's)
+    published_at: datetime | None = None  # when Pub/Sub accepted it (None: not known)
+
+    def young(self, within: timedelta) -> bool:
+        """Whether it was published less than `within` ago (unknown: no)."""
+        return self.published_at is not None and datetime.now(UTC) - self.published_at < within
 
 
 # A lane whose subscription does not exist (a deployment whose lanes are not created yet)
@@ -117,6 +124,8 @@ class JobMessages:
             model=attributes.get(MODEL_ATTRIBUTE),
             lane=lane,
             subscription=path,
+            # proto-plus hands the Timestamp over as a datetime (None when unset).
+            published_at=cast("datetime | None", message.publish_time),
         )
         if self.pool is None or received.job_id is None:
             return received

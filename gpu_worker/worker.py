@@ -33,6 +33,7 @@ from pathlib import Path
 import google.cloud.storage as storage
 import numpy as np
 
+from gpu_worker import lifecycle as lifecycles
 from gpu_worker.lifecycle import Claim, ClaimOutcome, JobLifecycle, LeaseLost
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
@@ -163,7 +164,7 @@ class Worker:
         job_id = received.job_id
         keeper = AckKeeper(self.messages, received).start()
         try:
-            claim = self.lifecycle.claim(job_id)
+            claim = self.lifecycle.claim(job_id, received.published_at)
             if claim.outcome is ClaimOutcome.CLAIMED:
                 self._render(claim.found, received, keeper)  # the keeper is the render's now
                 return
@@ -184,7 +185,11 @@ class Worker:
 
     def _answer_unclaimed(self, claim: Claim, received: Received) -> None:
         job_id, model = received.job_id, self.lifecycle.model
-        if claim.outcome is ClaimOutcome.MISSING:
+        if claim.outcome is ClaimOutcome.MISSING and received.young(lifecycles.UNRECORDED_GRACE):
+            # Its creation may still be on the way, or have failed: ask again later.
+            log.info("no such job yet; deferred", extra={"job_id": job_id})
+            self.messages.nack(received, delay_seconds=lifecycles.UNRECORDED_RETRY_SECONDS)
+        elif claim.outcome is ClaimOutcome.MISSING:
             log.error("unknown job id; dropped", extra={"job_id": job_id})
             self.messages.ack(received)
         elif claim.outcome is ClaimOutcome.SETTLED:

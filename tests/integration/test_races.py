@@ -12,7 +12,7 @@ import pytest
 
 from gpu_worker.lifecycle import JobLifecycle
 from ltxv.core.store import TransactionContended
-from ltxv.intake.submission import Unavailable
+from ltxv.intake.refusals import Unavailable
 from ltxv.intake.validation import RequestInvalid
 
 from .conftest import pull_job_ids
@@ -83,14 +83,20 @@ class HeldDispatcher:
         self.fail = fail
         self.calls = 0
 
-    def publish(self, jobs):
+    def start(self, jobs):
         self.calls += 1
         if self.calls == 1:
             self.entered.set()
             assert self.release.wait(10)
             if self.fail:
                 raise TimeoutError("Pub/Sub did not answer")
-        return self.real.publish(jobs)
+        return self.real.start(jobs)
+
+    def wait(self, started):
+        return self.real.wait(started)
+
+    def publish(self, jobs):
+        return self.wait(self.start(jobs))
 
 
 def _race(service, dispatcher: HeldDispatcher) -> tuple[object, object]:

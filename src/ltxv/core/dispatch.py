@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -41,7 +42,11 @@ class Dispatcher:
     def publish(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Publish a message per job (`job_id`, `model` and lane of each) and wait until
         Pub/Sub has them all; the message ids."""
-        futures = [
+        return self.wait(self.start(jobs))
+
+    def start(self, jobs: Iterable[Mapping[str, Any]]) -> list[Future[str]]:
+        """Hand a message per job to the publisher, without waiting for Pub/Sub."""
+        return [
             self.publisher.publish(
                 self.topic_path,
                 json.dumps({"job_id": job["job_id"]}).encode(),
@@ -55,7 +60,10 @@ class Dispatcher:
             )
             for job in jobs
         ]
-        return [future.result(timeout=self.timeout * 2) for future in futures]
+
+    def wait(self, started: list[Future[str]]) -> list[str]:
+        """The message ids of `start`ed messages, once Pub/Sub has them all."""
+        return [future.result(timeout=self.timeout * 2) for future in started]
 
 
 def job_lane(job: Mapping[str, Any]) -> str:

@@ -31,10 +31,10 @@ from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_events import JobEvents
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.redelivery import WebhookRedeliveries
-from ltxv.intake.refusals import refusals_as_http_errors
+from ltxv.intake.refusals import Unavailable, refusals_as_http_errors
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
-from ltxv.intake.submission import Intake, Unavailable
+from ltxv.intake.submission import Intake
 from ltxv.intake.validation import JsonSyntaxError, parse_json
 from ltxv.intake.web import PAGE, WebPage
 

@@ -30,13 +30,8 @@ from ltxv.intake.prompt_batches import (
     is_batch_form,
     read_batch_form,
 )
-from ltxv.intake.submission import (
-    IdempotencyConflict,
-    Intake,
-    JobOrigin,
-    TooManyJobs,
-    Unavailable,
-)
+from ltxv.intake.refusals import IdempotencyConflict, TooManyJobs, Unavailable
+from ltxv.intake.submission import Intake, JobOrigin
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,

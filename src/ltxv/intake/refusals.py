@@ -1,14 +1,53 @@
-"""Why the intake refused a job, as the HTTP error a client is answered with: shared by
-the endpoints that create jobs (`POST /v1/jobs`, `/predict`, `POST /v1/jobs/{id}/retry`)."""
+"""Why the intake refused a job (`submission` raises these), and the HTTP error a client
+is answered with: shared by the endpoints that create jobs (`POST /v1/jobs`, `/predict`,
+`POST /v1/jobs/{id}/retry`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
+from ltxv.core.errors import BACKEND_ERRORS
+from ltxv.core.jobs import Job
 from ltxv.intake.responses import HttpError
-from ltxv.intake.submission import IdempotencyConflict, NotRetryable, TooManyJobs
 from ltxv.intake.validation import RequestInvalid
+
+
+class Unavailable(RuntimeError):
+    """A backend failed; nothing was accepted and the client may retry."""
+
+
+@contextlib.contextmanager
+def unavailable_on_error(backend: str) -> Iterator[None]:
+    """A backend error inside becomes Unavailable, naming the backend."""
+    try:
+        yield
+    except BACKEND_ERRORS as exc:
+        raise Unavailable(f"{backend} unavailable: {exc}") from exc
+
+
+class TooManyJobs(Exception):
+    """The key has its limit of jobs queued or running; nothing was accepted."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this API key already has {limit} jobs queued or running, its limit")
+        self.limit = limit
+
+
+class NotRetryable(Exception):
+    """Only a failed or canceled job can be retried; nothing was accepted."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            f"job {job['job_id']} is {job['state']}; only a failed or canceled job can be retried"
+        )
+        self.job = job
+
+
+class IdempotencyConflict(Exception):
+    def __init__(self, job: Job) -> None:
+        super().__init__(job["job_id"])
+        self.job = job
 
 
 @contextlib.contextmanager

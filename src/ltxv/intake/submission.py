@@ -14,10 +14,11 @@ creator crashed). Every duplicate message would be one more delivery toward the
 subscription's dead-letter limit.
 
 An HTTP submit waits for no more than the create and the publish (the floor any intake
-pays). The key's in-flight count, when one is due (`in_flight`), runs beside the create,
-and the `published` mark is written after the answer: all the mark buys is that the
-sweep leaves the job alone, so one lost with its process costs a second message, which
-the worker's claim ignores.
+pays), and for a fresh random id only for the slower of the two (`publish_beside`). The
+key's in-flight count, when one is due (`in_flight`), runs beside the create, and the
+`published` mark is written after the answer, a few at a time (`published_marks`): all
+the mark buys is that the sweep leaves the job alone, so one lost with its process costs
+a second message, which the worker's claim ignores.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +49,14 @@ from ltxv.core.jobs import (
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
 from ltxv.intake.in_flight import InFlightGauge
+from ltxv.intake.published_marks import PublishedMarks
+from ltxv.intake.refusals import (
+    IdempotencyConflict,
+    NotRetryable,
+    TooManyJobs,
+    Unavailable,
+    unavailable_on_error,
+)
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,
@@ -59,46 +68,9 @@ from ltxv.intake.validation import (
 log = logging.getLogger(__name__)
 
 
-class Unavailable(RuntimeError):
-    """A backend failed; nothing was accepted and the client may retry."""
-
-
-@contextlib.contextmanager
-def _unavailable_on_error(backend: str) -> Iterator[None]:
-    """A backend error inside becomes Unavailable, naming the backend."""
-    try:
-        yield
-    except BACKEND_ERRORS as exc:
-        raise Unavailable(f"{backend} unavailable: {exc}") from exc
-
-
 # How long a replay waits for another request's publish of the same job before it asks
 # its client to retry (the creator normally publishes within milliseconds).
 REPLAY_WAIT_SECONDS = 5.0
-
-
-class TooManyJobs(Exception):
-    """The key has its limit of jobs queued or running; nothing was accepted."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this API key already has {limit} jobs queued or running, its limit")
-        self.limit = limit
-
-
-class NotRetryable(Exception):
-    """Only a failed or canceled job can be retried; nothing was accepted."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(
-            f"job {job['job_id']} is {job['state']}; only a failed or canceled job can be retried"
-        )
-        self.job = job
-
-
-class IdempotencyConflict(Exception):
-    def __init__(self, job: Job) -> None:
-        super().__init__(job["job_id"])
-        self.job = job
 
 
 @dataclass(frozen=True)
@@ -139,9 +111,10 @@ class Intake:
         self.max_in_flight = max_in_flight
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
-        # Counts taken beside creates, and marks written after answers.
+        # Counts taken beside creates.
         self._beside = ThreadPoolExecutor(8, thread_name_prefix="intake")
-        self._gauge = InFlightGauge(max_in_flight)
+        self.in_flight = InFlightGauge(max_in_flight)
+        self.marks = PublishedMarks(lambda job_ids: self.store.mark_published(job_ids))
 
     def validate(
         self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
@@ -194,8 +167,13 @@ class Intake:
         """`accept`, if the key has room for one more job in flight (TooManyJobs if not);
         a replay of a job already accepted is answered whatever the count. The count runs
         while the job is created, and is waited for before it is published."""
-        if not self.max_in_flight or not self._gauge.needs_count(origin.api_key_id):
-            return self.accept(request, job_id=job_id, origin=origin, mark_later=True)
+        if not self.max_in_flight or not self.in_flight.needs_count(origin.api_key_id):
+            # A fresh random id names no job yet: nothing to replay, so its message may go
+            # out while the job is created (a worker that finds it first looks again).
+            fresh = origin.idempotency_key is None
+            return self.accept(
+                request, job_id=job_id, origin=origin, mark_later=True, publish_beside=fresh
+            )
         counting = self._beside.submit(self._count_in_flight, origin.api_key_id)
         return self.accept(
             request,
@@ -206,9 +184,9 @@ class Intake:
         )
 
     def _count_in_flight(self, api_key_id: str) -> int:
-        with _unavailable_on_error("job store"):
+        with unavailable_on_error("job store"):
             counted = self.store.count_in_flight(api_key_id, up_to=self.max_in_flight + 1)
-        self._gauge.counted(api_key_id, counted)
+        self.in_flight.counted(api_key_id, counted)
         return counted
 
     def _has_room(self, counting: Future[int], api_key_id: str) -> bool:
@@ -226,13 +204,13 @@ class Intake:
         burst of requests counted at the same moment may pass it by a few."""
         if not self.max_in_flight:
             return float("inf")
-        with _unavailable_on_error("job store"):
+        with unavailable_on_error("job store"):
             return self.max_in_flight - self.store.count_in_flight(
                 api_key_id, up_to=self.max_in_flight
             )
 
     def exists(self, job_id: str) -> bool:
-        with _unavailable_on_error("job store"):
+        with unavailable_on_error("job store"):
             return self.store.get(job_id) is not None
 
     def accept(
@@ -243,10 +221,14 @@ class Intake:
         origin: JobOrigin,
         admit: Callable[[], bool] | None = None,
         mark_later: bool = False,
+        publish_beside: bool = False,
     ) -> Accepted:
         """Record and publish a validated request under a stable job id, exactly once.
         `admit`, asked once the job is recorded and before it is published, may refuse a
-        new job (TooManyJobs); `mark_later` writes the `published` mark after returning."""
+        new job (TooManyJobs); `mark_later` writes the `published` mark after returning;
+        `publish_beside` publishes while the job is created, for an id no request can
+        have used before (a job whose create then fails leaves a message naming no job,
+        which the workers drop once it is older than a create can take)."""
         digest = request_hash(request)
         job = new_job(
             job_id=job_id,
@@ -263,6 +245,7 @@ class Intake:
         job["publish_claim_until"] = job["created_at"] + self.publish_claim
         if origin.batch_id:
             job["batch_id"] = origin.batch_id
+        started = self._start_publish(job) if publish_beside else None
         try:
             self.store.create(job)
         except JobExists as exists:
@@ -279,14 +262,20 @@ class Intake:
         if admit is not None:
             self._admit_or_undo(job_id, admit)
         try:
-            self.dispatcher.publish([job])
+            self.dispatcher.wait(started or self.dispatcher.start([job]))
         except BACKEND_ERRORS as exc:
             self._undo_create(job_id)
             raise Unavailable(f"job queue unavailable: {exc}") from exc
         if mark_later:
-            self._beside.submit(self._mark_after_answer, job)
+            self.marks.add(job_id)
             return Accepted({**job, "published": True, "published_at": utcnow()}, created=True)
         return Accepted(self._mark_published(job), created=True)
+
+    def _start_publish(self, job: Job) -> list[Future[str]]:
+        try:
+            return self.dispatcher.start([job])
+        except BACKEND_ERRORS as exc:
+            raise Unavailable(f"job queue unavailable: {exc}") from exc
 
     def _admit_or_undo(self, job_id: str, admit: Callable[[], bool]) -> None:
         try:
@@ -318,7 +307,7 @@ class Intake:
                 raise Unavailable("the job's creation was undone (its publish failed)")
             job = current
             if claimed:
-                with _unavailable_on_error("job queue"):
+                with unavailable_on_error("job queue"):
                     self.dispatcher.publish([job])
                 job = self._mark_published(job)
                 break
@@ -340,7 +329,7 @@ class Intake:
                 return Decision(False)
             return Decision(True, {"publish_claim_until": now + self.publish_claim})
 
-        with _unavailable_on_error("job store"):
+        with unavailable_on_error("job store"):
             decided = self.store.decide(job_id, decide)
         if decided is None:
             return False, None
@@ -360,12 +349,6 @@ class Intake:
             log.warning("could not mark job published", extra={"job_id": job["job_id"]})
             return job
         return {**job, "published": True, "published_at": utcnow()}
-
-    def _mark_after_answer(self, job: Job) -> None:
-        try:
-            self._mark_published(job)
-        except Unavailable:
-            log.warning("job gone before its published mark", extra={"job_id": job["job_id"]})
 
     def _undo_create(self, job_id: str) -> None:
         try:

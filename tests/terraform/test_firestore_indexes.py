@@ -1,15 +1,18 @@
 """Each composite query the code runs has its index in terraform, derived from the query
 itself: the emulator needs no index, so only this catches a query deployed without one
-(Firestore would answer it with FailedPrecondition: every GET of a queued job a 503)."""
+(Firestore would answer it with FailedPrecondition: every GET of a queued job a 503, a
+sweep that never runs). The store's queries are built and captured, never sent."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
+from google.cloud.firestore_v1.query import Query
 from google.cloud.firestore_v1.types import StructuredQuery
 
 from ltxv.core.jobs import new_job
@@ -88,6 +91,38 @@ def test_the_queue_estimates_queries_each_have_their_index(tf, client):
         assert any(serves(index, needed) for index in tf["google_firestore_index"]), (
             f"no terraform index serves the query for {name}: {needed}"
         )
+
+
+class _Captured(Exception):
+    def __init__(self, query: Query) -> None:
+        self.query = query
+
+
+def _capture(query: Query, *args: Any, **kwargs: Any) -> Any:
+    raise _Captured(query)
+
+
+# The store's own queries: what each sweep, count and list runs.
+STORE_QUERIES: dict[str, Callable[[JobStore], Any]] = {
+    "queued past their deadline": lambda store: store.queued_past_deadline(NOW),
+    "unpublished": lambda store: store.unpublished_before(NOW - timedelta(minutes=1)),
+    "a key's jobs in flight": lambda store: store.count_in_flight("k", up_to=10),
+    "a pool's load": lambda store: store.count_active("model", "tiny-random"),
+    "a key's jobs": lambda store: store.list("k"),
+    "a key's jobs in a state": lambda store: store.list("k", state="failed"),
+}
+
+
+@pytest.mark.parametrize("name", STORE_QUERIES)
+def test_each_store_query_has_its_index(tf, client, monkeypatch, name):
+    monkeypatch.setattr(Query, "stream", _capture)
+    monkeypatch.setattr(Query, "count", _capture)
+    with pytest.raises(_Captured) as captured:
+        STORE_QUERIES[name](JobStore(client))
+    needed = needed_index(captured.value.query)
+    assert any(serves(index, needed) for index in tf["google_firestore_index"]), (
+        f"no terraform index serves the query for {name}: {needed}"
+    )
 
 
 def test_the_check_itself_tells_a_missing_index(tf, client):

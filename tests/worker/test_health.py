@@ -13,18 +13,7 @@ from gpu_worker import health
 from gpu_worker.health import Health
 from ltxv.core.settings import Settings
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from .conftest import Clock
 
 
 def _health(clock: Clock) -> Health:

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
-
 from gpu_worker.lanes import LaneOrder
 
+from .conftest import Clock
+
 LANES = ("high", "normal", "low")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def simulate(order: LaneOrder, clock: Clock, waiting: dict[str, int], render: float) -> list:

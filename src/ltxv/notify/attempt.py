@@ -130,3 +130,20 @@ class AttemptSender:
 
     def _since(self, started: float) -> float:
         return round(max(0.0, self.clock() - started), 3)
+
+
+def log_attempt(job_id: str, event_id: str, sent: SendResult, state: str, **extra: Any) -> None:
+    """The log line of one attempt, whichever event it sent."""
+    log.info(
+        "webhook attempt",
+        extra={
+            "job_id": job_id,
+            "event_id": event_id,
+            **extra,
+            "status_code": sent.status_code,
+            "error": sent.error,
+            "detail": sent.detail,
+            "duration_seconds": sent.duration_seconds,
+            "delivery_state": state,
+        },
+    )

@@ -65,6 +65,7 @@ from ltxv.notify.attempt import (
     Send,
     filled,
     interrupted,
+    log_attempt,
     outcome_of,
 )
 from ltxv.notify.running_events import RunningNotifier
@@ -167,19 +168,7 @@ class WebhookNotifier:
             return claim
         sent, final = self.sender.attempt(claim, body)
         state, next_at = self._record(claim, sent, final)
-        log.info(
-            "webhook attempt",
-            extra={
-                "job_id": job_id,
-                "event_id": msg_id,
-                "redelivery": claim.redelivery,
-                "status_code": sent.status_code,
-                "error": sent.error,
-                "detail": sent.detail,
-                "duration_seconds": sent.duration_seconds,
-                "delivery_state": state,
-            },
-        )
+        log_attempt(job_id, msg_id, sent, state, redelivery=claim.redelivery)
         if state == "retrying" and next_at is not None:
             raise RetryLater(job_id, next_at, "the receiver did not take the event")
         return state

@@ -43,6 +43,7 @@ from ltxv.notify.attempt import (
     Claim,
     filled,
     interrupted,
+    log_attempt,
     outcome_of,
 )
 from ltxv.notify.schedule import RetryLater, RetrySchedule
@@ -99,18 +100,7 @@ class RunningNotifier:
             return claim
         sent, final = self.sender.attempt(claim, body)
         state, next_at = self._record(claim, attempt, sent, final)
-        log.info(
-            "webhook attempt",
-            extra={
-                "job_id": job_id,
-                "event_id": claim.event_id,
-                "status_code": sent.status_code,
-                "error": sent.error,
-                "detail": sent.detail,
-                "duration_seconds": sent.duration_seconds,
-                "delivery_state": state,
-            },
-        )
+        log_attempt(job_id, claim.event_id, sent, state)
         if state == "retrying" and next_at is not None:
             raise RetryLater(job_id, next_at, "the receiver did not take job.running")
         return state

@@ -85,7 +85,7 @@ def test_the_ack_keeper_survives_any_error():
 class BrokenLifecycle:
     model = "tiny-random"
 
-    def claim(self, job_id):
+    def claim(self, job_id, published_at=None):
         raise KeyError("a job document without a field the claim reads")
 
 

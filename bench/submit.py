@@ -17,7 +17,9 @@ never reach the worker of a `make dev` stack.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import glob
 import os
 import statistics
 import tempfile
@@ -52,6 +54,49 @@ def run(operation: Callable[[int], None], count: int, concurrency: int) -> list[
     return latencies
 
 
+# Which process of the stack a command line is, for the CPU table.
+ROLES = (
+    ("cloud-firestore-emulator", "Firestore emulator"),
+    ("firestore", "Firestore emulator"),
+    ("pubsub", "Pub/Sub emulator"),
+    ("functions-framework", "functions (api)"),
+    ("gcs", "fake-gcs-server"),
+)
+
+
+def process_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this process and each of the stack's processes it
+    started (read from /proc), by role: where a request's work is done on this machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents, used, names = {}, {}, {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                pid_part, rest = f.read().rsplit(")", 1)
+            with open(stat.replace("stat", "cmdline"), "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        pid, fields = int(pid_part.split()[0]), rest.split()
+        parents[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        names[pid] = cmdline
+    me, totals = os.getpid(), {}
+    for pid in used:
+        ancestor = pid
+        while ancestor not in (me, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor != me:
+            continue
+        role = "bench client" if pid == me else "other"
+        for marker, name in ROLES:
+            if pid != me and marker in names[pid]:
+                role = name
+                break
+        totals[role] = totals.get(role, 0.0) + used[pid]
+    return totals
+
+
 def percentile(latencies: list[float], share: float) -> float:
     ordered = sorted(latencies)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
@@ -70,11 +115,19 @@ def interleaved(
     for r in range(rounds):
         medians = {}
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            before = process_cpu()
             measured = run(arms[name], max(1, count // rounds), concurrency)
+            after = process_cpu()
+            for role, seconds in after.items():
+                CPU[name][role] = CPU[name].get(role, 0.0) + seconds - before.get(role, 0.0)
             latencies[name] += measured
             medians[name] = statistics.median(measured) * 1000
         per_round.append(medians)
     return latencies, per_round
+
+
+# Arm -> role -> CPU seconds its requests used, filled by `interleaved`.
+CPU: collections.defaultdict[str, dict[str, float]] = collections.defaultdict(dict)
 
 
 def main() -> int:
@@ -163,6 +216,12 @@ def main() -> int:
                 f"{name:45} {p50:8.1f} {p99:8.1f} {p50 / percentile(base, 0.5):12.2f} "
                 f"{p99 / percentile(base, 0.99):12.2f}"
             )
+        roles = sorted({role for used in CPU.values() for role in used})
+        print("\nCPU ms per request, by process (2 cores: what saturates them at concurrency):")
+        print(f"{'':45} " + " ".join(f"{role[:16]:>16}" for role in roles) + f" {'total':>8}")
+        for name, used in CPU.items():
+            each = [used.get(role, 0.0) * 1000 / len(latencies[name]) for role in roles]
+            print(f"{name:45} " + " ".join(f"{v:16.2f}" for v in each) + f" {sum(each):8.2f}")
         ratios = sorted(round_[api_name] / round_[floor_name] for round_ in per_round)
         print(
             f"\nAPI / floor p50 per round: median x{statistics.median(ratios):.2f} "

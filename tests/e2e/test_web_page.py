@@ -19,6 +19,7 @@ import pytest
 import requests
 from google.cloud import firestore
 
+from ltxv.core import schemas
 from ltxv.core.jobs import utcnow
 from ltxv.core.workers import IDLE, WorkerRegistry, worker_beat
 from ltxv.local.stack import REPO_ROOT, LocalStack
@@ -239,6 +240,26 @@ def test_a_canceled_job_is_retried_from_its_retry_button(page, stack, api):
     stored = api.get(f"{stack.api_url}/v1/jobs/{new_id}").json()
     assert stored["parent_job_id"] == job_id and stored["request"]["prompt"] == prompt
     shoot(page, "04b-retried")
+
+
+def test_the_priority_chosen_in_the_form_is_the_jobs_lane(page, stack, api):
+    stack.down(["worker"])  # the jobs stay queued in their lanes
+    open_with_key(page, stack)
+    lanes = schemas.load("job-request")["properties"]["priority"]["enum"]
+    options = page.locator("#f-priority option")
+    assert options.evaluate_all("os => os.map(o => o.value)") == [v for v in lanes if v]
+    expect(page.get_by_label("Priority", exact=True)).to_have_value(
+        "normal"
+    )  # the schema's default
+    for label, lane in (("High", "high"), ("Low", "low")):
+        prompt = unique(f"a {lane} priority lighthouse")
+        page.get_by_label("Prompt", exact=True).fill(prompt)
+        page.get_by_label("Priority", exact=True).select_option(label=label)
+        page.get_by_role("button", name="Generate").click()
+        item = job_item(page, prompt)
+        expect(item.locator(".state")).to_have_text("queued")
+        stored = api.get(f"{stack.api_url}/v1/jobs/{item.get_attribute('data-job-id')}").json()
+        assert stored["priority"] == stored["request"]["priority"] == lane
 
 
 def test_a_queued_job_shows_its_place_and_when_it_starts(page, stack, api):

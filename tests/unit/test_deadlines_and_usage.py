@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gpu_worker.lease import JobControl
-from ltxv.cli.jobs import list_table
+from ltxv.cli.job_text import list_table
 from ltxv.core import schemas
 from ltxv.core.deadlines import (
     QUEUE_DEADLINE_EXCEEDED,

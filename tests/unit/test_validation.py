@@ -8,13 +8,12 @@ from hypothesis import strategies as st
 
 from ltxv.core import schemas
 from ltxv.core.profiles import all_profiles
+from ltxv.intake.strict_json import JsonSyntaxError, parse_json
 from ltxv.intake.validation import (
     REQUEST_FIELDS,
     RESERVED_KEY,
     IntakePolicy,
-    JsonSyntaxError,
     RequestInvalid,
-    parse_json,
     validate_request,
 )
 

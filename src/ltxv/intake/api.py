@@ -34,8 +34,8 @@ from ltxv.intake.redelivery import WebhookRedeliveries
 from ltxv.intake.refusals import Unavailable, refusals_as_http_errors
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
+from ltxv.intake.strict_json import JsonSyntaxError, parse_json
 from ltxv.intake.submission import Intake
-from ltxv.intake.validation import JsonSyntaxError, parse_json
 from ltxv.intake.web import PAGE, WebPage
 
 log = logging.getLogger(__name__)

@@ -31,13 +31,12 @@ from ltxv.intake.prompt_batches import (
     read_batch_form,
 )
 from ltxv.intake.refusals import IdempotencyConflict, TooManyJobs, Unavailable
+from ltxv.intake.strict_json import JsonSyntaxError, parse_json
 from ltxv.intake.submission import Intake, JobOrigin
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,
-    JsonSyntaxError,
     RequestInvalid,
-    parse_json,
 )
 
 log = logging.getLogger(__name__)

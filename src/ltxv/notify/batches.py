@@ -39,12 +39,12 @@ from ltxv.core.jobs import State, utcnow
 from ltxv.core.store import JobStore
 from ltxv.core.webhooks import encode_event
 from ltxv.notify.notifier import RESULT_OBJECT, RetryLater, WebhookNotifier
+from ltxv.notify.schedule import backend_retry
 
 log = logging.getLogger(__name__)
 
 BATCH_EVENT = "batch.completed"
 NOT_RECORDED_RETRY = timedelta(seconds=10)
-BACKEND_RETRY = timedelta(seconds=10)
 
 
 def batch_event(header: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ class Batches:
             batch_id = str(job["batch_id"])
             batch = self.batches.add_settled(batch_id, job_id)
         except BACKEND_ERRORS as exc:
-            raise RetryLater(job_id, utcnow() + BACKEND_RETRY, "the batch store failed") from exc
+            raise backend_retry(job_id, "the batch store failed") from exc
         if batch is None:
             raise RetryLater(job_id, utcnow() + NOT_RECORDED_RETRY, "its batch is not recorded yet")
         if not is_complete(batch):
@@ -83,7 +83,7 @@ class Batches:
             batch = self.batches.complete(batch_id, summarize(lines))
             wrote = write_manifest(self.storage, batch, lines)
         except BACKEND_ERRORS as exc:
-            raise RetryLater(batch_id, utcnow() + BACKEND_RETRY, "completing the batch") from exc
+            raise backend_retry(batch_id, "completing the batch") from exc
         header = manifest_header(batch)
         if wrote:
             log.info("batch completed", extra={"batch_id": batch_id, **header["summary"]})

@@ -69,7 +69,7 @@ from ltxv.notify.attempt import (
     outcome_of,
 )
 from ltxv.notify.running_events import RunningNotifier
-from ltxv.notify.schedule import RetryLater, RetrySchedule
+from ltxv.notify.schedule import RetryLater, RetrySchedule, backend_retry
 from ltxv.notify.webhook_sender import SendResult, post_pinned
 
 __all__ = ["RetryLater", "RetrySchedule", "WebhookNotifier"]
@@ -80,7 +80,6 @@ RESULT_OBJECT = re.compile(rf"^jobs/([a-z0-9]{{1,64}})/{re.escape(RESULT_NAME)}$
 # Recording an outcome: tries, and the pause before the next (doubled each time).
 RECORD_TRIES = 3
 RECORD_PAUSE_SECONDS = 0.5
-BACKEND_RETRY = timedelta(seconds=10)
 # How often a settled event waiting for a job.running send in flight looks again.
 RUNNING_POLL_SECONDS = 0.2
 
@@ -160,9 +159,7 @@ class WebhookNotifier:
         try:
             secrets = self.secrets.all()  # before claiming: an outage leaves nothing half-done
         except BACKEND_ERRORS as exc:
-            raise RetryLater(
-                job_id, utcnow() + BACKEND_RETRY, "webhook secrets unreadable"
-            ) from exc
+            raise backend_retry(job_id, "webhook secrets unreadable") from exc
         claim = self._begin_after_running(job_id, msg_id, secrets)
         if isinstance(claim, str):
             return claim
@@ -254,7 +251,7 @@ class WebhookNotifier:
         try:
             decided = self.store.decide(job_id, decide)
         except BACKEND_ERRORS as exc:  # TransactionContended among them: nothing was claimed
-            raise RetryLater(job_id, utcnow() + BACKEND_RETRY, "the job store is busy") from exc
+            raise backend_retry(job_id, "the job store is busy") from exc
         if decided is None:
             log.warning("result.json for a job that does not exist", extra={"job_id": job_id})
             return "missing"

@@ -46,12 +46,10 @@ from ltxv.notify.attempt import (
     log_attempt,
     outcome_of,
 )
-from ltxv.notify.schedule import RetryLater, RetrySchedule
+from ltxv.notify.schedule import RetryLater, RetrySchedule, backend_retry
 from ltxv.notify.webhook_sender import SendResult
 
 log = logging.getLogger(__name__)
-
-BACKEND_RETRY = timedelta(seconds=10)
 
 
 class RunningNotifier:
@@ -92,9 +90,7 @@ class RunningNotifier:
         try:
             secrets = self.secrets.all()
         except BACKEND_ERRORS as exc:
-            raise RetryLater(
-                job_id, utcnow() + BACKEND_RETRY, "webhook secrets unreadable"
-            ) from exc
+            raise backend_retry(job_id, "webhook secrets unreadable") from exc
         claim = self._begin(job_id, attempt, secrets)
         if isinstance(claim, str):
             return claim
@@ -167,7 +163,7 @@ class RunningNotifier:
         try:
             decided = self.store.decide(job_id, decide)
         except BACKEND_ERRORS as exc:
-            raise RetryLater(job_id, utcnow() + BACKEND_RETRY, "the job store is busy") from exc
+            raise backend_retry(job_id, "the job store is busy") from exc
         return "missing" if decided is None else decided[1]
 
     def _record(

@@ -8,9 +8,9 @@ non-2xx, and Eventarc delivers the event again after its backoff (10 s to 10 min
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from ltxv.core.jobs import DeliveryAttempt
+from ltxv.core.jobs import DeliveryAttempt, utcnow
 from ltxv.core.settings import Settings
 
 
@@ -22,6 +22,15 @@ class RetryLater(Exception):
         self.job_id = job_id
         self.at = at
         self.reason = reason
+
+
+# How soon a trigger comes back after a backend (Firestore, Secret Manager) failed it.
+BACKEND_RETRY = timedelta(seconds=10)
+
+
+def backend_retry(doc_id: str, reason: str) -> RetryLater:
+    """The RetryLater of a trigger a backend failed: it comes back in BACKEND_RETRY."""
+    return RetryLater(doc_id, utcnow() + BACKEND_RETRY, reason)
 
 
 @dataclass(frozen=True)

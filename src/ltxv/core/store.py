@@ -105,8 +105,8 @@ class JobStore:
             raise JobExists(self.get(job["job_id"]) or job) from None
 
     def get(self, job_id: str) -> Job | None:
-        snapshot = self.ref(job_id).get(retry=self.retry, timeout=self.timeout)
-        return cast(Job, snapshot.to_dict()) if snapshot.exists else None
+        found = self.get_versioned(job_id)
+        return None if found is None else found[0]
 
     def get_versioned(self, job_id: str) -> tuple[Job, datetime] | None:
         """The job and Firestore's update time of the version read: it grows with every

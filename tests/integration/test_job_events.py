@@ -372,7 +372,9 @@ def test_only_the_owner_may_stream_and_bad_ids_are_refused(start_api):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     last_event_id=st.one_of(
-        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60),
+        # HTTP strips a header value's surrounding whitespace, and requests refuses to
+        # send a value that has any: values as they can arrive.
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(str.strip),
         st.from_regex(r"[0-9]{1,22}-[0-9a-f]{15,17}", fullmatch=True),
     )
 )

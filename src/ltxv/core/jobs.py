@@ -132,6 +132,33 @@ class _Job(TypedDict):
     published: bool
 
 
+class InputSelect(TypedDict):
+    start: int
+    count: int
+
+
+# One conditioning medium, resolved and checked at submit (job.schema.json#/$defs/input):
+# the worker reads exactly this object generation. Functional form: "from" is a keyword.
+Input = TypedDict(
+    "Input",
+    {
+        "from": str,  # conditions[i] or extend
+        "kind": str,  # image | video
+        "uri": str,
+        "generation": int,
+        "content_type": str,
+        "bytes": int,
+        "sha256": str,
+        "width": int,
+        "height": int,
+        "frames": int,
+        "select": InputSelect,
+        "frame_index": int,  # resolved: never negative, on the frame grid
+        "strength": float,
+    },
+)
+
+
 class Job(_Job, total=False):
     """The job document, Firestore `jobs/{job_id}` (schemas/job.schema.json, timestamps as
     datetimes)."""
@@ -147,7 +174,8 @@ class Job(_Job, total=False):
     error: JobError | None
     webhook: WebhookRecord | None
     idempotency_key: str | None
-    parent_job_id: str | None  # the failed or canceled job this one retries
+    parent_job_id: str | None  # the job it retries, or the succeeded job it extends
+    inputs: list[Input] | None  # conditioning media (request.conditions, then extend)
     batch_id: str | None  # the prompt-file upload it came from (batches/{id})
     cancel_requested_at: datetime | None
     published_at: datetime | None

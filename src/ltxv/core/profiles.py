@@ -21,6 +21,21 @@ class Range:
 
 
 @dataclass(frozen=True)
+class ConditioningLimits:
+    """What a profile that can condition accepts (schema: "conditioning")."""
+
+    max_conditions: int
+    media_types: tuple[str, ...]
+    max_input_bytes: int
+    max_input_pixels: int
+    max_video_frames: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConditioningLimits:
+        return cls(**{**data, "media_types": tuple(data["media_types"])})
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     name: str
     description: str
@@ -35,6 +50,8 @@ class ModelProfile:
     max_pixel_steps: int
     # How the worker samples beyond the pipeline's defaults (schema: "sampler").
     sampler: dict[str, Any] = field(default_factory=dict)
+    # None: the profile cannot condition (its pipeline, or a dropped VAE encoder).
+    conditioning: ConditioningLimits | None = None
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> ModelProfile:
@@ -54,6 +71,11 @@ class ModelProfile:
             max_video_pixels=max_video_pixels,
             max_pixel_steps=max_pixel_steps,
             sampler=data.get("sampler", {}),
+            conditioning=(
+                ConditioningLimits.from_dict(data["conditioning"])
+                if "conditioning" in data
+                else None
+            ),
         )
 
 
@@ -63,7 +85,16 @@ def all_profiles() -> dict[str, ModelProfile]:
     errors = sorted(schemas.validator("model-profiles").iter_errors(data), key=str)
     if errors:
         raise ValueError(f"{PROFILES_FILE} is invalid: {errors[0].json_path}: {errors[0].message}")
-    return {name: ModelProfile.from_dict(name, body) for name, body in data["profiles"].items()}
+    profiles = {name: ModelProfile.from_dict(name, body) for name, body in data["profiles"].items()}
+    for profile in profiles.values():
+        if profile.conditioning and (
+            profile.pipeline != "LTXConditionPipeline" or not profile.fit["vae_encoder"]
+        ):
+            raise ValueError(
+                f"{PROFILES_FILE}: {profile.name} has a conditioning section, which needs "
+                "pipeline LTXConditionPipeline and fit.vae_encoder true"
+            )
+    return profiles
 
 
 def enabled_profiles(default_model: str, enabled: tuple[str, ...]) -> dict[str, ModelProfile]:

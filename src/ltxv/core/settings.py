@@ -87,6 +87,11 @@ class Settings:
     # Buckets besides the outputs bucket that gcs_destination may name, and for which API
     # keys: JSON {"bucket": ["key id", ...]}.
     destination_buckets_json: str | None = setting("LTXV_DESTINATION_BUCKETS")
+    # Conditioning media (request.conditions): the deployment's inputs bucket (uploads and
+    # inline data: URLs, under each key's own prefix), and further buckets a condition may
+    # name, for which API keys: JSON {"bucket": ["key id", ...]}.
+    inputs_bucket: str = setting("LTXV_INPUTS_BUCKET", "")
+    input_buckets_json: str | None = setting("LTXV_INPUT_BUCKETS")
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
     api_key_hashes_json: str | None = setting("LTXV_API_KEY_HASHES")
@@ -293,13 +298,26 @@ class Settings:
     def subscription_path(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.subscription}"
 
+    @property
+    def inputs(self) -> str:
+        return self.inputs_bucket or resources.name("inputs_bucket", self.prefix)
+
     @cached_property
     def destination_buckets(self) -> dict[str, frozenset[str]]:
         """Bucket -> the API key ids whose gcs_destination may name it (besides each key's
         own prefix of the outputs bucket)."""
-        (name,) = env_names("destination_buckets_json")
+        return self._bucket_grants("destination_buckets_json")
+
+    @cached_property
+    def input_buckets(self) -> dict[str, frozenset[str]]:
+        """Bucket -> the API key ids whose conditions may read from it (besides each key's
+        own prefix of the inputs bucket)."""
+        return self._bucket_grants("input_buckets_json")
+
+    def _bucket_grants(self, field_name: str) -> dict[str, frozenset[str]]:
+        (name,) = env_names(field_name)
         try:
-            raw = json.loads(self.destination_buckets_json or "{}")
+            raw = json.loads(getattr(self, field_name) or "{}")
         except ValueError as exc:
             raise ValueError(f"{name} must be JSON: {exc}") from exc
         if not isinstance(raw, dict) or not all(
@@ -307,7 +325,7 @@ class Settings:
             for keys in raw.values()
         ):
             raise ValueError(f'{name} must be a JSON object {{"bucket": ["key id", ...]}}')
-        ours = {self.outputs, self.prompts, self.model_cache, self.function_source}
+        ours = {self.outputs, self.prompts, self.inputs, self.model_cache, self.function_source}
         ours = ours.intersection(raw)
         if ours:
             raise ValueError(f"{name} must not name the deployment's own buckets {sorted(ours)}")

@@ -36,6 +36,14 @@ class InputUnavailable(RenderRefused):
 def for_job(client: Any, job: Job, renderer: Renderer) -> list[Any]:
     """The job's conditions at the size its render will have."""
     params = renderer.parameters(job["request"])
+    for entry in job.get("inputs") or []:
+        # Intake resolves frame_index inside the video; a job written by other means must
+        # not be rendered with its condition quietly outside it.
+        if not 0 <= entry["frame_index"] < params["num_frames"]:
+            raise RenderRefused(
+                f"{entry['from']}: frame_index {entry['frame_index']} is outside the video "
+                f"(frames 0 to {params['num_frames'] - 1})"
+            )
     return load_conditions(client, job.get("inputs"), params["height"], params["width"])
 
 

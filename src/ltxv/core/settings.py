@@ -92,6 +92,10 @@ class Settings:
     # name, for which API keys: JSON {"bucket": ["key id", ...]}.
     inputs_bucket: str = setting("LTXV_INPUTS_BUCKET", "")
     input_buckets_json: str | None = setting("LTXV_INPUT_BUCKETS")
+    # POST /v1/uploads (intake/uploads.py): how long its signed PUT URL lives, and how many
+    # URLs one API key may mint per hour (0: no limit), so no key can mint without bound.
+    upload_url_minutes: int = setting("LTXV_UPLOAD_URL_MINUTES", 15)
+    uploads_per_hour: int = setting("LTXV_UPLOADS_PER_HOUR", 200)
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
     api_key_hashes_json: str | None = setting("LTXV_API_KEY_HASHES")

@@ -98,6 +98,17 @@ resource "google_firestore_field" "batches_ttl" {
   index_config {}
 }
 
+# Each API key's count of upload URLs per hour (src/ltxv/intake/upload_quota.py) is kept a day.
+resource "google_firestore_field" "upload_counts_ttl" {
+  database   = google_firestore_database.this.name
+  collection = "upload_counts"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  index_config {}
+}
+
 # A batch's lists hold one entry per line of its file (up to LTXV_PROMPT_FILE_MAX_LINES), and
 # nothing queries them: unindexed, each settle's ArrayUnion writes one entry, not an index
 # entry per element (and a 5000-line file stays far from 40,000 index entries a document).

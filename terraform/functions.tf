@@ -164,6 +164,14 @@ resource "google_cloudfunctions2_function" "api" {
       condition     = length(setintersection(keys(var.destination_buckets), [local.bucket_outputs, local.bucket_prompts, local.bucket_model_cache, local.bucket_source])) == 0
       error_message = "destination_buckets must not name the deployment's own buckets (custom destinations in the outputs bucket go under destinations/KEY_ID/)."
     }
+    precondition {
+      condition     = alltrue([for keys in values(var.input_buckets) : alltrue([for key in keys : contains(var.api_key_ids, key)])])
+      error_message = "input_buckets names API key ids that are not in api_key_ids."
+    }
+    precondition {
+      condition     = length(setintersection(keys(var.input_buckets), [local.bucket_outputs, local.bucket_prompts, local.bucket_inputs, local.bucket_model_cache, local.bucket_source])) == 0
+      error_message = "input_buckets must not name the deployment's own buckets (each key's own inputs go under gs://PREFIX-inputs/keys/KEY_ID/)."
+    }
   }
 }
 

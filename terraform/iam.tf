@@ -77,6 +77,20 @@ locals {
     # earlier attempt), the API signs URLs for what they wrote.
     { for b in keys(var.destination_buckets) : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
     { for b in keys(var.destination_buckets) : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
+    # Conditioning inputs. The API writes inline data: URLs and signs upload PUTs (a signed
+    # URL carries its signer's permissions): create, never delete or replace, and reads
+    # what a job names to check it at submit (the outputs bucket already, for extend). The
+    # prompt-file function checks the gs:// conditions its lines name; the workers read the
+    # exact generation intake checked.
+    {
+      "api/inputs-create"  = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectCreator" }
+      "api/inputs"         = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectViewer" }
+      "prompt-file/inputs" = { bucket = local.bucket_inputs, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" }
+      "worker/inputs"      = { bucket = local.bucket_inputs, member = local.worker_sa, role = "roles/storage.objectViewer" }
+    },
+    { for b in keys(var.input_buckets) : "api/input/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
+    { for b in keys(var.input_buckets) : "prompt-file/input/${b}" => { bucket = b, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" } },
+    { for b in keys(var.input_buckets) : "worker/input/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectViewer" } },
   )
 }
 

@@ -13,6 +13,7 @@ locals {
 
   bucket_prompts     = local.names.prompts_bucket
   bucket_outputs     = local.names.outputs_bucket
+  bucket_inputs      = local.names.inputs_bucket
   bucket_model_cache = local.names.model_cache_bucket
   bucket_source      = local.names.function_source_bucket
 
@@ -85,6 +86,8 @@ locals {
     LTXV_MODELS               = join(",", var.models)
     LTXV_DEFAULT_MODEL        = local.default_model
     LTXV_DESTINATION_BUCKETS  = jsonencode(var.destination_buckets)
+    LTXV_INPUTS_BUCKET        = local.bucket_inputs
+    LTXV_INPUT_BUCKETS        = jsonencode(var.input_buckets)
     LTXV_PROMPT_FILE_OWNER    = var.prompt_file_owner
     LTXV_JOB_TTL_DAYS         = tostring(var.job_ttl_days)
     LTXV_PREDICT_WAIT_SECONDS = tostring(var.predict_wait_seconds)

@@ -2,6 +2,7 @@ locals {
   buckets = {
     (local.bucket_prompts)     = { purpose = "prompts" }
     (local.bucket_outputs)     = { purpose = "outputs" }
+    (local.bucket_inputs)      = { purpose = "inputs" }
     (local.bucket_model_cache) = { purpose = "model-cache" }
     (local.bucket_source)      = { purpose = "function-source" }
   }
@@ -11,6 +12,20 @@ locals {
     # jobs/: each job's own files; destinations/KEY/: the keys' custom gcs_destination
     # videos (src/ltxv/core/results.py names both).
     outputs = [{ prefixes = ["jobs/", "destinations/"], days = var.output_retention_days }]
+    # keys/KEY/uploads/ and keys/KEY/inline/ (src/ltxv/core/inputs.py): conditioning media.
+    inputs = [{ prefixes = ["keys/"], days = var.inputs_retention_days }]
+  }
+  # Browsers PUT uploads straight to the inputs bucket with a signed URL (POST /v1/uploads)
+  # from the web page's origin, sending the signed headers (src/ltxv/intake/uploads.py,
+  # UPLOAD_CORS_HEADERS). Its origin is the API function's URL, known before apply in its
+  # cloudfunctions.net form; referring to the function itself would be a cycle (it waits
+  # for the grants on this bucket).
+  bucket_cors = {
+    inputs = [{
+      origins = concat(["https://${var.region}-${var.project_id}.cloudfunctions.net"], var.inputs_cors_origins)
+      methods = ["PUT"]
+      headers = ["Content-Type", "x-goog-content-length-range", "x-goog-if-generation-match"]
+    }]
   }
 }
 
@@ -41,6 +56,16 @@ resource "google_storage_bucket" "this" {
       action {
         type = "Delete"
       }
+    }
+  }
+
+  dynamic "cors" {
+    for_each = lookup(local.bucket_cors, each.value.purpose, [])
+    content {
+      origin          = cors.value.origins
+      method          = cors.value.methods
+      response_header = cors.value.headers
+      max_age_seconds = 3600
     }
   }
 

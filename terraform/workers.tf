@@ -89,6 +89,7 @@ resource "google_compute_instance_template" "worker" {
     ltxv-shutdown-grace-seconds = "20"
     ltxv-lane-aging-seconds     = tostring(var.lane_aging_seconds)
     ltxv-gpu-hour-usd           = tostring(var.gpu_hour_usd)
+    ltxv-inputs-bucket          = local.bucket_inputs
   }
 
   lifecycle {

@@ -56,6 +56,7 @@ read_config() {
   cfg CFG_SUBSCRIPTION ltxv-subscription "" '^[-A-Za-z0-9_.~+%]*$'
   cfg CFG_LANE_AGING_SECONDS ltxv-lane-aging-seconds "" '^([0-9]+)?$'
   cfg CFG_OUTPUTS_BUCKET ltxv-outputs-bucket "" '^[-a-z0-9_.]*$'
+  cfg CFG_INPUTS_BUCKET ltxv-inputs-bucket "" '^[-a-z0-9_.]*$'
   cfg CFG_TORCH_INDEX_URL ltxv-torch-index-url "" '^(https://[^[:space:]]+)?$'
   cfg CFG_WORKER_EXTRAS ltxv-worker-extras worker '^[-A-Za-z0-9_,]*$'
   cfg CFG_BOOT_READY_SECONDS ltxv-boot-ready-seconds 900 '^[0-9]+$'
@@ -102,6 +103,7 @@ write_env_file() {
     [[ -z "$CFG_SUBSCRIPTION" ]] || echo "LTXV_SUBSCRIPTION=${CFG_SUBSCRIPTION}"
     [[ -z "$CFG_LANE_AGING_SECONDS" ]] || echo "LTXV_LANE_AGING_SECONDS=${CFG_LANE_AGING_SECONDS}"
     [[ -z "$CFG_OUTPUTS_BUCKET" ]] || echo "LTXV_OUTPUTS_BUCKET=${CFG_OUTPUTS_BUCKET}"
+    [[ -z "$CFG_INPUTS_BUCKET" ]] || echo "LTXV_INPUTS_BUCKET=${CFG_INPUTS_BUCKET}"
     # GET /healthz on every address (the MIG's probes come from Google's ranges).
     echo "LTXV_HEALTH_PORT=${HEALTH_PORT}"
     echo "LTXV_HEALTH_HOST=0.0.0.0"

@@ -26,6 +26,8 @@ SCHEMA_FILES = {
     "error": "error.schema.json",
     "predict-response": "predict-response.schema.json",
     "model-profiles": "model-profiles.schema.json",
+    "upload-request": "upload-request.schema.json",
+    "upload": "upload.schema.json",
 }
 
 

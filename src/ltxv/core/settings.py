@@ -100,6 +100,10 @@ class Settings:
     max_inspections: int = setting("LTXV_MAX_INSPECTIONS", 2)
     inspection_wait_seconds: float = setting("LTXV_INSPECTION_WAIT_SECONDS", 5.0)
     inspection_seconds: float = setting("LTXV_INSPECTION_SECONDS", 30.0)
+    # POST /v1/uploads (intake/uploads.py): how long its signed PUT URL lives, and how many
+    # URLs one API key may mint per hour (0: no limit), so no key can mint without bound.
+    upload_url_minutes: int = setting("LTXV_UPLOAD_URL_MINUTES", 15)
+    uploads_per_hour: int = setting("LTXV_UPLOADS_PER_HOUR", 200)
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
     api_key_hashes_json: str | None = setting("LTXV_API_KEY_HASHES")

@@ -1,4 +1,5 @@
-"""Short-lived signed URLs for outputs, so clients can fetch videos from private buckets."""
+"""Short-lived signed URLs: GET for outputs, so clients can fetch videos from private
+buckets; PUT for uploads, so clients can write one named input object and nothing else."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 
 
 class UrlSigner:
-    """Signs V4 GET URLs with a key file (local stack) or through IAM signBlob (deployed).
+    """Signs V4 URLs with a key file (local stack) or through IAM signBlob (deployed).
 
     On Cloud Run functions and GCE the runtime credentials hold no private key; the
     library then signs remotely with the service account's own access token, which needs
@@ -86,7 +87,24 @@ class UrlSigner:
             options["generation"] = generation
         if attachment:
             options["response_disposition"] = f'attachment; filename="{attachment}"'
+        return self._signed(blob, options)
 
+    def sign_put(self, gs_uri: str, minutes: int, headers: dict[str, str]) -> str:
+        """A V4 PUT URL for exactly that object. Every header in `headers` (Content-Type
+        included) is part of the signature: the PUT must send each with exactly that value,
+        or Cloud Storage refuses it."""
+        bucket, name = split_gs_uri(gs_uri)
+        blob = self.client.bucket(bucket).blob(name)
+        options = {
+            "version": "v4",
+            "method": "PUT",
+            "expiration": timedelta(minutes=minutes),
+            "api_access_endpoint": self.endpoint,
+            "headers": dict(headers),
+        }
+        return self._signed(blob, options)
+
+    def _signed(self, blob: storage.Blob, options: dict[str, Any]) -> str:
         if self._key_credentials is not None:
             return blob.generate_signed_url(credentials=self._key_credentials, **options)
         email, token = self._runtime_identity()

@@ -40,6 +40,7 @@ from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json
 from ltxv.intake.submission import Intake
+from ltxv.intake.uploads import Uploads
 from ltxv.intake.web import PAGE, WebPage
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class JobsApi:
     webhook_secrets: WebhookSecrets
     storage: storage.Client
     views: JobViews
+    uploads: Uploads
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -372,6 +374,14 @@ class JobsApi:
             headers={"Location": f"/v1/jobs/{job_id}"},
             job_id=job_id,
         )
+
+    def create_upload(self, request: Request) -> Response:
+        """A signed URL to PUT one conditioning input to, and the gs:// URI to name it by."""
+        key_id = self._authenticate(request)
+        body = self._json_body(request)
+        with refusals_as_http_errors():
+            upload = self.uploads.create(body, key_id)
+        return json_response(upload, 201)
 
     def redeliver_webhook(self, request: Request, job_id: str) -> Response:
         """The settled event once more (same webhook-id): 202 with the webhook record."""

@@ -34,6 +34,8 @@ from ltxv.intake.prompt_files import PromptFiles
 from ltxv.intake.queue_deadlines import QueueDeadlines
 from ltxv.intake.queue_estimates import QueueEstimates
 from ltxv.intake.submission import Intake
+from ltxv.intake.upload_quota import UploadQuota
+from ltxv.intake.uploads import Uploads
 from ltxv.intake.validation import IntakePolicy
 
 
@@ -121,6 +123,13 @@ def api(settings: Settings) -> JobsApi:
         webhook_secrets=lazy(partial(WebhookSecrets.from_settings, settings)),
         storage=shared.storage,
         views=JobViews(signer, settings.signed_url_minutes, queue),
+        uploads=Uploads(
+            shared.profiles,
+            signer,
+            settings.inputs,
+            UploadQuota(shared.firestore, settings.uploads_per_hour, settings.rpc_timeout_seconds),
+            settings.upload_url_minutes,
+        ),
     )
 
 

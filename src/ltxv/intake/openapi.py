@@ -26,6 +26,7 @@ from ltxv.intake.routes import (
     methods,
     openapi_path,
 )
+from ltxv.intake.uploads import upload_limits
 from ltxv.intake.validation import request_rules
 
 COMPONENTS = {
@@ -38,6 +39,8 @@ COMPONENTS = {
     "batch-manifest": "BatchManifest",
     "error": "Error",
     "predict-response": "PredictResponse",
+    "upload-request": "UploadRequest",
+    "upload": "Upload",
 }
 
 
@@ -89,6 +92,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 RULES_EXTENSION = "x-ltxv-request-rules"
 JOB = "#/components/schemas/Job"
+UPLOAD = "#/components/schemas/UploadRequest"
 
 
 def _extra_components() -> dict[str, Any]:
@@ -291,6 +295,20 @@ def _operations(max_body_bytes: int) -> dict[str, dict[str, Any]]:
                 ),
             },
         },
+        "create_upload": {
+            "operationId": "createUpload",
+            "summary": "A signed URL to PUT one conditioning input to, and its gs:// URI",
+            "description": "PUT the file to upload_url with every header in headers, exactly "
+            "as given, before expires_at; it writes only that object, once, of `size` bytes. "
+            "Name `uri` in a job's conditions, which checks the bytes. At most "
+            "LTXV_UPLOADS_PER_HOUR (200) per key and hour: 429 too_many_uploads.",
+            "requestBody": {**body, "content": {"application/json": {"schema": {"$ref": UPLOAD}}}},
+            "responses": {
+                "201": _json("#/components/schemas/Upload", "Where and how to PUT the file"),
+                **_errors(400, 401, 413, 415, 422, 503),
+                "429": _json("#/components/schemas/Error", "Upload URLs for this hour used up"),
+            },
+        },
         "predict": {
             "operationId": "predict",
             "summary": "The old synchronous API: waits for the video",
@@ -344,6 +362,11 @@ def document(
         for short, component in COMPONENTS.items()
     }
     components["JobRequest"]["properties"]["model"]["enum"] = sorted(profiles)
+    # What this deployment's conditioning models accept, as the API checks uploads.
+    media_types, max_input_bytes = upload_limits(profiles)
+    upload = components["UploadRequest"]["properties"]
+    upload["content_type"]["enum"] = media_types
+    upload["size"]["maximum"] = max_input_bytes
     components.update(_extra_components())
     return {
         "openapi": "3.1.0",

@@ -30,6 +30,7 @@ ROUTES = Map(
         Rule("/v1/jobs/<job_id>/cancel", endpoint="cancel_job", methods=["POST"]),
         Rule("/v1/jobs/<job_id>/retry", endpoint="retry_job", methods=["POST"]),
         Rule("/v1/jobs/<job_id>/webhook/redeliver", endpoint="redeliver_webhook", methods=["POST"]),
+        Rule("/v1/uploads", endpoint="create_upload", methods=["POST"]),
         Rule("/predict", endpoint="predict", methods=["POST"]),
         Rule("/v1/webhooks/secret", endpoint="webhook_secret", methods=["GET"]),
         Rule("/healthz", endpoint="health", methods=["GET"]),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from ltxv.core.settings import Settings
+from ltxv.intake.uploads import UPLOAD_CORS_HEADERS
 from ltxv.local.errors import StackError, StartupFailed
 from ltxv.local.executables import (
     FIRESTORE_LAUNCHER,
@@ -168,6 +169,10 @@ def _gcs_command(stack: LocalStack) -> list[str]:
         # for requests addressed to the public host.
         "-public-host",
         f"{HOST}:{stack.port('gcs')}",
+        # Browsers PUT uploads to signed URLs (POST /v1/uploads) with these signed headers;
+        # fake-gcs-server allows any origin but only a few headers unless told more.
+        "-cors-headers",
+        ",".join(UPLOAD_CORS_HEADERS),
         # Announce finalized objects on a topic as GCS notifications do; the bridge reads it.
         "-event.pubsub-topic",
         settings.storage_events_topic,

@@ -129,6 +129,7 @@ class StackLayout:
             "LTXV_DEAD_LETTER_TOPIC": s.dead_letter_topic,
             "LTXV_PROMPTS_BUCKET": s.prompts,
             "LTXV_OUTPUTS_BUCKET": s.outputs,
+            "LTXV_INPUTS_BUCKET": s.inputs,
             "LTXV_API_KEY_HASHES": json.dumps({"default": hash_api_key(self.api_key)}),
             "LTXV_ALLOW_HTTP_LOOPBACK_WEBHOOKS": "true",
             # Each API key's signing secrets (the stack has one key).
@@ -156,6 +157,7 @@ class StackLayout:
             "LTXV_PROJECT": self.project,
             "LTXV_PROMPTS_BUCKET": s.prompts,
             "LTXV_OUTPUTS_BUCKET": s.outputs,
+            "LTXV_INPUTS_BUCKET": s.inputs,
             "LTXV_TOPIC": s.topic,
             "LTXV_SUBSCRIPTION": s.subscription_for(s.default_model),
         }

@@ -79,14 +79,17 @@ locals {
     { for b in keys(var.destination_buckets) : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
     # Conditioning inputs. The API writes inline data: URLs and signs upload PUTs (a signed
     # URL carries its signer's permissions): create, never delete or replace, and reads
-    # what a job names to check it at submit (the outputs bucket already, for extend). The
-    # prompt-file function checks the gs:// conditions its lines name; the workers read the
-    # exact generation intake checked.
+    # what a job names to check it at submit (the outputs bucket already, for extend). A
+    # prompt-file line goes through the same checks: it may name gs:// conditions, inline
+    # data: URLs (written like the API's) and extend (the earlier video, in outputs). The
+    # workers read the exact generation intake checked.
     {
-      "api/inputs-create"  = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectCreator" }
-      "api/inputs"         = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectViewer" }
-      "prompt-file/inputs" = { bucket = local.bucket_inputs, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" }
-      "worker/inputs"      = { bucket = local.bucket_inputs, member = local.worker_sa, role = "roles/storage.objectViewer" }
+      "api/inputs-create"         = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectCreator" }
+      "api/inputs"                = { bucket = local.bucket_inputs, member = local.sa["api"], role = "roles/storage.objectViewer" }
+      "prompt-file/inputs-create" = { bucket = local.bucket_inputs, member = local.sa["prompt-file"], role = "roles/storage.objectCreator" }
+      "prompt-file/inputs"        = { bucket = local.bucket_inputs, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" }
+      "prompt-file/outputs"       = { bucket = local.bucket_outputs, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" }
+      "worker/inputs"             = { bucket = local.bucket_inputs, member = local.worker_sa, role = "roles/storage.objectViewer" }
     },
     { for b in keys(var.input_buckets) : "api/input/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
     { for b in keys(var.input_buckets) : "prompt-file/input/${b}" => { bucket = b, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" } },

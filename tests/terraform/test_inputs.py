@@ -68,17 +68,21 @@ def test_browsers_may_put_from_the_api_origin_with_the_signed_headers(tf, tmp_pa
     assert cors["origin"][1:] == ["https://api.example.com"]
 
 
-def test_only_the_api_writes_inputs_and_nothing_may_delete_them(tf):
+def test_only_intake_writes_inputs_and_nothing_may_delete_them(tf):
     assert _grants(tf, settings.inputs) == {
-        # Inline data: URLs and signed upload PUTs (a signed URL acts with its signer's
-        # permissions); objectCreator cannot delete, so cannot overwrite either.
+        # Inline data: URLs (from the API and from prompt-file lines) and signed upload PUTs
+        # (a signed URL acts with its signer's permissions); objectCreator cannot delete,
+        # so cannot overwrite either.
         ("roles/storage.objectCreator", _account("api")),
         ("roles/storage.objectViewer", _account("api")),
+        ("roles/storage.objectCreator", _account("prompts")),
         ("roles/storage.objectViewer", _account("prompts")),
         ("roles/storage.objectViewer", _account("worker")),
     }
-    # Extend reads the earlier job's video: the API reads the outputs bucket already.
-    assert ("roles/storage.objectViewer", _account("api")) in _grants(tf, settings.outputs)
+    # Extend reads the earlier job's video, over the API and in a prompt-file line.
+    outputs = _grants(tf, settings.outputs)
+    assert ("roles/storage.objectViewer", _account("api")) in outputs
+    assert ("roles/storage.objectViewer", _account("prompts")) in outputs
 
 
 def test_allowed_input_buckets_are_read_only(tf):

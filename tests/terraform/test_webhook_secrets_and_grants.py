@@ -137,12 +137,14 @@ def test_the_api_may_create_result_json_and_webhook_triggers_in_outputs_and_noth
 
 def test_the_prompt_file_function_may_create_batch_triggers_in_outputs_and_nothing_more(tf):
     """For a file none of whose lines became a job: the one object it writes there."""
-    (grant,) = [
-        m
+    roles = {
+        m["role"]: m
         for m in tf["google_storage_bucket_iam_member"]
         if m["member"] == PROMPT_FILE_SA and m["bucket"] == OUTPUTS
-    ]
-    assert grant["role"] == "roles/storage.objectCreator"  # cannot delete or replace
+    }
+    # Reading (extend's earlier video), and creating, which cannot delete or replace.
+    assert set(roles) == {"roles/storage.objectViewer", "roles/storage.objectCreator"}
+    grant = roles["roles/storage.objectCreator"]
     assert grant["condition"]["expression"] == (
         f'resource.name.startsWith("projects/_/buckets/{OUTPUTS}/objects/batches/")'
         f' && resource.name.endsWith("{TRIGGER_SUFFIX}")'

@@ -87,7 +87,7 @@ class ConditioningCalls:
                 "JPEG or WebP image nor an MP4, WebM or QuickTime video"
             )
         ticket = self._call(
-            "POST", "/v1/uploads", json={"content_type": content_type, "bytes": len(data)}
+            "POST", "/v1/uploads", json={"content_type": content_type, "size": len(data)}
         )
         headers = dict(ticket.get("headers") or {})
         headers.setdefault("Content-Type", content_type)

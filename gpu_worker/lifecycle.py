@@ -61,8 +61,12 @@ class Claim:
 
 
 # How long after its message was published a job may still be being created, and when a
-# message that found none then comes back.
-UNRECORDED_GRACE = timedelta(seconds=60)
+# message that found none then comes back. Intake's create gives up within twice its RPC
+# timeout (10 s by default: a retry deadline, plus the call in flight), so a job not there
+# after 30 s never will be. Deferred at most 3 times, such an orphan is dropped on its
+# 4th delivery, before the subscription's 5 deliveries would dead-letter it and page an
+# operator for a job that never existed (tests/integration/test_publish_beside.py).
+UNRECORDED_GRACE = timedelta(seconds=30)
 UNRECORDED_RETRY_SECONDS = 10
 
 

@@ -162,6 +162,24 @@ resource "google_storage_bucket_iam_member" "api_writes_canceled_results" {
   depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
+# A prompt file none of whose lines became a job has no result.json to complete its batch:
+# the prompt-file function writes batches/BATCH/completed.webhook.json instead, and
+# result-ready sends its batch.completed event (ltxv/core/webhook_triggers.py). Create-only
+# (objectCreator, with if_generation_match=0), and only such names.
+resource "google_storage_bucket_iam_member" "prompt_file_writes_batch_triggers" {
+  bucket = local.bucket_outputs
+  role   = "roles/storage.objectCreator"
+  member = local.sa["prompt-file"]
+
+  condition {
+    title       = "batch-webhook-triggers-only"
+    description = "Create batches/BATCH/*.webhook.json in the outputs bucket, nothing else."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.bucket_outputs}/objects/batches/\") && resource.name.endsWith(\".webhook.json\")"
+  }
+
+  depends_on = [google_storage_bucket.this, google_service_account.function]
+}
+
 # A prompt file's batch manifest is written by result-ready when its last job settles:
 # create-only, or replacing an older upload's manifest of the same name (so objectUser,
 # which can delete), and only under results/ of the prompts bucket.

@@ -24,6 +24,7 @@ from ltxv.core import schemas
 from ltxv.core.batches import BatchStore
 from ltxv.core.jobs import batch_id_for_prompt_file, to_json
 from ltxv.core.results import build_result, output_prefix, write_result_once
+from ltxv.core.webhook_triggers import batch_completed_object
 from ltxv.intake.submission import JobOrigin
 from ltxv.notify import compose as compose_notify
 from ltxv.notify.notifier import RetryLater
@@ -255,6 +256,38 @@ def test_a_file_whose_every_line_is_rejected_gets_its_manifest_at_once(
     _, (header, *rows) = manifest(settings, "results/none.jsonl.jsonl")
     assert header["summary"]["rejected"] == 2 and header["summary"]["jobs"] == 0
     assert [(r["line"], r["state"]) for r in rows] == [(1, "rejected"), (2, "rejected")]
+
+
+def test_a_file_whose_every_line_is_rejected_still_gets_its_signed_batch_event(
+    prompt_client, settings, service, result_ready, receiver
+):
+    body = {"jobs": [{"prompt": ""}, {"prompt": "x", "width": 33}], "webhook_url": receiver.url}
+    blob = drop(prompt_client, settings, "incoming/nothing.json", json.dumps(body).encode())
+    _, (header, *_rows) = manifest(settings, "results/nothing.json.jsonl")
+    assert header["summary"]["rejected"] == 2 and header["summary"]["jobs"] == 0
+    batch_id = batch_id_for_prompt_file(settings.prompts, "incoming/nothing.json", blob.generation)
+    trigger = batch_completed_object(batch_id)
+    outputs = storage.Client(project=settings.project).bucket(settings.outputs)
+    assert outputs.blob(trigger).exists()  # what asks notify, the signer, for the event
+
+    assert result_ready.on_object(settings.outputs, trigger, None) == "done"
+    assert result_ready.on_object(settings.outputs, trigger, None) == "done"  # a redelivery
+    (delivery,) = receiver.deliveries
+    assert Webhook(SECRET).verify(delivery.body, delivery.headers) == delivery.event
+    schemas.validator("webhook-event").validate(delivery.event)
+    assert delivery.event["type"] == "batch.completed"
+    assert delivery.event["data"] == header
+    assert delivery.webhook_id == f"evt_batch_{batch_id}"
+
+    deliver(prompt_client, blob)  # the upload's event again: no second trigger, no event
+    assert [d.webhook_id for d in receiver.deliveries] == [f"evt_batch_{batch_id}"]
+
+
+def test_a_rejected_file_without_a_webhook_writes_no_trigger(prompt_client, settings):
+    blob = drop(prompt_client, settings, "incoming/quiet.jsonl", b'{"prompt": ""}\n')
+    batch_id = batch_id_for_prompt_file(settings.prompts, "incoming/quiet.jsonl", blob.generation)
+    outputs = storage.Client(project=settings.project).bucket(settings.outputs)
+    assert not outputs.blob(batch_completed_object(batch_id)).exists()
 
 
 def test_a_name_dropped_again_is_a_new_batch_and_the_newest_upload_keeps_the_manifest(

@@ -11,10 +11,16 @@ from datetime import timedelta
 import pytest
 from google.api_core import exceptions as gexc
 
-from gpu_worker.lifecycle import UNRECORDED_GRACE, ClaimOutcome, JobLifecycle
+from gpu_worker.lifecycle import (
+    UNRECORDED_GRACE,
+    UNRECORDED_RETRY_SECONDS,
+    ClaimOutcome,
+    JobLifecycle,
+)
 from gpu_worker.messages import Received
-from ltxv.core import schemas
+from ltxv.core import resources, schemas
 from ltxv.core.jobs import job_id_for_idempotency_key, new_job, new_job_id, utcnow
+from ltxv.core.settings import Settings
 
 from .conftest import pull_job_ids
 
@@ -54,6 +60,17 @@ def test_only_a_young_message_is_worth_deferring():
     assert received(timedelta(seconds=1)).young(UNRECORDED_GRACE)
     assert not received(UNRECORDED_GRACE + timedelta(seconds=1)).young(UNRECORDED_GRACE)
     assert not received(None).young(UNRECORDED_GRACE)
+
+
+def test_an_orphan_message_is_dropped_before_it_could_be_dead_lettered():
+    """A message whose create failed is deferred while young, each time for at least
+    UNRECORDED_RETRY_SECONDS, then dropped: all within fewer deliveries than the
+    subscription allows before the dead-letter topic. And no create still in flight
+    outlives the grace (its retry deadline is the RPC timeout; one call may be in flight)."""
+    allowed = resources.worker_delivery().max_delivery_attempts
+    young_deliveries = -(-UNRECORDED_GRACE.total_seconds() // UNRECORDED_RETRY_SECONDS)
+    assert young_deliveries + 1 < allowed
+    assert 2 * Settings().rpc_timeout_seconds < UNRECORDED_GRACE.total_seconds()
 
 
 def refuse_creates(service, monkeypatch):

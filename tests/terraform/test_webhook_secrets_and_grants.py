@@ -9,13 +9,19 @@ import json
 
 import pytest
 
-from ltxv.core.webhook_triggers import TRIGGER_SUFFIX, redelivery_object, running_object
+from ltxv.core.webhook_triggers import (
+    TRIGGER_SUFFIX,
+    batch_completed_object,
+    redelivery_object,
+    running_object,
+)
 
 from .conftest import PREFIX, PROJECT, address, by_address, references
 from .conftest import evaluate_with as evaluate
 
 API_SA = f"serviceAccount:{PREFIX}-api@{PROJECT}.iam.gserviceaccount.com"
 RESULTS_SA = f"serviceAccount:{PREFIX}-results@{PROJECT}.iam.gserviceaccount.com"
+PROMPT_FILE_SA = f"serviceAccount:{PREFIX}-prompts@{PROJECT}.iam.gserviceaccount.com"
 OUTPUTS = f"{PREFIX}-outputs"
 
 
@@ -127,3 +133,19 @@ def test_the_api_may_create_result_json_and_webhook_triggers_in_outputs_and_noth
         in ("roles/storage.objectUser", "roles/storage.objectAdmin", "roles/storage.admin")
         for m in grants
     )
+
+
+def test_the_prompt_file_function_may_create_batch_triggers_in_outputs_and_nothing_more(tf):
+    """For a file none of whose lines became a job: the one object it writes there."""
+    (grant,) = [
+        m
+        for m in tf["google_storage_bucket_iam_member"]
+        if m["member"] == PROMPT_FILE_SA and m["bucket"] == OUTPUTS
+    ]
+    assert grant["role"] == "roles/storage.objectCreator"  # cannot delete or replace
+    assert grant["condition"]["expression"] == (
+        f'resource.name.startsWith("projects/_/buckets/{OUTPUTS}/objects/batches/")'
+        f' && resource.name.endsWith("{TRIGGER_SUFFIX}")'
+    )
+    name = batch_completed_object("a" * 26)
+    assert name.startswith("batches/") and name.endswith(TRIGGER_SUFFIX)

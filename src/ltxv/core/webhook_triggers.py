@@ -1,11 +1,13 @@
 """Objects that ask the notify function for a webhook event other than a job's first
-settled one: a redelivery of the settled event (written by the API) and a `job.running`
-event (written by the GPU worker that claimed the job).
+settled one: a redelivery of the settled event (written by the API), a `job.running`
+event (written by the GPU worker that claimed the job), and the `batch.completed` event of
+a prompt file none of whose lines became a job (written by the prompt-file function: no
+job's result.json will ever complete that batch).
 
-Both are small JSON objects in the job's own tree of the outputs bucket, next to
-result.json, so the notify function's storage trigger (which already sees every object
-of that bucket) delivers them, and only the notify function, which holds the webhook
-secrets, ever signs anything. Each is created once (`if_generation_match=0`) under a name
+They are small JSON objects in the outputs bucket, a job's next to its result.json, so
+the notify function's storage trigger (which already sees every object of that bucket)
+delivers them, and only the notify function, which holds the webhook secrets, ever signs
+anything. Each is created once (`if_generation_match=0`) under a name
 that says which redelivery or which attempt it is for, so a repeated write is harmless.
 The names end in `.webhook.json`: the API's IAM condition lets it create exactly these
 and result.json (terraform/iam.tf).
@@ -29,6 +31,7 @@ REDELIVERY_OBJECT = re.compile(
     r"^jobs/([a-z0-9]{1,64})/redelivery-([1-9][0-9]{0,5})\.webhook\.json$"
 )
 RUNNING_OBJECT = re.compile(r"^jobs/([a-z0-9]{1,64})/running-([1-9][0-9]{0,5})\.webhook\.json$")
+BATCH_COMPLETED_OBJECT = re.compile(r"^batches/([a-z2-7]{26})/completed\.webhook\.json$")
 # What a request gets when it names no webhook_events (and what jobs stored before the
 # field existed mean): the settled event only.
 DEFAULT_EVENTS = ("settled",)
@@ -40,6 +43,10 @@ def redelivery_object(job_id: str, number: int) -> str:
 
 def running_object(job_id: str, attempt: int) -> str:
     return f"{output_prefix(job_id)}running-{attempt}{TRIGGER_SUFFIX}"
+
+
+def batch_completed_object(batch_id: str) -> str:
+    return f"batches/{batch_id}/completed{TRIGGER_SUFFIX}"
 
 
 def wanted_events(job: Mapping[str, Any]) -> tuple[str, ...]:

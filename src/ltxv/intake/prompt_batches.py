@@ -17,6 +17,7 @@ import google.cloud.storage as storage
 from ltxv.core import schemas
 from ltxv.core.batches import BatchStore, manifest_lines, new_batch, summarize, write_manifest
 from ltxv.core.urlsafety import LookupTimedOut, UnsafeURL, check_webhook_url
+from ltxv.core.webhook_triggers import batch_completed_object, write_trigger_once
 from ltxv.intake.validation import IntakePolicy
 
 BATCH_FIELDS = ("jobs", "webhook_url")
@@ -80,10 +81,17 @@ def check_batch_webhook(url: str | None, policy: IntakePolicy) -> None:
 class BatchRecorder:
     """Records each processed upload as a batch; completes a batch with no job at once."""
 
-    def __init__(self, batches: BatchStore, storage_client: storage.Client, ttl_days: int) -> None:
+    def __init__(
+        self,
+        batches: BatchStore,
+        storage_client: storage.Client,
+        ttl_days: int,
+        outputs_bucket: str,
+    ) -> None:
         self.batches = batches
         self.storage = storage_client
         self.ttl_days = ttl_days
+        self.outputs_bucket = outputs_bucket
 
     def record(
         self,
@@ -109,9 +117,17 @@ class BatchRecorder:
             )
         )
         if not batch["accepted"]:
-            # Its batch.completed event is not sent: only notify holds the signing
-            # secrets, and the receipt already says every line was rejected.
             lines = manifest_lines(batch, {})
             batch = self.batches.complete(batch["batch_id"], summarize(lines))
             write_manifest(self.storage, batch, lines)
+            if batch.get("webhook"):
+                # No job's result.json will ever tell notify, which alone holds the signing
+                # secrets, that this batch is complete: a trigger object does. Create-only,
+                # so a redelivered upload event asks for the one event again at most.
+                write_trigger_once(
+                    self.storage,
+                    self.outputs_bucket,
+                    batch_completed_object(batch["batch_id"]),
+                    {"batch_id": batch["batch_id"]},
+                )
         return batch

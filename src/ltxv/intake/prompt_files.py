@@ -145,7 +145,9 @@ class PromptFiles:
         self.max_bytes = max_bytes
         self.max_lines = max_lines
         batches = batches or BatchStore(intake.store.client, intake.store.timeout)
-        self.batches = BatchRecorder(batches, storage_client, intake.ttl_days)
+        self.batches = BatchRecorder(
+            batches, storage_client, intake.ttl_days, intake.policy.outputs_bucket
+        )
 
     def wants(self, bucket: str, name: str) -> bool:
         return bucket == self.prompts_bucket and name.startswith(INCOMING)

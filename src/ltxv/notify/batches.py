@@ -37,6 +37,7 @@ from ltxv.core.batches import (
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import State, utcnow
 from ltxv.core.store import JobStore
+from ltxv.core.webhook_triggers import BATCH_COMPLETED_OBJECT
 from ltxv.core.webhooks import encode_event
 from ltxv.notify.notifier import RESULT_OBJECT, RetryLater, WebhookNotifier
 from ltxv.notify.schedule import backend_retry
@@ -75,6 +76,18 @@ class Batches:
             return "open"
         return self._complete(batch)
 
+    def completed_without_jobs(self, batch_id: str) -> str:
+        """The trigger the prompt-file function writes for a batch none of whose lines
+        became a job (it completed the batch and wrote the manifest): send its event."""
+        try:
+            batch = self.batches.get(batch_id)
+        except BACKEND_ERRORS as exc:
+            raise backend_retry(batch_id, "the batch store failed") from exc
+        if batch is None or not is_complete(batch):
+            log.warning("no completed batch for its trigger", extra={"batch_id": batch_id})
+            return "no_batch"
+        return self._complete(batch)
+
     def _complete(self, batch: dict[str, Any]) -> str:
         batch_id = batch["batch_id"]
         try:
@@ -103,6 +116,9 @@ class ResultReady:
         self.batches = batches
 
     def on_object(self, bucket: str, name: str, generation: str | None) -> str:
+        without_jobs = BATCH_COMPLETED_OBJECT.match(name)
+        if without_jobs and bucket == self.notifier.settings.outputs:
+            return self.batches.completed_without_jobs(without_jobs.group(1))
         later: list[RetryLater] = []
         try:
             state = self.notifier.on_object(bucket, name, generation)

@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +56,18 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def result_json(stack: LocalStack, job_id: str) -> dict:
-    bucket = storage.Client(project=stack.project).bucket(stack.settings.outputs)
-    result = json.loads(bucket.blob(f"jobs/{job_id}/result.json").download_as_bytes())
+def result_json(stack: LocalStack, job_id: str, timeout: float = 30.0) -> dict:
+    """The job's result.json; the worker writes it just after it marks the job succeeded."""
+    blob = (
+        storage.Client(project=stack.project)
+        .bucket(stack.settings.outputs)
+        .blob(f"jobs/{job_id}/result.json")
+    )
+    deadline = time.monotonic() + timeout
+    while not blob.exists():
+        assert time.monotonic() < deadline, f"no result.json for job {job_id} in {timeout}s"
+        time.sleep(0.2)
+    result = json.loads(blob.download_as_bytes())
     schemas.validator("result").validate(result)
     return result
 

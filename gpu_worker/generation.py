@@ -55,6 +55,8 @@ class RenderRefused(Exception):
     """The model cannot render this request and never will: the same parameters fail the
     same way on every attempt, so the job fails at once. The message is for the client."""
 
+    code = "invalid_request"  # the failed job's error code
+
 
 # Raised from inside the pipeline, these come from its handling of the parameters (an
 # empty schedule indexed, a shape it cannot take), not from the GPU or the machine: the
@@ -224,21 +226,27 @@ class Renderer:
     def render(
         self,
         request: dict[str, Any],
+        conditions: list[Any] | None = None,
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> RenderResult:
         """Render one request: `on_step(done, total)` after each denoising step (1..total);
         `should_stop()` is asked right after it, and True stops the render there
-        (RenderInterrupted, before any VAE decode). CUDA out of memory raises
-        RenderOutOfMemory; parameters the pipeline cannot take raise RenderRefused."""
+        (RenderInterrupted, before any VAE decode). `conditions`: diffusers'
+        LTXVideoCondition items (gpu_worker/conditioning.py), frames at the request's size.
+        CUDA out of memory raises RenderOutOfMemory; parameters the pipeline cannot take
+        raise RenderRefused."""
         import torch
 
         params = self.parameters(request)
         self.load()
+        takes = inspect.signature(type(self.pipe).__call__).parameters
+        if conditions and "conditions" not in takes:
+            raise RenderRefused(f"model {self.profile.name} cannot render conditions")
         oom: str | None = None
         try:
-            return self._render(params, on_step, should_stop)
+            return self._render(params, on_step, should_stop, conditions or [])
         except torch.OutOfMemoryError as exc:
             oom = str(exc).splitlines()[0] if str(exc) else "out of memory"
         except DETERMINISTIC_ERRORS as exc:
@@ -262,6 +270,7 @@ class Renderer:
         params: dict[str, Any],
         on_step: Callable[[int, int], None] | None,
         should_stop: Callable[[], bool] | None,
+        conditions: list[Any],
     ) -> RenderResult:
         import torch
 
@@ -270,6 +279,8 @@ class Renderer:
         seed = int(params["seed"])
         call = {k: params[k] for k in PIPELINE_KEYS if k in params}
         call["frame_rate"] = params["fps"]
+        if conditions:
+            call["conditions"] = conditions
         schedule = sampling.timesteps(self.profile, call["num_inference_steps"])
         if schedule is not None:
             call["timesteps"] = schedule

@@ -10,7 +10,8 @@ Rendering happens on the main thread, one job at a time (one process per GPU). W
 follows a render (encoding, uploads, bookkeeping) runs on one finisher thread, so when
 a backlog exists the GPU is already on the next job while the last one is being saved.
 
-Failures: an error the request caused fails the job (result.json, ack); anything else
+Failures: an error the request caused fails the job (result.json, ack), as does a
+conditioning input that is gone or changed (input_unavailable); anything else
 (storage, Firestore, a bug) puts it back to `queued` and nacks, so the subscription's
 backoff applies and its dead-letter policy ends a job that never works. Out of memory is
 retried once, in a fresh process: the worker requeues the job and exits (systemd, or the
@@ -40,6 +41,7 @@ from ltxv.core.jobs import Job
 from ltxv.core.results import build_result, write_result_once
 from ltxv.core.settings import Settings
 
+from . import conditioning
 from .encoding import encode_mp4, write_poster
 from .generation import (
     Renderer,
@@ -228,7 +230,8 @@ class Worker:
                 self.outputs.check_destination(job)  # before the GPU time, not after it
             load, self._load_seconds = self._load_seconds, 0.0  # the first render pays it
             self.lifecycle.rendering(job_id, load)
-            result = self.renderer.render(request, on_step=on_step, should_stop=should_stop)
+            media = conditioning.for_job(self.storage, job, self.renderer)  # input_unavailable
+            result = self.renderer.render(request, media, on_step=on_step, should_stop=should_stop)
         except Exception as exc:
             lease.stop()
             try:
@@ -316,7 +319,7 @@ class Worker:
         elif isinstance(exc, DestinationTaken):
             self._fail_destination_taken(job_id, received, exc)
         elif isinstance(exc, RenderRefused):  # the same request fails the same way again
-            self._fail(job_id, received, "invalid_request", str(exc))
+            self._fail(job_id, received, exc.code, str(exc))  # invalid_request, input_unavailable
         else:
             # The job shows a code and a sentence; what broke stays in the logs.
             log.exception("render failed", extra={"job_id": job_id}, exc_info=exc)

@@ -300,3 +300,38 @@ def prompt_files_resolving_with(service, settings, resolver):
         max_bytes=settings.prompt_file_max_bytes,
         max_lines=settings.prompt_file_max_lines,
     )
+
+
+def test_a_line_may_name_gs_conditions_and_a_bad_one_is_refused_by_line(
+    prompt_client, settings, service
+):
+    from tests import media_samples
+
+    inputs = storage.Client(project=settings.project).bucket(settings.inputs)
+    good = inputs.blob("keys/default/uploads/line.png")
+    good.upload_from_string(media_samples.png())
+    good.reload()
+    fake = inputs.blob("keys/default/uploads/fake.png")
+    fake.upload_from_string(b"not a picture")
+    lines = [
+        {
+            "prompt": "from an image",
+            "conditions": [{"image": f"gs://{settings.inputs}/{good.name}"}],
+        },
+        {"prompt": "from text", "conditions": [{"image": f"gs://{settings.inputs}/{fake.name}"}]},
+        {"prompt": "another key's", "conditions": [{"image": f"gs://{settings.inputs}/keys/x/a"}]},
+    ]
+    blob = upload(settings, "incoming/keyframes.jsonl", "\n".join(map(json.dumps, lines)).encode())
+    deliver(prompt_client, blob)
+    document = receipt(settings, "receipts/keyframes.jsonl.json")
+    (accepted,) = document["accepted"]
+    assert accepted["line"] == 1
+    inputs_entry = service.store.get(accepted["job_id"])["inputs"][0]
+    assert (inputs_entry["generation"], inputs_entry["select"]) == (
+        good.generation,
+        {"start": 0, "count": 1},
+    )
+    rejected = {r["line"]: r["errors"][0] for r in document["rejected"]}
+    assert rejected[2]["path"] == "$.conditions[0].image"
+    assert "not an image or video" in rejected[2]["message"]
+    assert "may read conditions only from" in rejected[3]["message"]

@@ -138,7 +138,24 @@ def test_terraform_mode_answers_json(tmp_path):
 
 @pytest.mark.parametrize("name", reqs.FUNCTIONS)
 def test_a_function_requirements_file_is_pyprojects_dependencies_pinned(name):
-    assert reqs.problems(reqs.requirements_file(name), reqs.dependencies()) == []
+    assert reqs.problems(reqs.requirements_file(name), reqs.dependencies(name)) == []
+
+
+def test_nothing_notify_imports_needs_what_only_submit_installs():
+    """Import notify's entry points in a fresh interpreter in which the submit-only
+    packages cannot be imported: a module of theirs reaching for one would fail here, as
+    it would deployed."""
+    blocked = sorted({"av", "PIL"})
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "sys.path[:0] = ['functions/notify']\n"
+        "import main\n"
+        "from ltxv.notify import compose\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=reqs.ROOT, check=True)
+    assert {"av", "pillow"} == set(reqs.SUBMIT_ONLY)
+    assert not set(reqs.SUBMIT_ONLY) & set(reqs.dependencies("notify"))
 
 
 def test_the_requirements_check_sees_each_kind_of_drift(tmp_path):

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+from PIL import Image
 
 from gpu_worker import tiny_random
 from gpu_worker.generation import (
@@ -131,39 +133,79 @@ def test_sizes_the_model_cannot_render_are_refused(renderer, change):
 
 
 def test_a_request_the_pipeline_itself_cannot_take_is_refused_not_transient(renderer):
-    """One denoising step: the scheduler's stretched schedule is empty and the real
-    pipeline raises IndexError; the same request fails that way on every attempt."""
-    with pytest.raises(RenderRefused, match=r"cannot render these parameters \(IndexError"):
-        renderer.render({**REQUEST, "num_inference_steps": 1})
+    """A video condition pinned past the last frame: diffusers' trim_conditioning_sequence
+    leaves a frame count that is not 8k + 1 and the real pipeline raises ValueError; the
+    same request fails that way on every attempt."""
+    video = [Image.new("RGB", (96, 64), (200, 40, 40))] * 9
+    beyond = [LTXVideoCondition(video=video, frame_index=16)]
+    with pytest.raises(RenderRefused, match=r"cannot render these parameters \(ValueError"):
+        renderer.render(REQUEST, beyond)
     assert renderer.render(REQUEST).frames.shape == (9, 64, 96, 3)  # and it renders on
 
 
-def test_condition_pipeline_renders_too(tmp_path_factory):
-    """The distilled profiles' pipeline class, on the same tiny weights."""
+def test_the_plain_pipeline_renders_the_same_weights_and_refuses_conditions(tmp_path_factory):
+    """The 0.9.1 profile's pipeline class (LTXPipeline), on the same tiny weights: it
+    renders text to video, and a condition is refused before any work (it has no
+    `conditions`), not silently dropped."""
     model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
-    profile = dataclasses.replace(PROFILE, pipeline="LTXConditionPipeline")
+    plain = all_profiles()["ltx-video-2b"].pipeline
+    profile = dataclasses.replace(PROFILE, pipeline=plain, conditioning=None)
     renderer = Renderer(profile, model_dir=model_dir)
     seen: list[tuple[int, int]] = []
     result = renderer.render(REQUEST, on_step=lambda i, n: seen.append((i, n)))
-    assert type(renderer.pipe).__name__ == "LTXConditionPipeline"
+    assert type(renderer.pipe).__name__ == "LTXPipeline"
     assert result.frames.shape == (9, 64, 96, 3)
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert np.array_equal(result.frames, renderer.render(REQUEST).frames)
+    image = Image.new("RGB", (96, 64))
+    with pytest.raises(RenderRefused, match="cannot render conditions"):
+        renderer.render(REQUEST, [LTXVideoCondition(image=image, frame_index=0)])
 
 
 def test_the_profiles_memory_switches_are_applied(renderer):
-    """tiny-random fits as the deployed profiles do: tiled VAE decode, no VAE encoder."""
+    """tiny-random fits as the deployed profiles do: tiled VAE, and the VAE encoder kept
+    where the profile conditions on images and videos (dropped where it cannot)."""
     renderer.load()
     vae = renderer.pipe.vae
-    assert PROFILE.fit["vae_tiling"] and not PROFILE.fit["vae_encoder"]
+    assert type(renderer.pipe).__name__ == "LTXConditionPipeline"
+    assert PROFILE.fit["vae_tiling"] and PROFILE.fit["vae_encoder"]
     assert vae.use_tiling
-    assert vae.encoder is None
-    assert not any(name.startswith("encoder.") for name, _ in vae.named_parameters())
+    assert vae.encoder is not None and renderer.applied["vae_encoder"]
+    assert any(name.startswith("encoder.") for name, _ in vae.named_parameters())
     # Every real profile says how it fits its GPU, and fits it the same way.
     for profile in all_profiles().values():
-        assert profile.fit["vae_tiling"] and not profile.fit["vae_encoder"]
+        assert profile.fit["vae_tiling"]
+        assert profile.fit["vae_encoder"] == (profile.conditioning is not None)
         if profile.accelerator == "cuda":
             assert profile.fit["gpu_memory_gib"] <= 22  # an L4's usable memory
+
+
+def test_a_profile_without_conditioning_drops_the_encoder(tmp_path_factory):
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    fit = {**PROFILE.fit, "vae_encoder": False}
+    renderer = Renderer(dataclasses.replace(PROFILE, fit=fit), model_dir=model_dir)
+    renderer.load()
+    assert renderer.pipe.vae.encoder is None and not renderer.applied["vae_encoder"]
+
+
+def test_tiled_encode_covers_conditions_larger_than_a_tile(tmp_path_factory):
+    """fit's vae_tiling (diffusers' enable_tiling) tiles the encoder too: a condition
+    larger than a tile is encoded tile by tile, and the render stays deterministic."""
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    renderer = Renderer(PROFILE, model_dir=model_dir)
+    renderer.load()
+    vae = renderer.pipe.vae
+    vae.tile_sample_min_height = vae.tile_sample_min_width = 64
+    vae.tile_sample_stride_height = vae.tile_sample_stride_width = 32
+    calls = []
+    tiled_encode = vae.tiled_encode
+    vae.tiled_encode = lambda *a, **k: calls.append(a[0].shape) or tiled_encode(*a, **k)
+    request = {**REQUEST, "height": 128, "width": 192}
+    image = Image.new("RGB", (192, 128), (30, 160, 90))
+    condition = [LTXVideoCondition(image=image, frame_index=0)]
+    frames = renderer.render(request, condition).frames
+    assert calls and calls[0][-2:] == (128, 192)
+    assert np.array_equal(frames, renderer.render(request, condition).frames)
 
 
 def test_tiled_decode_runs_on_frames_larger_than_a_tile(tmp_path_factory):

@@ -6,6 +6,8 @@ schedule: the scheduler is the real class, so the walk is the one the GPU render
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gpu_worker import tiny_random
@@ -126,7 +128,10 @@ def test_the_plain_pipeline_keeps_its_shifted_scheduler(tmp_path_factory):
     the sigmas: its resolution-dependent shift and terminal stretch are the model's own
     (Lightricks' 0.9.1 scheduler: SD3 shifting, target_shift_terminal 0.1)."""
     model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
-    renderer = Renderer(all_profiles()["tiny-random"], model_dir=model_dir)
+    plain = all_profiles()["ltx-video-2b"].pipeline
+    assert plain == "LTXPipeline"  # tiny-random itself renders with LTXConditionPipeline
+    profile = dataclasses.replace(all_profiles()["tiny-random"], pipeline=plain, conditioning=None)
+    renderer = Renderer(profile, model_dir=model_dir)
     renderer.load()
     assert type(renderer.pipe).__name__ == "LTXPipeline"
     config = renderer.pipe.scheduler.config

@@ -42,6 +42,7 @@ def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any
             "state": state.value,
             "model": job["model"],
             "request": job["request"],
+            "parent_job_id": job.get("parent_job_id"),
             "source": job["source"],
             "attempts": job.get("attempts", 0),
             "created_at": job["created_at"],
@@ -54,6 +55,10 @@ def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any
             "metadata": job["request"].get("metadata") or {},
         }
     )
+    if job.get("inputs"):
+        # Which media (URI, generation, size, sha256, frames) made the video: with the
+        # request and its seed, what reproduces it.
+        document["inputs"] = to_json(job["inputs"])
     return document
 
 

@@ -92,6 +92,14 @@ class Settings:
     # name, for which API keys: JSON {"bucket": ["key id", ...]}.
     inputs_bucket: str = setting("LTXV_INPUTS_BUCKET", "")
     input_buckets_json: str | None = setting("LTXV_INPUT_BUCKETS")
+    # Checking conditioning media at submit (intake/input_inspection.py): one download and
+    # decode holds up to max_input_bytes plus a decoded frame (16 MP: ~64 MB), so the API's
+    # 512 MiB instance runs only this many at once, whatever its 80 threads; a request
+    # waits up to inspection_wait_seconds for a turn, then gets a 503 with Retry-After.
+    # inspection_seconds caps one input's download and decode.
+    max_inspections: int = setting("LTXV_MAX_INSPECTIONS", 2)
+    inspection_wait_seconds: float = setting("LTXV_INSPECTION_WAIT_SECONDS", 5.0)
+    inspection_seconds: float = setting("LTXV_INSPECTION_SECONDS", 30.0)
     # API keys: either inline hashes (JSON object key id -> sha256 hex, local stack and
     # tests) or a Secret Manager secret holding that JSON (deployed).
     api_key_hashes_json: str | None = setting("LTXV_API_KEY_HASHES")

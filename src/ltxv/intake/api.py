@@ -31,7 +31,11 @@ from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_events import JobEvents
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.redelivery import WebhookRedeliveries
-from ltxv.intake.refusals import Unavailable, refusals_as_http_errors
+from ltxv.intake.refusals import (
+    Unavailable,
+    refusals_as_http_errors,
+    refuse_conditions_on_predict,
+)
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json
@@ -199,11 +203,13 @@ class JobsApi:
             job = self.store.get(job["job_id"]) or job
         return job
 
-    def _submit(self, request: Request) -> tuple[Job, bool]:
+    def _submit(self, request: Request, *, legacy: bool = False) -> tuple[Job, bool]:
         key_id = self._authenticate(request)
         idempotency_key = self._idempotency_key(request)
         body = self._json_body(request)
         with refusals_as_http_errors():
+            if legacy:
+                refuse_conditions_on_predict(body)
             accepted = self.intake.submit_http(
                 body, api_key_id=key_id, idempotency_key=idempotency_key
             )
@@ -335,8 +341,9 @@ class JobsApi:
             )
 
     def predict(self, request: Request) -> Response:
-        """The old synchronous API: same body, waits for the video, same response shape."""
-        job, _ = self._submit(request)
+        """The old synchronous API: same body (no conditions), waits for the video, same
+        response shape."""
+        job, _ = self._submit(request, legacy=True)
         started = self.clock()
         job = self._wait_until_settled(job, self.settings.predict_wait_seconds)
         job_id = job["job_id"]

@@ -27,6 +27,7 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.core.workers import WorkerRegistry
 from ltxv.intake.api import JobsApi
 from ltxv.intake.auth import KeyRing
+from ltxv.intake.input_inspection import InputInspector
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.pool_metric import PoolMetric, monitoring_writer
 from ltxv.intake.prompt_files import PromptFiles
@@ -60,12 +61,15 @@ def parts(settings: Settings) -> SubmitParts:
         outputs_bucket=settings.outputs,
         destination_buckets=settings.destination_buckets,
         allow_http_loopback_webhooks=settings.allow_http_loopback_webhooks,
+        inputs_bucket=settings.inputs,
+        input_buckets=settings.input_buckets,
     )
+    storage = lazy(partial(storage_client, settings))
     return SubmitParts(
         settings=settings,
         profiles=profiles,
         firestore=store.client,
-        storage=lazy(partial(storage_client, settings)),
+        storage=storage,
         store=store,
         dispatcher=dispatcher,
         intake=Intake(
@@ -74,6 +78,14 @@ def parts(settings: Settings) -> SubmitParts:
             policy,
             settings.job_ttl_days,
             max_in_flight=settings.max_jobs_in_flight,
+            inputs=InputInspector(
+                storage,
+                store,
+                inputs_bucket=settings.inputs,
+                max_inspections=settings.max_inspections,
+                wait_seconds=settings.inspection_wait_seconds,
+                inspection_seconds=settings.inspection_seconds,
+            ),
         ),
     )
 

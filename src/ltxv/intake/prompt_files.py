@@ -23,6 +23,7 @@ from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import batch_id_for_prompt_file, job_id_for_prompt_line, to_json, utcnow
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 from ltxv.core.urlsafety import LookupTimedOut, caching
+from ltxv.intake.job_origin import JobOrigin
 from ltxv.intake.prompt_batches import (
     BatchFormError,
     BatchRecorder,
@@ -32,7 +33,7 @@ from ltxv.intake.prompt_batches import (
 )
 from ltxv.intake.refusals import IdempotencyConflict, TooManyJobs, Unavailable
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json
-from ltxv.intake.submission import Intake, JobOrigin
+from ltxv.intake.submission import Intake
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,
@@ -234,7 +235,11 @@ class PromptFiles:
         try:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
-            request = self.intake.validate(entry.value, api_key_id=self.owner, policy=policy)
+            # Its conditions are read and checked as an HTTP submit's are, as the owner's.
+            request, resolved = self.intake.check(entry.value, api_key_id=self.owner, policy=policy)
+            origin = dataclasses.replace(
+                origin, parent_job_id=resolved.extends, inputs=tuple(resolved.inputs)
+            )
             if full and not self.intake.exists(job_id):
                 full_up = TooManyJobs(self.intake.max_in_flight)
                 raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])

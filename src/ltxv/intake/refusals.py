@@ -9,12 +9,20 @@ from collections.abc import Iterator
 
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
+from ltxv.intake.conditions import legacy_refusals
 from ltxv.intake.responses import HttpError
-from ltxv.intake.validation import RequestInvalid
+from ltxv.intake.validation import FieldError, RequestInvalid
 
 
 class Unavailable(RuntimeError):
     """A backend failed; nothing was accepted and the client may retry."""
+
+
+class InspectionsBusy(Unavailable):
+    """Every slot for checking conditioning media on this server stayed taken while the
+    request waited (input_inspection): nothing was accepted; retry in a few seconds."""
+
+    retry_after_seconds = 5
 
 
 @contextlib.contextmanager
@@ -50,6 +58,13 @@ class IdempotencyConflict(Exception):
         self.job = job
 
 
+def refuse_conditions_on_predict(body: object) -> None:
+    """POST /predict is the old text-to-video API, kept as it was."""
+    refused = legacy_refusals(body)
+    if refused:
+        raise RequestInvalid([FieldError(path, message) for path, message in refused])
+
+
 @contextlib.contextmanager
 def refusals_as_http_errors() -> Iterator[None]:
     """Inside, an intake refusal becomes the HttpError that names it."""
@@ -61,6 +76,14 @@ def refusals_as_http_errors() -> Iterator[None]:
             "validation_failed",
             f"the request has {len(exc.errors)} invalid field(s)",
             [e.as_dict() for e in exc.errors],
+        ) from exc
+    except InspectionsBusy as exc:
+        raise HttpError(
+            503,
+            "unavailable",
+            str(exc),
+            retryable=True,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
         ) from exc
     except TooManyJobs as exc:
         raise HttpError(

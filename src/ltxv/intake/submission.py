@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +48,8 @@ from ltxv.core.jobs import (
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
 from ltxv.intake.in_flight import InFlightGauge
+from ltxv.intake.input_inspection import InputInspector, Resolved
+from ltxv.intake.job_origin import Accepted, JobOrigin
 from ltxv.intake.published_marks import PublishedMarks
 from ltxv.intake.refusals import (
     IdempotencyConflict,
@@ -73,23 +74,6 @@ log = logging.getLogger(__name__)
 REPLAY_WAIT_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class Accepted:
-    job: Job
-    created: bool  # False: an earlier request (or event) had already created this job
-
-
-@dataclass(frozen=True)
-class JobOrigin:
-    api_key_id: str
-    source: str = "http"
-    source_generation: str | None = None
-    source_line: int | None = None
-    idempotency_key: str | None = None
-    parent_job_id: str | None = None
-    batch_id: str | None = None  # a prompt-file line's upload
-
-
 # What a retry may start from: a job that ended without a video (a job past its deadline
 # ends failed too). Queued and running jobs are still on their way; a succeeded one is done.
 RETRYABLE = TERMINAL - {State.SUCCEEDED}
@@ -103,12 +87,14 @@ class Intake:
         policy: IntakePolicy,
         ttl_days: int = 30,
         max_in_flight: int = 0,
+        inputs: InputInspector | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.policy = policy
         self.ttl_days = ttl_days
         self.max_in_flight = max_in_flight
+        self.inputs = inputs  # None: a request with conditions cannot be checked, so is refused
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
         # Counts taken beside creates.
@@ -123,11 +109,25 @@ class Intake:
         name server did not answer in time (no verdict either way)."""
         return validate_request(body, policy or self.policy, api_key_id=api_key_id)
 
+    def check(
+        self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
+    ) -> tuple[dict[str, Any], Resolved]:
+        """`validate`, then the request's conditioning media read and checked
+        (input_inspection; its data: URLs replaced by their stored gs:// URIs)."""
+        policy = policy or self.policy
+        request = self.validate(body, api_key_id=api_key_id, policy=policy)
+        if not (request.get("conditions") or request.get("extend")):
+            return request, Resolved()
+        if self.inputs is None:
+            raise Unavailable("conditioning inputs cannot be checked by this process")
+        profile = policy.profiles[request["model"]]
+        return request, self.inputs.resolve(request, profile, policy, api_key_id)
+
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
     ) -> Accepted:
         try:
-            request = self.validate(body, api_key_id=api_key_id)
+            request, resolved = self.check(body, api_key_id=api_key_id)
         except LookupTimedOut as exc:
             raise Unavailable(str(exc)) from exc  # the client may retry; nothing accepted
         job_id = (
@@ -135,7 +135,12 @@ class Intake:
             if idempotency_key
             else new_job_id()
         )
-        origin = JobOrigin(api_key_id=api_key_id, idempotency_key=idempotency_key)
+        origin = JobOrigin(
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            parent_job_id=resolved.extends,
+            inputs=tuple(resolved.inputs),
+        )
         return self._accept_counted(request, job_id=job_id, origin=origin)
 
     def retry(self, parent: Job, *, idempotency_key: str | None = None) -> Accepted:
@@ -148,7 +153,7 @@ class Intake:
             raise NotRetryable(parent)
         api_key_id = parent["api_key_id"]
         try:
-            request = self.validate(parent["request"], api_key_id=api_key_id)
+            request, resolved = self.check(parent["request"], api_key_id=api_key_id)
         except LookupTimedOut as exc:
             raise Unavailable(str(exc)) from exc
         job_id = (
@@ -156,8 +161,11 @@ class Intake:
             if idempotency_key
             else new_job_id()
         )
-        origin = JobOrigin(
-            api_key_id=api_key_id, idempotency_key=idempotency_key, parent_job_id=parent["job_id"]
+        origin = JobOrigin(  # its parent is the job retried, even one that extended another
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            parent_job_id=parent["job_id"],
+            inputs=tuple(resolved.inputs),
         )
         return self._accept_counted(request, job_id=job_id, origin=origin)
 
@@ -245,6 +253,8 @@ class Intake:
         job["publish_claim_until"] = job["created_at"] + self.publish_claim
         if origin.batch_id:
             job["batch_id"] = origin.batch_id
+        if origin.inputs:
+            job["inputs"] = list(origin.inputs)
         started = self._start_publish(job) if publish_beside else None
         try:
             self.store.create(job)

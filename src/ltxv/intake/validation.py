@@ -27,6 +27,7 @@ from ltxv.core.urlsafety import (
     check_webhook_url,
     system_resolver,
 )
+from ltxv.intake.conditions import CONDITION_FIELDS, check_request, schema_message
 
 # The request fields a model profile gives a default to.
 PROFILE_DEFAULTED = (
@@ -49,6 +50,7 @@ REQUEST_FIELDS = (
     "max_queue_seconds",
     "max_run_seconds",
     "webhook_events",
+    *CONDITION_FIELDS,
 )
 DEFAULT_PRIORITY = "normal"
 DEFAULT_WEBHOOK_EVENTS = ("settled",)
@@ -85,6 +87,8 @@ class IntakePolicy:
     # Further buckets a gcs_destination may name: bucket -> the API key ids that may.
     destination_buckets: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     allow_http_loopback_webhooks: bool = False
+    inputs_bucket: str = ""  # conditions: each key's own prefix there, and input_buckets
+    input_buckets: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     resolver: Resolver = system_resolver
 
     def destinations_of(self, api_key_id: str) -> list[str]:
@@ -124,6 +128,8 @@ def _schema_message(error: ValidationError) -> str:
     kind = error.validator
     expected: Any = error.validator_value
     value: Any = error.instance
+    if special := schema_message(error):
+        return special
     if kind == "type":
         types: list[str] = expected if isinstance(expected, list) else [expected]
         return "must be " + " or ".join(_TYPE_NAMES.get(t, t) for t in types)
@@ -336,6 +342,7 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
         request["webhook_events"] = sorted(request["webhook_events"])
 
     errors += [e for e in _profile_errors(request, profile) if e.path != "$" or not bad]
+    errors += [FieldError(*p) for p in check_request(request, bad, profile, policy, api_key_id)]
     if request["gcs_destination"] and "gcs_destination" not in bad:
         errors += _destination_errors(request["gcs_destination"], policy, api_key_id)
     metadata_size = len(json.dumps(request["metadata"], separators=(",", ":")).encode())

@@ -102,7 +102,8 @@ class EmulatorResources(StackLayout):
 
     def create_buckets(self) -> None:
         client = self.storage_client()
-        for bucket in (self.settings.prompts, self.settings.outputs, self.settings.model_cache):
+        settings = self.settings
+        for bucket in (settings.prompts, settings.outputs, settings.inputs, settings.model_cache):
             with contextlib.suppress(gexc.Conflict):
                 client.create_bucket(bucket)
 

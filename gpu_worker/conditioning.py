@@ -1,0 +1,129 @@
+"""The job's conditioning media, read from GCS and made into diffusers' LTXVideoCondition.
+
+Intake resolved and checked each medium when it accepted the job and pinned it to one
+object generation (the job's `inputs`, job.schema.json#/$defs/input). The worker reads
+exactly that generation, checks its size and sha256 against what intake recorded, decodes
+only the frames the entry selects, and prepares each frame as Lightricks' inference does
+(gpu_worker/condition_frames.py). A medium that is gone, replaced or not what was checked
+fails the job with `input_unavailable`: another attempt would read the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from ltxv.core.jobs import Input, Job
+
+from . import condition_frames
+from .generation import Renderer, RenderRefused
+
+log = logging.getLogger(__name__)
+
+
+class InputUnavailable(RenderRefused):
+    """A conditioning medium is not there as the job recorded it (deleted, overwritten,
+    not readable by the worker, or not the bytes intake checked)."""
+
+    code = "input_unavailable"
+
+
+def for_job(client: Any, job: Job, renderer: Renderer) -> list[Any]:
+    """The job's conditions at the size its render will have."""
+    params = renderer.parameters(job["request"])
+    for entry in job.get("inputs") or []:
+        # Intake resolves frame_index inside the video; a job written by other means must
+        # not be rendered with its condition quietly outside it.
+        if not 0 <= entry["frame_index"] < params["num_frames"]:
+            raise RenderRefused(
+                f"{entry['from']}: frame_index {entry['frame_index']} is outside the video "
+                f"(frames 0 to {params['num_frames'] - 1})"
+            )
+    return load_conditions(client, job.get("inputs"), params["height"], params["width"])
+
+
+def load_conditions(client: Any, inputs: list[Input] | None, height: int, width: int) -> list[Any]:
+    """LTXVideoCondition for each input, in the inputs' order, frames at height x width."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    conditions = []
+    for entry in inputs or []:
+        data = read_input(client, entry)
+        frames = selected_frames(data, entry, lambda f: condition_frames.prepare(f, height, width))
+        media = {"image": frames[0]} if entry["kind"] == "image" else {"video": frames}
+        conditions.append(
+            LTXVideoCondition(
+                **media, frame_index=int(entry["frame_index"]), strength=float(entry["strength"])
+            )
+        )
+        log.info(
+            "conditioning input loaded",
+            extra={"uri": entry["uri"], "generation": entry["generation"], "frames": len(frames)},
+        )
+    return conditions
+
+
+def read_input(client: Any, entry: Input) -> bytes:
+    """The bytes of exactly the recorded generation, checked against its size and digest."""
+    uri = entry["uri"]
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    blob = client.bucket(bucket).blob(name, generation=int(entry["generation"]))
+    size = int(entry["bytes"])
+    try:
+        # One byte past the recorded size: a longer object shows without reading it all.
+        data = blob.download_as_bytes(start=0, end=size, timeout=60)
+    except gexc.NotFound as exc:
+        raise InputUnavailable(
+            f"{entry['from']}: {uri} generation {entry['generation']} no longer exists"
+        ) from exc
+    except gexc.Forbidden as exc:
+        raise InputUnavailable(f"{entry['from']}: the worker may not read {uri}") from exc
+    if len(data) != size or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise InputUnavailable(
+            f"{entry['from']}: {uri} generation {entry['generation']} is not the object "
+            "that was checked when the job was accepted (size or sha256 differs)"
+        )
+    return data
+
+
+def selected_frames(
+    data: bytes, entry: Input, prepare: Callable[[Any], Any] = lambda frame: frame
+) -> list[Any]:
+    """The entry's selected frames (PIL images) decoded from `data`, each through `prepare`
+    as it is decoded: a long video at full size is never all in memory at once."""
+    start, count = int(entry["select"]["start"]), int(entry["select"]["count"])
+    frames = [prepare(frame) for frame in _decode(data, entry, start, count)]
+    if len(frames) != count:
+        raise InputUnavailable(
+            f"{entry['from']}: {entry['uri']} has {start + len(frames)} decodable frames; "
+            f"the job uses frames {start} to {start + count - 1}"
+        )
+    return frames
+
+
+def _decode(data: bytes, entry: Input, start: int, count: int) -> Iterator[Any]:
+    import av
+    from PIL import Image
+
+    try:
+        if entry["kind"] == "image":
+            with Image.open(io.BytesIO(data)) as image:
+                if start == 0 and count == 1:
+                    image.load()
+                    yield image.convert("RGB")
+            return
+        with av.open(io.BytesIO(data), "r") as container:
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                if index >= start + count:
+                    return
+                if index >= start:
+                    yield frame.to_image()
+    except (OSError, ValueError, av.FFmpegError) as exc:
+        raise InputUnavailable(
+            f"{entry['from']}: {entry['uri']} could not be decoded ({type(exc).__name__})"
+        ) from exc

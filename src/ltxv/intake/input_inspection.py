@@ -1,0 +1,285 @@
+"""Reading and checking a request's conditioning media at submit, so that a bad input is
+refused to its client, not discovered on a GPU.
+
+Each gs:// medium's metadata is read first (it must exist and fit max_input_bytes before
+any byte is downloaded), then exactly that generation is downloaded, hashed, sniffed and
+decoded (`media_probe`). An inline data: URL is decoded, checked the same way, and stored
+create-only in the inputs bucket under its digest, and the request names that gs:// URI
+from then on: the stored request, its hash (Idempotency-Key replays), result.json and
+webhooks never carry the bytes. An extend names a succeeded job of the same key, whose
+video is read like any other input.
+
+Each download and decode holds a slot of a per-process bound (Settings.max_inspections):
+the API serves 80 requests at once in 512 MiB, and 80 parallel 16-megapixel decodes would
+not fit. A request waits briefly for a slot, then is answered 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import google.cloud.storage as storage
+from google.api_core import exceptions as gexc
+
+from ltxv.core.inputs import inline_name
+from ltxv.core.jobs import Input, State
+from ltxv.core.profiles import ConditioningLimits, ModelProfile
+from ltxv.core.store import JobStore
+from ltxv.intake.conditions import (
+    parse_source,
+    resolve_frame_index,
+    trimmed_count,
+)
+from ltxv.intake.media_probe import MediaInfo, MediaRefused, probe
+from ltxv.intake.refusals import InspectionsBusy, unavailable_on_error
+from ltxv.intake.validation import FieldError, RequestInvalid
+
+log = logging.getLogger(__name__)
+
+RPC_SECONDS = 30.0  # one metadata read, upload or download call
+
+
+class InputRefused(ValueError):
+    """This input cannot be used; the message says why, for the client."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request's conditioning media, checked: the job's `inputs`, and the job an extend
+    continues (its parent_job_id)."""
+
+    inputs: list[Input] = field(default_factory=list)
+    extends: str | None = None
+
+
+@dataclass(frozen=True)
+class Medium:
+    """A checked medium: what its `inputs` entry records (the bytes are not kept)."""
+
+    uri: str
+    generation: int
+    size: int
+    sha256: str
+    info: MediaInfo
+
+
+class InputInspector:
+    def __init__(
+        self,
+        storage_client: storage.Client,
+        store: JobStore,
+        *,
+        inputs_bucket: str,
+        max_inspections: int = 2,
+        wait_seconds: float = 5.0,
+        inspection_seconds: float = 30.0,
+    ) -> None:
+        self.storage = storage_client
+        self.store = store
+        self.inputs_bucket = inputs_bucket
+        self.wait_seconds = wait_seconds
+        self.inspection_seconds = inspection_seconds
+        self._slots = threading.BoundedSemaphore(max_inspections)
+
+    def resolve(
+        self, request: dict[str, Any], profile: ModelProfile, policy: Any, api_key_id: str
+    ) -> Resolved:
+        """Check every medium `request` names (already validated) and pin each to one
+        object generation; data: URLs in `request` are replaced by their stored gs:// URI.
+        RequestInvalid names each input that cannot be used; InspectionsBusy or Unavailable
+        when no verdict could be reached."""
+        limits = profile.conditioning
+        if limits is None or not (request.get("conditions") or request.get("extend")):
+            return Resolved()
+        sources = {
+            "inputs_bucket": policy.inputs_bucket,
+            "input_buckets": policy.input_buckets,
+            "api_key_id": api_key_id,
+        }
+        errors: list[FieldError] = []
+        inputs: list[Input] = []
+        for i, item in enumerate(request.get("conditions") or []):
+            key = "image" if "image" in item else "video"
+            try:
+                medium = self._condition(item[key], key, sources, limits, api_key_id)
+            except InputRefused as exc:
+                errors.append(FieldError(f"$.conditions[{i}].{key}", str(exc)))
+                continue
+            item[key] = medium.uri  # a data: URL from now on names its stored copy
+            frame = resolve_frame_index(item["frame_index"], request["num_frames"])
+            available = min(medium.info.frames, request["num_frames"] - frame)
+            select = {"start": 0, "count": trimmed_count(available)}
+            inputs.append(_entry(f"conditions[{i}]", medium, select, frame, item["strength"]))
+        extends = None
+        if request.get("extend"):
+            try:
+                inputs.append(self._extend(request["extend"], limits, api_key_id))
+                extends = request["extend"]["job_id"]
+            except RequestInvalid as exc:
+                errors += exc.errors
+        if errors:
+            raise RequestInvalid(errors)
+        return Resolved(inputs, extends)
+
+    # --- conditions -----------------------------------------------------------------------
+
+    def _condition(
+        self,
+        value: str,
+        key: str,
+        sources: Mapping[str, Any],
+        limits: ConditioningLimits,
+        api_key_id: str,
+    ) -> Medium:
+        source = parse_source(value, **sources)  # validation has let it through
+        if source.inline is not None:
+            medium = self._store_inline(source.inline, limits, api_key_id)
+        else:
+            medium = self._read(source.bucket, source.name, limits)
+        if medium.info.kind != key:
+            raise InputRefused(
+                f"is a {medium.info.content_type}, not an {key}; name it as {medium.info.kind}"
+                if key == "image"
+                else f"is a {medium.info.content_type}, not a {key}; name it as image"
+            )
+        return medium
+
+    def _store_inline(self, data: bytes, limits: ConditioningLimits, api_key_id: str) -> Medium:
+        """Check inline bytes, then store them once under their digest: the same data: URL
+        sent again (a replay, a retry, another job) names the same object generation."""
+        with self._slot():
+            info = self._probe(data, limits, time.monotonic() + self.inspection_seconds)
+        digest = hashlib.sha256(data).hexdigest()
+        name = inline_name(api_key_id, digest)
+        blob = self.storage.bucket(self.inputs_bucket).blob(name)
+        with unavailable_on_error("inputs bucket"):
+            with contextlib.suppress(gexc.PreconditionFailed):
+                blob.upload_from_string(
+                    data, content_type=info.content_type, if_generation_match=0, timeout=RPC_SECONDS
+                )
+            stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        if stored is None or stored.size != len(data) or stored.md5_hash != md5:
+            # Only intake writes inline/: another object there means something else did.
+            raise InputRefused(f"gs://{self.inputs_bucket}/{name} holds other bytes; send it again")
+        uri = f"gs://{self.inputs_bucket}/{name}"
+        return Medium(uri, int(stored.generation or 0), len(data), digest, info)
+
+    def _read(self, bucket: str, name: str, limits: ConditioningLimits) -> Medium:
+        """One object's current generation, if it exists and is within the limits."""
+        uri = f"gs://{bucket}/{name}"
+        deadline = time.monotonic() + self.inspection_seconds
+        with _reading(uri):
+            blob = self.storage.bucket(bucket).get_blob(name, timeout=RPC_SECONDS)
+        if blob is None:
+            raise InputRefused(f"{uri} does not exist")
+        size, generation = int(blob.size or 0), int(blob.generation or 0)
+        if size > limits.max_input_bytes:
+            raise InputRefused(f"is {size} bytes; the limit is {limits.max_input_bytes}")
+        if size == 0:
+            raise InputRefused(f"{uri} is empty")
+        with self._slot():
+            pinned = self.storage.bucket(bucket).blob(name, generation=generation)
+            # Replaced or deleted since its metadata was read: that version is gone.
+            with _reading(uri, gone=f"{uri} changed while it was read; send the request again"):
+                data = pinned.download_as_bytes(
+                    end=limits.max_input_bytes,  # never more than the limit and a byte
+                    timeout=max(1.0, min(RPC_SECONDS, deadline - time.monotonic())),
+                )
+            if len(data) > limits.max_input_bytes:
+                raise InputRefused(f"is over {limits.max_input_bytes} bytes, the limit")
+            info = self._probe(data, limits, deadline)
+            digest = hashlib.sha256(data).hexdigest()
+        return Medium(uri, generation, len(data), digest, info)
+
+    # --- extend ---------------------------------------------------------------------------
+
+    def _extend(self, extend: dict[str, Any], limits: ConditioningLimits, api_key_id: str) -> Input:
+        job_id, frames = extend["job_id"], extend["frames"]
+        with unavailable_on_error("job store"):
+            job = self.store.get(job_id)
+        outputs = (job.get("outputs") if job else None) or {}
+        video = outputs.get("video")
+        usable = job and job["api_key_id"] == api_key_id and job["state"] == State.SUCCEEDED
+        if not usable or not video:
+            # Another key's job reads exactly like a missing one: ids leak nothing.
+            raise RequestInvalid(
+                [FieldError("$.extend.job_id", f"no succeeded job {job_id} of this API key")]
+            )
+        bucket, _, name = str(video).removeprefix("gs://").partition("/")
+        try:
+            medium = self._read(bucket, name, limits)
+        except InputRefused as exc:
+            message = f"job {job_id}'s video cannot be used: {exc}"
+            raise RequestInvalid([FieldError("$.extend.job_id", message)]) from exc
+        if medium.info.kind != "video":
+            raise RequestInvalid([FieldError("$.extend.job_id", f"job {job_id} has no video")])
+        if frames > medium.info.frames:
+            message = f"must be at most job {job_id}'s {medium.info.frames} frames, got {frames}"
+            raise RequestInvalid([FieldError("$.extend.frames", message)])
+        select = {"start": medium.info.frames - frames, "count": frames}
+        return _entry("extend", medium, select, 0, 1.0)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.wait_seconds):
+            raise InspectionsBusy(
+                "too many inputs are being checked on this server right now; retry shortly"
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _probe(data: bytes, limits: ConditioningLimits, deadline: float) -> MediaInfo:
+        try:
+            return probe(data, limits, deadline=deadline)
+        except MediaRefused as exc:
+            raise InputRefused(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _reading(uri: str, gone: str | None = None) -> Iterator[None]:
+    """A bucket the deployment may not read, or a name the store refuses, is the request's
+    fault (or its bucket owner's): InputRefused. Any other backend error is an outage."""
+    with unavailable_on_error("storage"):
+        try:
+            yield
+        except (gexc.Forbidden, gexc.Unauthorized) as exc:
+            message = f"{uri} cannot be read by this deployment (its owner must grant read)"
+            raise InputRefused(message) from exc
+        except gexc.BadRequest as exc:
+            raise InputRefused(f"{uri} is not a valid object name") from exc
+        except gexc.NotFound as exc:
+            raise InputRefused(gone or f"{uri} does not exist") from exc
+
+
+def _entry(
+    origin: str, medium: Medium, select: dict[str, int], frame_index: int, strength: float
+) -> Input:
+    return {
+        "from": origin,
+        "kind": medium.info.kind,
+        "uri": medium.uri,
+        "generation": medium.generation,
+        "content_type": medium.info.content_type,
+        "bytes": medium.size,
+        "sha256": medium.sha256,
+        "width": medium.info.width,
+        "height": medium.info.height,
+        "frames": medium.info.frames,
+        "select": {"start": select["start"], "count": select["count"]},
+        "frame_index": frame_index,
+        "strength": strength,
+    }

@@ -1,0 +1,42 @@
+"""Small real media for conditioning tests: images made with Pillow, videos encoded with
+PyAV, each decodable by the same libraries intake checks them with."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import av
+import numpy as np
+from PIL import Image
+
+
+def png(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "PNG")
+    return out.getvalue()
+
+
+def jpeg(width: int = 64, height: int = 48) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 90, 200)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def video(frames: int = 17, width: int = 64, height: int = 48, container: str = "mp4") -> bytes:
+    codec = {"mp4": "libx264", "webm": "libvpx", "mov": "mpeg4"}[container]
+    out = io.BytesIO()
+    with av.open(out, "w", format=container) as muxer:
+        stream = muxer.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            pixels = np.full((height, width, 3), (i * 13) % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                muxer.mux(packet)
+        for packet in stream.encode():
+            muxer.mux(packet)
+    return out.getvalue()
+
+
+def data_url(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"

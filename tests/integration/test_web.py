@@ -47,7 +47,9 @@ def test_the_page_needs_no_key_and_carries_the_security_headers(client, settings
     assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
     assert policy["frame-ancestors"] == "'none'" and policy["default-src"] == "'none'"
     assert policy["media-src"] == storage_origin
-    assert policy["img-src"] == f"'self' {storage_origin}"
+    # blob: previews an image chosen for upload; uploads are PUT to the storage origin.
+    assert policy["img-src"] == f"'self' {storage_origin} blob:"
+    assert policy["connect-src"] == f"'self' {storage_origin}"
     assert "unsafe" not in response.headers["Content-Security-Policy"]
 
 

@@ -4,6 +4,9 @@
     ltxv status JOB_ID          ltxv list [--state running]
     ltxv cancel JOB_ID          ltxv download JOB_ID --out fox.mp4
     ltxv retry JOB_ID [--wait]  (a failed or canceled job's request, as a new job)
+    ltxv submit "a fox wakes" --image first.png --image-at 0 --image last.png --image-at -1
+    ltxv upload first.png       (into your part of the inputs bucket; prints its gs:// URI)
+    ltxv extend JOB_ID [--frames 9] [--prompt ...] [--wait]  (continue its video)
     ltxv drop prompts.jsonl     (upload into the prompts bucket, print its receipt;
                                  --wait: and the manifest once every job settled)
     ltxv webhook verify|listen|secret
@@ -27,7 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ltxv.cli import dev, jobs, retry, webhook
+from ltxv.cli import dev, jobs, media, retry, webhook
 from ltxv.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_TIMEOUT,
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     service = [service_options()]
     jobs.add_commands(commands, service)
     retry.add_commands(commands, service)
+    media.add_commands(commands, service)
     webhook.add_commands(commands, service)
     dev.add_commands(commands)
     return parser

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ltxv.cli.batch_wait import follow_batch
 from ltxv.cli.common import EXIT_FAILED, UserError, client_for, err, out, read_input
+from ltxv.cli.conditions import add_media_flags, conditions_from_args
 from ltxv.cli.job_text import describe_job, describe_outcome, list_table
 from ltxv.client.client import Client, PromptDrops
 from ltxv.core import schemas
@@ -21,8 +22,11 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 REQUEST_SCHEMA = schemas.load("job-request")
-# Request fields become flags (`--num-frames`); prompt is the positional argument.
-REQUEST_FLAGS = [name for name in REQUEST_SCHEMA["properties"] if name != "prompt"]
+# Request fields become flags (`--num-frames`); prompt is the positional argument;
+# conditions have their own flags (cli/conditions.py), extend its own command.
+REQUEST_FLAGS = [
+    name for name in REQUEST_SCHEMA["properties"] if name not in ("prompt", "conditions", "extend")
+]
 
 
 def _field_type(spec: dict[str, Any]) -> Callable[[str], Any]:
@@ -88,6 +92,9 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = client_for(args)
     body = request_body(args)
+    conditions = conditions_from_args(args, client.upload)
+    if conditions:
+        body["conditions"] = conditions
     job = client.submit(idempotency_key=args.idempotency_key, **body)
     err(f"submitted job {job['job_id']} ({job['state']})")
     return follow_new_job(client, job, args)
@@ -268,6 +275,7 @@ def add_commands(
     )
     submit.add_argument("prompt", nargs="?", help="what the video shows")
     add_request_flags(submit)
+    add_media_flags(submit)
     submit.add_argument("--body", metavar="FILE", help="a JSON request body (a file, or -)")
     submit.add_argument("--idempotency-key", help="a repeat with this key returns the same job")
     _wait_options(submit, "wait until the job settles")

@@ -34,6 +34,7 @@ from ltxv.client.http_retries import RETRY, without_429
 from ltxv.core.jobs import Page, State
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 
+from .conditioning import ConditioningCalls
 from .job_stream import changes_only, follow_events
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request
@@ -134,7 +135,7 @@ def use_local_emulators() -> dict[str, str]:
 # --- the client -----------------------------------------------------------------------------
 
 
-class Client:
+class Client(ConditioningCalls):  # upload() and extend(): conditioning.py
     def __init__(
         self,
         url: str,

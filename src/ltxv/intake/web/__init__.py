@@ -52,16 +52,18 @@ def assets() -> dict[str, Asset]:
 
 
 def content_security_policy(storage_origin: str) -> str:
-    """Same-origin scripts, styles and API calls only; videos and posters come from the
-    signed URLs' origin (Cloud Storage, or fake-gcs-server locally)."""
+    """Same-origin scripts, styles and API calls only; videos and posters come from, and
+    uploads go to, the signed URLs' origin (Cloud Storage, or fake-gcs-server locally)."""
     return "; ".join(
         [
             "default-src 'none'",
             "script-src 'self'",
             "style-src 'self'",
-            f"img-src 'self' {storage_origin}",
+            # blob:: the preview of an image chosen for upload, before it leaves the page.
+            f"img-src 'self' {storage_origin} blob:",
             f"media-src {storage_origin}",
-            "connect-src 'self'",
+            # The storage origin: uploads are PUT straight to their signed URLs.
+            f"connect-src 'self' {storage_origin}",
             "base-uri 'none'",
             "form-action 'self'",
             "frame-ancestors 'none'",

@@ -63,4 +63,30 @@ export const api = {
   // A new job with a failed or canceled job's request; one key per click, as for submits.
   retryJob: (id) =>
     call("POST", `/v1/jobs/${encodeURIComponent(id)}/retry`, { idempotent: idempotencyKey() }),
+  // A signed URL for one file of this size and type in the key's part of the inputs bucket.
+  createUpload: (contentType, size) =>
+    call("POST", "/v1/uploads", { body: { content_type: contentType, size } }),
 };
+
+// PUT the file to the signed URL with exactly the headers it was signed with. No API key
+// and no cookies go to storage: the URL is its own authorisation.
+export async function putUpload(ticket, file) {
+  let response;
+  try {
+    response = await fetch(ticket.upload_url, {
+      method: ticket.method || "PUT",
+      headers: ticket.headers || {},
+      body: file,
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch (error) {
+    throw new ApiError(0, { code: "network", message: "the upload could not reach storage" });
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, {
+      code: "upload_failed",
+      message: `storage refused the upload (HTTP ${response.status})`,
+    });
+  }
+}

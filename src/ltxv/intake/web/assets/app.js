@@ -1,6 +1,7 @@
 // The page: key, form, job list and player wired together.
 
 import { ApiError, api, apiKey } from "./api.js";
+import { KeyframePicker, extendBody, keyframeConditions } from "./conditions.js";
 import { JobList, PAGE_SIZE } from "./jobs.js";
 import { follow, stopAll } from "./live.js";
 import { NUMBER_FIELDS, hint, loadRules, validate } from "./rules.js";
@@ -9,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const FORM_FIELDS = ["prompt", "negative_prompt", "model", ...NUMBER_FIELDS];
 
 let rules = null;
+let keyframes = null; // {first, last}: KeyframePicker
 const submittedHere = new Set();
 
 function announce(text) {
@@ -86,6 +88,7 @@ function formError(message) {
 
 function clearErrors() {
   FORM_FIELDS.forEach((field) => fieldError(field, ""));
+  fieldError("conditions", "");
   formError("");
 }
 
@@ -163,6 +166,17 @@ function setUpForm() {
   applyModel(rules.defaultModel);
   select.addEventListener("change", () => applyModel(select.value));
   $("f-prompt").maxLength = rules.schema.prompt.maxLength;
+  const picker = (name) =>
+    new KeyframePicker({
+      input: $(name === "first" ? "f-conditions" : "f-last-image"),
+      drop: $(`${name}-drop`),
+      preview: $(`${name}-preview`),
+      clear: $(`${name}-clear`),
+      error: $(name === "first" ? "f-conditions-error" : "f-last-image-error"),
+      note: $(`${name}-note`),
+      announce,
+    });
+  keyframes = { first: picker("first"), last: picker("last") };
   $("job-form").addEventListener("submit", onSubmit);
   $("submit").disabled = false;
 }
@@ -181,6 +195,14 @@ async function onSubmit(event) {
   clearErrors();
   $("submit").disabled = true;
   try {
+    try {
+      const conditions = await keyframeConditions(keyframes.first, keyframes.last);
+      if (conditions) body.conditions = conditions;
+    } catch (error) {
+      if (error.status === 401) return onUnauthorized(error);
+      showErrors([{ path: "$.conditions", message: `could not be uploaded: ${error.message}` }]);
+      return;
+    }
     const job = await api.createJob(body);
     submittedHere.add(job.job_id);
     jobs.update(job);
@@ -206,6 +228,7 @@ const jobs = new JobList({
   onPlay: (job) => play(job, { start: true }),
   onCancel: cancel,
   onRetry: retry,
+  onExtend: extend,
   onChange: (job) => {
     announce(`${label(job)} is ${job.state}`);
     if (job.state === "succeeded" && submittedHere.has(job.job_id)) play(job, { start: false });
@@ -310,6 +333,26 @@ async function retry(job, button) {
   } catch (error) {
     if (error.status === 401) onUnauthorized(error);
     else announce(`Could not retry: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// One click: a new job continuing this one's video (extendBody says which prompt and size).
+async function extend(job, button) {
+  button.disabled = true;
+  try {
+    const fresh = await api.createJob(extendBody(job, $("f-prompt").value));
+    submittedHere.add(fresh.job_id);
+    jobs.update(fresh);
+    jobs.render();
+    jobs.schedule();
+    watch(fresh.job_id);
+    jobs.items.get(fresh.job_id)?.querySelector(".job-prompt").focus();
+    announce(`Extending ${label(job)} as a new job: ${fresh.state}`);
+  } catch (error) {
+    if (error.status === 401) onUnauthorized(error);
+    else announce(`Could not extend: ${[error.message, ...error.details.map((d) => d.message)].join(" ")}`);
   } finally {
     button.disabled = false;
   }

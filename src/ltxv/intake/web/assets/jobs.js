@@ -65,8 +65,9 @@ function button(label, action, job) {
 }
 
 export class JobList {
-  constructor({ list, empty, older, onPlay, onCancel, onRetry, onChange, onError }) {
-    Object.assign(this, { list, empty, older, onPlay, onCancel, onRetry, onChange, onError });
+  constructor({ list, empty, older, onPlay, onCancel, onRetry, onExtend, onChange, onError }) {
+    Object.assign(this, { list, empty, older, onPlay, onCancel, onRetry, onExtend });
+    Object.assign(this, { onChange, onError });
     this.jobs = new Map();
     this.items = new Map();
     this.nextToken = undefined; // undefined: first page not loaded; null: no older page
@@ -80,6 +81,7 @@ export class JobList {
       if (target.dataset.action === "play") this.onPlay(this.jobs.get(id));
       if (target.dataset.action === "cancel") this.onCancel(this.jobs.get(id));
       if (target.dataset.action === "retry") this.onRetry(this.jobs.get(id), target);
+      if (target.dataset.action === "extend") this.onExtend(this.jobs.get(id), target);
     });
   }
 
@@ -200,6 +202,7 @@ export class JobList {
       button("Play", "play", job),
       button("Cancel", "cancel", job),
       button("Retry", "retry", job),
+      button("Extend", "extend", job),
     );
     item.append(prompt, meta, progress, queue, thumb, error, lineage, actions);
     return item;
@@ -243,17 +246,24 @@ export class JobList {
 
     const lineage = item.querySelector(".job-lineage");
     lineage.hidden = !job.parent_job_id;
-    lineage.textContent = job.parent_job_id ? `Retry of job ${job.parent_job_id}` : "";
+    const continues = request.extend && request.extend.job_id === job.parent_job_id;
+    lineage.textContent = !job.parent_job_id
+      ? ""
+      : continues
+        ? `Continues job ${job.parent_job_id}`
+        : `Retry of job ${job.parent_job_id}`;
 
     const play = item.querySelector('[data-action="play"]');
     const cancel = item.querySelector('[data-action="cancel"]');
     const retry = item.querySelector('[data-action="retry"]');
+    const extend = item.querySelector('[data-action="extend"]');
     const focused = document.activeElement;
     play.hidden = job.state !== "succeeded";
     cancel.hidden = isTerminal(job) || Boolean(job.cancel_requested);
     retry.hidden = !RETRYABLE.has(job.state);
+    extend.hidden = job.state !== "succeeded";
     // A button that just disappeared under the keyboard hands focus to its item.
-    if ([play, cancel, retry].some((action) => focused === action && action.hidden)) {
+    if ([play, cancel, retry, extend].some((action) => focused === action && action.hidden)) {
       item.querySelector(".job-prompt").focus();
     }
   }

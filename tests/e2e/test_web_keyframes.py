@@ -1,0 +1,131 @@
+"""The web page's image-to-video controls and its Extend button, in Debian's chromium on
+the local stack (fixtures and helpers of test_web_page.py): an image picked or dropped is
+previewed at once, uploaded through POST /v1/uploads and the signed PUT straight to
+storage (fake-gcs-server), and named in the job's conditions; Extend continues a
+finished job in one click.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from PIL import Image
+
+from . import test_web_page as web_page
+from .test_web_page import job_item, open_with_key, shoot, unique
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the dev extras install it
+    expect = None
+
+pytestmark = [pytest.mark.emulators, pytest.mark.timeout(240)]
+
+# The same fixtures: a stack without the worker (each test starts or stops it), a browser,
+# a fresh tab that fails on a script error or a CSP block, and a session with the key.
+stack, browser, page, api = web_page.stack, web_page.browser, web_page.page, web_page.api
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (120, 80), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def drop_file(tab, selector: str, name: str, data: bytes, mime: str) -> None:
+    """A file dropped on the element, as a person drags one from their desktop."""
+    transfer = tab.evaluate_handle(
+        """([name, bytes, mime]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+            return transfer;
+        }""",
+        [name, list(data), mime],
+    )
+    tab.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def test_a_picked_first_frame_and_a_dropped_last_frame_are_the_jobs_conditions(
+    page, stack, api, tmp_path
+):
+    stack.down(["worker"])  # the job stays queued: what matters is what was accepted
+    first, last = png((220, 30, 30)), png((30, 30, 220))
+    (tmp_path / "first.png").write_bytes(first)
+    uploads: list[dict] = []
+    page.on(
+        "response",
+        lambda r: uploads.append(r.json()) if r.url.endswith("/v1/uploads") and r.ok else None,
+    )
+    puts: list[str] = []
+    page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
+    open_with_key(page, stack)
+    prompt = unique("a red sunrise")
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Frames").fill("17")
+
+    page.get_by_label("First frame").set_input_files(str(tmp_path / "first.png"))
+    preview = page.locator("#first-preview")
+    expect(preview).to_be_visible()
+    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
+    # The preview is the chosen image itself, decoded (a CSP block would leave it empty).
+    assert preview.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [120, 80]
+    drop_file(page, "#last-drop", "last.png", last, "image/png")
+    expect(page.locator("#last-preview")).to_be_visible()
+    expect(page.locator("#last-note")).to_have_text("last.png uploaded")
+    shoot(page, "08-keyframes")
+
+    page.get_by_role("button", name="Generate").click()
+    item = job_item(page, prompt)
+    expect(item.locator(".state")).to_have_text("queued")
+    job = api.get(f"{stack.api_url}/v1/jobs/{item.get_attribute('data-job-id')}").json()
+    assert len(uploads) == 2 and puts == [u["upload_url"] for u in uploads]
+    named = [(c["image"], c["frame_index"]) for c in job["request"]["conditions"]]
+    assert named == [(uploads[0]["uri"], 0), (uploads[1]["uri"], -1)]
+    assert all(c.get("strength", 1.0) == 1.0 for c in job["request"]["conditions"])
+    # What intake read back from storage is what the page PUT there.
+    assert [i["sha256"] for i in job["inputs"]] == [
+        hashlib.sha256(first).hexdigest(),
+        hashlib.sha256(last).hexdigest(),
+    ]
+    assert [i["frame_index"] for i in job["inputs"]] == [0, 16]
+
+
+def test_a_file_that_is_not_an_image_is_refused_in_the_page(page, stack):
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method in ("POST", "PUT") else None)
+    open_with_key(page, stack)
+    drop_file(page, "#first-drop", "notes.txt", b"not an image", "text/plain")
+    expect(page.locator("#f-conditions-error")).to_have_text(
+        "notes.txt is not a PNG, JPEG or WebP image"
+    )
+    expect(page.get_by_label("First frame")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#first-preview")).to_be_hidden()
+    assert not posted
+
+
+def test_extend_continues_a_finished_job_in_one_click(page, stack, api):
+    stack.up(["worker"])
+    prompt = unique("a paper boat")
+    body = {"prompt": prompt, "width": 96, "height": 64, "num_inference_steps": 2}
+    parent = api.post(f"{stack.api_url}/v1/jobs", json=body).json()["job_id"]
+    open_with_key(page, stack)
+    item = page.locator(f'li.job[data-job-id="{parent}"]')
+    expect(item.locator(".state")).to_have_text("succeeded", timeout=120_000)
+    page.get_by_label("Prompt", exact=True).fill("the boat drifts away")
+
+    item.get_by_role("button", name="Extend").click()
+    extended = page.locator("li.job").first  # newest first
+    expect(extended.locator(".job-lineage")).to_have_text(f"Continues job {parent}")
+    expect(extended.locator(".job-prompt")).to_be_focused()
+    new_id = extended.get_attribute("data-job-id")
+    assert new_id != parent
+    job = api.get(f"{stack.api_url}/v1/jobs/{new_id}").json()
+    assert job["request"]["extend"]["job_id"] == parent
+    assert job["request"]["extend"].get("frames", 9) == 9  # the API's default
+    assert job["parent_job_id"] == parent
+    assert job["request"]["prompt"] == "the boat drifts away"  # the form's prompt
+    assert job["request"]["num_frames"] == 17  # the parent's 9 frames, continued
+    expect(extended.locator(".state")).to_have_text("succeeded", timeout=120_000)
+    shoot(page, "09-extended")

@@ -1,7 +1,7 @@
 """Turns at checking conditioning media, per process and per API key.
 
 A download and decode of one input holds one of `total` slots (Settings.max_inspections:
-the API serves 80 requests at once in 512 MiB, and 80 parallel 16-megapixel decodes
+the API serves 80 requests at once in 1 GiB, and 80 parallel 16-megapixel decodes
 would not fit). One key holds at most one slot at a time: a key that streams big inputs
 waits for its own earlier inspection, and the other slots stay free for other keys. A
 request waits up to `wait_seconds` in all, then is refused with InspectionsBusy (503).

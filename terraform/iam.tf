@@ -332,6 +332,7 @@ resource "time_sleep" "iam_ready" {
     google_project_iam_member.gcs_agent_publisher,
     google_storage_bucket_iam_member.this,
     google_storage_bucket_iam_member.api_writes_canceled_results,
+    google_storage_bucket_iam_member.prompt_file_writes_batch_triggers,
     google_storage_bucket_iam_member.result_ready_writes_manifests,
     google_pubsub_topic_iam_member.jobs_publisher,
     google_pubsub_subscription_iam_member.worker_subscriber,

@@ -31,11 +31,7 @@ from ltxv.intake.auth import KeyRing
 from ltxv.intake.job_events import JobEvents
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.redelivery import WebhookRedeliveries
-from ltxv.intake.refusals import (
-    Unavailable,
-    refusals_as_http_errors,
-    refuse_conditions_on_predict,
-)
+from ltxv.intake.refusals import Unavailable, refusals_as_http_errors, refuse_conditions_on_predict
 from ltxv.intake.responses import HttpError, json_response, unavailable
 from ltxv.intake.routes import IDEMPOTENCY_KEY, JOB_ID, LIST_PARAMS, MAX_PAGE_SIZE, ROUTES
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json

@@ -94,9 +94,27 @@ def prepare(image: Any, height: int, width: int) -> Any:
     tensor = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0).permute(2, 0, 1)
     tensor = gaussian_blur(tensor)
     tensor = crf_compress(tensor.permute(1, 2, 0)).permute(2, 0, 1) * 255.0
+    return Image.fromarray(_resized(tensor, height, width))
+
+
+def fit(image: Any, height: int, width: int) -> np.ndarray:
+    """`image` (PIL) cropped and resized as `prepare` does it, without the blur and the
+    CRF round trip (those are for the model's eyes, not a viewer's): uint8 [H, W, 3]."""
+    import torch
+
+    cropped = center_crop(image.convert("RGB"), height, width)
+    tensor = torch.from_numpy(np.asarray(cropped, dtype=np.float32)).permute(2, 0, 1)
+    return _resized(tensor, height, width)
+
+
+def _resized(tensor: Any, height: int, width: int) -> np.ndarray:
+    """A [C, h, w] float tensor in 0..255 to uint8 [height, width, 3]: bilinear,
+    align_corners False, as Lightricks' resize_tensor."""
+    import torch
+
     if tensor.shape[-2:] != (height, width):
         tensor = torch.nn.functional.interpolate(
             tensor[None], size=(height, width), mode="bilinear", align_corners=False
         )[0]
     array = tensor.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
+    return np.ascontiguousarray(array)

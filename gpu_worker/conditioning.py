@@ -33,8 +33,11 @@ class InputUnavailable(RenderRefused):
     code = "input_unavailable"
 
 
-def for_job(client: Any, job: Job, renderer: Renderer) -> list[Any]:
-    """The job's conditions at the size its render will have."""
+def for_job(
+    client: Any, job: Job, renderer: Renderer, downloads: dict[str, bytes] | None = None
+) -> list[Any]:
+    """The job's conditions at the size its render will have; `downloads` gets each
+    input's bytes by its `from` (the joined output of an extend decodes them again)."""
     params = renderer.parameters(job["request"])
     for entry in job.get("inputs") or []:
         # Intake resolves frame_index inside the video; a job written by other means must
@@ -44,16 +47,25 @@ def for_job(client: Any, job: Job, renderer: Renderer) -> list[Any]:
                 f"{entry['from']}: frame_index {entry['frame_index']} is outside the video "
                 f"(frames 0 to {params['num_frames'] - 1})"
             )
-    return load_conditions(client, job.get("inputs"), params["height"], params["width"])
+    inputs = job.get("inputs")
+    return load_conditions(client, inputs, params["height"], params["width"], downloads)
 
 
-def load_conditions(client: Any, inputs: list[Input] | None, height: int, width: int) -> list[Any]:
+def load_conditions(
+    client: Any,
+    inputs: list[Input] | None,
+    height: int,
+    width: int,
+    downloads: dict[str, bytes] | None = None,
+) -> list[Any]:
     """LTXVideoCondition for each input, in the inputs' order, frames at height x width."""
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
     conditions = []
     for entry in inputs or []:
         data = read_input(client, entry)
+        if downloads is not None:
+            downloads[entry["from"]] = data
         frames = selected_frames(data, entry, lambda f: condition_frames.prepare(f, height, width))
         media = {"image": frames[0]} if entry["kind"] == "image" else {"video": frames}
         conditions.append(
@@ -97,7 +109,7 @@ def selected_frames(
     """The entry's selected frames (PIL images) decoded from `data`, each through `prepare`
     as it is decoded: a long video at full size is never all in memory at once."""
     start, count = int(entry["select"]["start"]), int(entry["select"]["count"])
-    frames = [prepare(frame) for frame in _decode(data, entry, start, count)]
+    frames = [prepare(frame) for frame in decode_frames(data, entry, start, count)]
     if len(frames) != count:
         raise InputUnavailable(
             f"{entry['from']}: {entry['uri']} has {start + len(frames)} decodable frames; "
@@ -106,7 +118,9 @@ def selected_frames(
     return frames
 
 
-def _decode(data: bytes, entry: Input, start: int, count: int) -> Iterator[Any]:
+def decode_frames(data: bytes, entry: Input, start: int, count: int) -> Iterator[Any]:
+    """Frames `start` to `start + count - 1` of the entry's medium, as PIL images, one at a
+    time; InputUnavailable if it does not decode."""
     import av
     from PIL import Image
 

@@ -87,41 +87,80 @@ def encode_mp4(
 ) -> VideoInfo:
     """Write `frames` (uint8 [F, H, W, 3] RGB) as an H.264 yuv420p faststart mp4 at `path`
     with `encoder` (choose_encoder's preference)."""
-    count, height, width = _check_frames(frames)
-    path = Path(path)
-    rate = Fraction(fps).limit_denominator(1001)
-    codec, options = choose_encoder(encoder)
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, PIX_FMT
-        context = stream.codec_context
-        context.time_base = 1 / rate
+    _, height, width = _check_frames(frames)
+    with Mp4Writer(path, fps, width, height, encoder=encoder) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.info
+
+
+class Mp4Writer:
+    """encode_mp4 one frame at a time: a video put together from several sources (the
+    joined output of an extend) is never all in memory at once."""
+
+    def __init__(
+        self, path: Path | str, fps: int | float, width: int, height: int, *, encoder: str = "x264"
+    ) -> None:
+        if height % 2 or width % 2:
+            raise ValueError(f"need even height and width, got {width}x{height}")
+        self.path, self.width, self.height = Path(path), width, height
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.count = 0
+        codec, options = choose_encoder(encoder)
+        self._out = av.open(str(self.path), mode="w", format="mp4",
+                            options={"movflags": "+faststart"})  # fmt: skip
+        self._stream = self._out.add_stream(codec, rate=self.rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, PIX_FMT
+        context = self._stream.codec_context
+        context.time_base = 1 / self.rate
         context.colorspace = Colorspace.ITU709.value
         context.color_range = ColorRange.MPEG.value
         context.color_primaries = ColorPrimaries.BT709.value
         context.color_trc = ColorTrc.BT709.value
         context.options = dict(options)
-        for index in range(count):
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format="rgb24")
-            yuv = rgb.reformat(
-                format=PIX_FMT,
-                src_colorspace=Colorspace.ITU709,
-                dst_colorspace=Colorspace.ITU709,
-                src_color_range=ColorRange.JPEG,
-                dst_color_range=ColorRange.MPEG,
+
+    def write(self, frame: np.ndarray) -> None:
+        """One uint8 [H, W, 3] RGB frame of the writer's size."""
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame must be uint8 [{self.height}, {self.width}, 3], "
+                f"got {frame.dtype} {frame.shape}"
             )
-            yuv.pts = index
-            yuv.time_base = context.time_base
-            out.mux(stream.encode(yuv))
-        out.mux(stream.encode(None))
-    return VideoInfo(
-        width=width,
-        height=height,
-        num_frames=count,
-        fps=float(rate),
-        bytes=path.stat().st_size,
-        codec="h264",
-    )
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        yuv = rgb.reformat(
+            format=PIX_FMT,
+            src_colorspace=Colorspace.ITU709,
+            dst_colorspace=Colorspace.ITU709,
+            src_color_range=ColorRange.JPEG,
+            dst_color_range=ColorRange.MPEG,
+        )
+        yuv.pts = self.count
+        yuv.time_base = self._stream.codec_context.time_base
+        self._out.mux(self._stream.encode(yuv))
+        self.count += 1
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        try:
+            if kind is None:
+                if self.count < 1:
+                    raise ValueError("need at least one frame")
+                self._out.mux(self._stream.encode(None))
+        finally:
+            self._out.close()
+
+    @property
+    def info(self) -> VideoInfo:
+        return VideoInfo(
+            width=self.width,
+            height=self.height,
+            num_frames=self.count,
+            fps=float(self.rate),
+            bytes=self.path.stat().st_size,
+            codec="h264",
+        )
 
 
 def write_poster(frame: np.ndarray, path: Path | str, *, quality: int = POSTER_QUALITY) -> int:

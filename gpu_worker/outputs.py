@@ -24,6 +24,8 @@ from ltxv.core.jobs import Job
 from ltxv.core.results import RESULT_NAME, output_prefix
 from ltxv.core.signing import split_gs_uri
 
+from .joined_video import EXTENDED_NAME
+
 log = logging.getLogger(__name__)
 
 JOB_LABEL = "ltxv-job-id"
@@ -72,19 +74,26 @@ class JobOutputs:
             raise DestinationTaken(target.uri)
 
     def upload(self, job: Job, folder: Path) -> dict[str, str]:
-        """Upload the video and poster; the job's `outputs` (URIs and generations)."""
+        """Upload the video, poster and (an extend's) joined video; the job's `outputs`
+        (URIs and generations)."""
         job_id = job["job_id"]
         video = self.video_target(job)
         poster = Target(self.outputs_bucket, output_prefix(job_id) + "poster.jpg")
         video_generation = self._create(video, folder / "video.mp4", "video/mp4", job_id, 300)
         poster_generation = self._create(poster, folder / "poster.jpg", "image/jpeg", job_id, 60)
-        return {
+        outputs = {
             "video": video.uri,
             "video_generation": str(video_generation),
             "poster": poster.uri,
             "poster_generation": str(poster_generation),
             "result": f"gs://{self.outputs_bucket}/{output_prefix(job_id)}{RESULT_NAME}",
         }
+        if (folder / EXTENDED_NAME).exists():
+            # Always in the job's own tree: gcs_destination redirects the video alone.
+            joined = Target(self.outputs_bucket, output_prefix(job_id) + EXTENDED_NAME)
+            generation = self._create(joined, folder / EXTENDED_NAME, "video/mp4", job_id, 300)
+            outputs.update(extended=joined.uri, extended_generation=str(generation))
+        return outputs
 
     def _create(
         self, target: Target, path: Path, content_type: str, job_id: str, timeout: int

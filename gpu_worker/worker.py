@@ -51,6 +51,7 @@ from .generation import (
     TransientRenderError,
 )
 from .health import Health, device_problem
+from .joined_video import write_joined
 from .lease import JobControl, LeaseKeeper
 from .messages import AckKeeper, JobMessages, Received
 from .outputs import DestinationTaken, JobOutputs
@@ -230,7 +231,8 @@ class Worker:
                 self.outputs.check_destination(job)  # before the GPU time, not after it
             load, self._load_seconds = self._load_seconds, 0.0  # the first render pays it
             self.lifecycle.rendering(job_id, load)
-            media = conditioning.for_job(self.storage, job, self.renderer)  # input_unavailable
+            read: dict[str, bytes] = {}  # an extend's video, for the joined output too
+            media = conditioning.for_job(self.storage, job, self.renderer, read)
             result = self.renderer.render(request, media, on_step=on_step, should_stop=should_stop)
         except Exception as exc:
             lease.stop()
@@ -246,8 +248,8 @@ class Worker:
         # One job finishing at a time bounds memory; the next render starts meanwhile.
         self._wait_for_finisher()
         self._finishing = self._finisher.submit(
-            self._finish, job, result.frames, timings, received, keeper, lease, control
-        )
+            self._finish, job, result.frames, read.get("extend"), timings, received, keeper,
+            lease, control)  # fmt: skip
 
     def _wait_for_finisher(self) -> None:
         if self._finishing is not None:
@@ -257,29 +259,26 @@ class Worker:
     # --- after the render -----------------------------------------------------------------
 
     def _finish(
-        self, job: Job, frames: np.ndarray, timings: dict[str, float], received: Received,
-        keeper: AckKeeper, lease: LeaseKeeper, control: JobControl) -> None:  # fmt: skip
+        self, job: Job, frames: np.ndarray, earlier: bytes | None, timings: dict[str, float],
+        received: Received, keeper: AckKeeper, lease: LeaseKeeper, control: JobControl,
+    ) -> None:  # fmt: skip
         job_id = job["job_id"]
         try:
             started = time.monotonic()
             folder = self._workdir / job_id
             folder.mkdir(parents=True, exist_ok=True)
-            video = encode_mp4(
-                frames,
-                job["request"]["fps"],
-                folder / "video.mp4",
-                encoder=self.settings.video_encoder,
-            )
+            encoder = self.settings.video_encoder
+            video = encode_mp4(frames, job["request"]["fps"], folder / "video.mp4", encoder=encoder)
             write_poster(frames[0], folder / "poster.jpg")
+            joined = write_joined(job, earlier, frames, folder, encoder)  # None: not an extend
             timings["encode_seconds"] = round(time.monotonic() - started, 3)
             started = time.monotonic()
             outputs = self.outputs.upload(job, folder)
             timings["upload_seconds"] = round(time.monotonic() - started, 3)
             lease.stop()
             settled = self.lifecycle.succeed(job_id, outputs, timings, control.total_steps)
-            write_result_once(
-                self.storage, self.settings.outputs, build_result(settled, video.as_dict())
-            )
+            result = build_result(settled, video.as_dict(), joined.as_dict() if joined else None)
+            write_result_once(self.storage, self.settings.outputs, result)
             self.messages.ack(received)
             log.info("job succeeded", extra={"job_id": job_id, "timings": timings})
         except LeaseLost:

@@ -166,6 +166,20 @@ def test_ltxv_extend_continues_with_a_new_prompt(stack, client):
     assert f"extending job {source['job_id']} as job {job['job_id']}" in run.stderr
 
 
+def test_ltxv_download_extended_saves_the_whole_video(stack, client, tmp_path):
+    source = rendered(client, client.submit("a kite", num_frames=17, **SMALL))
+    more = rendered(client, client.extend(source["job_id"], frames=9))  # 17 frames too
+    assert more["extended_url"] and "extended_url" not in source
+    out = tmp_path / "whole.mp4"
+    run = ltxv(stack, "download", more["job_id"], "--extended", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert probe(out).num_frames == 8 + 17  # the earlier 8 before the seam
+    assert result_json(stack, more["job_id"])["extended"]["num_frames"] == 25
+    plain = ltxv(stack, "download", source["job_id"], "--extended", "--out", str(tmp_path))
+    assert plain.returncode != 0
+    assert f"job {source['job_id']} has no extended video: it did not extend one" in plain.stderr
+
+
 def ltxv(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     env = user_env(LTXV_STATE_DIR=str(stack.state_dir), PYTHONUNBUFFERED="1")
     return subprocess.run(

@@ -11,6 +11,7 @@ import hashlib
 import io
 
 import pytest
+import requests
 from PIL import Image
 
 from . import test_web_page as web_page
@@ -129,3 +130,13 @@ def test_extend_continues_a_finished_job_in_one_click(page, stack, api):
     assert job["request"]["num_frames"] == 17  # the parent's 9 frames, continued
     expect(extended.locator(".state")).to_have_text("succeeded", timeout=120_000)
     shoot(page, "09-extended")
+
+    # Its player links the joined, longer video; a job that extended nothing has no link.
+    extended.get_by_role("button", name="Play").click()
+    whole = page.get_by_role("link", name="whole video")
+    expect(whole).to_be_visible()
+    fetched = requests.get(whole.get_attribute("href") or "", timeout=10)  # no key: signed
+    assert fetched.status_code == 200 and fetched.content[4:8] == b"ftyp"
+    item.get_by_role("button", name="Play").click()
+    expect(page.locator("#player-caption")).to_have_text(prompt)
+    expect(whole).to_be_hidden()

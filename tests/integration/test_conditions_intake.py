@@ -312,6 +312,31 @@ def test_extend_refusals(client, auth, settings, service):
     assert "does not exist" in gone["$.extend.job_id"]
 
 
+def test_extend_reads_exactly_the_video_that_job_wrote(client, auth, settings, service):
+    """A name in a shared destination bucket may since hold someone else's object: extend
+    pins the generation the earlier job recorded, never whatever is there now."""
+    job_id = submit(client, auth).get_json()["job_id"]
+    outputs = storage.Client(project=settings.project).bucket(settings.outputs)
+    written = put(
+        settings,
+        f"jobs/{job_id}/video.mp4",
+        media_samples.video(frames=17),
+        bucket=settings.outputs,
+    )
+    video = f"gs://{settings.outputs}/jobs/{job_id}/video.mp4"
+    settle(
+        service, job_id, outputs={"video": video, "video_generation": str(written.generation)}
+    ).join()
+    accepted = submit(client, auth, num_frames=33, extend={"job_id": job_id})
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    (entry,) = stored_job(service, accepted.get_json()["job_id"])["inputs"]
+    assert entry["generation"] == written.generation
+
+    outputs.blob(f"jobs/{job_id}/video.mp4").upload_from_string(media_samples.video(frames=25))
+    errors = refused(submit(client, auth, num_frames=33, extend={"job_id": job_id}))
+    assert "is no longer the video that job wrote" in errors["$.extend.job_id"]
+
+
 # --- concurrency and fuzz ------------------------------------------------------------------
 
 

@@ -104,7 +104,8 @@ def test_a_lease_is_live_only_on_a_running_job_until_it_ends():
 
 def test_the_job_document_type_names_the_schemas_fields():
     schema = schemas.load("job")
-    shown_only = {"video_url", "poster_url", "download_url", "queue"}  # API answers add them
+    # API answers add them.
+    shown_only = {"video_url", "poster_url", "download_url", "extended_url", "queue"}
     assert set(Job.__annotations__) == set(schema["properties"]) - shown_only
     assert Job.__required_keys__ == set(schema["required"])
     for kind, part in [

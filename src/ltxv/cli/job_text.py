@@ -75,12 +75,14 @@ def describe_job(job: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("error", f"{job['error']['code']}: {job['error']['message']}"))
     if job.get("cancel_requested") and job["state"] == State.RUNNING:
         rows.append(("cancel", "requested; the worker stops at the next denoising step"))
-    for name in ("video", "poster", "result"):
+    for name in ("video", "extended", "poster", "result"):
         uri = (job.get("outputs") or {}).get(name)
         if uri:
             rows.append((name if name != "video" else "output", uri))
     if job.get("video_url"):
         rows.append(("download", f"ltxv download {job['job_id']} --out video.mp4"))
+    if job.get("extended_url"):
+        rows.append(("whole video", f"ltxv download {job['job_id']} --extended --out whole.mp4"))
     webhook = job.get("webhook")
     if webhook:
         attempts = len(webhook.get("attempts") or [])

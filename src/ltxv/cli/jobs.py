@@ -216,8 +216,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     job = client.get(args.job_id)
     if args.wait and not State(job["state"]).terminal:
         job = _wait(client, job, args.timeout)
-    what = "poster" if args.poster else "video"
-    default = f"{job['job_id']}.{'jpg' if args.poster else 'mp4'}"
+    what = "poster" if args.poster else "extended" if args.extended else "video"
+    suffix = {"poster": ".jpg", "extended": "-extended.mp4"}.get(what, ".mp4")
+    default = f"{job['job_id']}{suffix}"
     path = Path(args.out or default)
     if path.is_dir():
         path = path / default
@@ -298,7 +299,11 @@ def add_commands(
     download = commands.add_parser("download", parents=service, help="save a job's video")
     download.add_argument("job_id")
     download.add_argument("--out", metavar="PATH", help="file or directory (default: JOB.mp4)")
-    download.add_argument("--poster", action="store_true", help="the first frame, as JPEG")
+    which = download.add_mutually_exclusive_group()
+    which.add_argument("--poster", action="store_true", help="the first frame, as JPEG")
+    which.add_argument(
+        "--extended", action="store_true", help="an extend's whole video: earlier frames + its own"
+    )
     _wait_options(download, "wait for a job still queued or running")
     download.set_defaults(run=cmd_download)
 

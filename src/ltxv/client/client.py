@@ -253,13 +253,16 @@ class Client(ConditioningCalls):  # upload() and extend(): conditioning.py
             time.sleep(poll_interval if remaining is None else min(poll_interval, remaining))
 
     def download(self, job: str | dict[str, Any], path: str | Path, *, what: str = "video") -> Path:
-        """Write a succeeded job's video (or `what="poster"`) to `path`; returns the path.
+        """Write a succeeded job's video (or `what="poster"`, or `"extended"`: an extend's
+        whole, joined video) to `path`; returns the path.
 
         The file appears whole or not at all (written beside it, then renamed).
         """
         if isinstance(job, str) or not job.get(f"{what}_url"):
             job = self.get(job if isinstance(job, str) else job["job_id"])
         url = job.get(f"{what}_url")
+        if not url and what == "extended" and job["state"] == "succeeded":
+            raise ClientError(f"job {job['job_id']} has no extended video: it did not extend one")
         if not url:
             raise ClientError(
                 f"job {job['job_id']} is {job['state']}; only a succeeded job has a {what}"

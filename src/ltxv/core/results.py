@@ -32,7 +32,9 @@ def destination_prefix(api_key_id: str) -> str:
     return f"{DESTINATIONS}{api_key_id}/"
 
 
-def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_result(
+    job: Job, video: dict[str, Any] | None = None, extended: dict[str, Any] | None = None
+) -> dict[str, Any]:
     state = State(job["state"])
     if not state.terminal:
         raise ValueError(f"job {job['job_id']} is {state}, not settled")
@@ -59,6 +61,8 @@ def build_result(job: Job, video: dict[str, Any] | None = None) -> dict[str, Any
         # Which media (URI, generation, size, sha256, frames) made the video: with the
         # request and its seed, what reproduces it.
         document["inputs"] = to_json(job["inputs"])
+    if extended:
+        document["extended"] = extended  # an extend's joined video (outputs.extended)
     return document
 
 

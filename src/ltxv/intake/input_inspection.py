@@ -36,7 +36,7 @@ from ltxv.core.store import JobStore
 from ltxv.intake.conditions import media_key, resolve_frame_index, trimmed_count
 from ltxv.intake.input_retention import keep, now_stamp
 from ltxv.intake.inspection_slots import InspectionSlots
-from ltxv.intake.media_probe import MediaInfo, MediaRefused, probe
+from ltxv.intake.media_probe import MediaInfo, MediaRefused, TooManyFrames, probe
 from ltxv.intake.refusals import unavailable_on_error
 from ltxv.intake.validation import FieldError, RequestInvalid
 
@@ -173,12 +173,24 @@ class InputInspector:
         uri = f"gs://{self.inputs_bucket}/{name}"
         return Medium(uri, int(stored.generation or 0), len(data), digest, info)
 
-    def _read(self, bucket: str, name: str, limits: ConditioningLimits, api_key_id: str) -> Medium:
-        """One object's current generation, if it exists and is within the limits."""
+    def _read(
+        self,
+        bucket: str,
+        name: str,
+        limits: ConditioningLimits,
+        api_key_id: str,
+        generation: int | None = None,
+    ) -> Medium:
+        """One object's current generation (or exactly `generation`), if it exists and is
+        within the limits."""
         uri = f"gs://{bucket}/{name}"
         deadline = time.monotonic() + self.inspection_seconds
         with _reading(uri):
-            blob = self.storage.bucket(bucket).get_blob(name, timeout=RPC_SECONDS)
+            blob = self.storage.bucket(bucket).get_blob(
+                name, generation=generation, timeout=RPC_SECONDS
+            )
+        if blob is None and generation is not None:
+            raise InputRefused(f"{uri} is no longer the video that job wrote")
         if blob is None:
             raise InputRefused(f"{uri} does not exist")
         size = int(blob.size or 0)
@@ -210,23 +222,30 @@ class InputInspector:
         with unavailable_on_error("job store"):
             job = self.store.get(job_id)
         outputs = (job.get("outputs") if job else None) or {}
-        video = outputs.get("video")
         usable = job and job["api_key_id"] == api_key_id and job["state"] == State.SUCCEEDED
-        if not usable or not video:
+        if not usable or not outputs.get("video"):
             # Another key's job reads exactly like a missing one: ids leak nothing.
             raise RequestInvalid(
                 [FieldError("$.extend.job_id", f"no succeeded job {job_id} of this API key")]
             )
-        bucket, _, name = str(video).removeprefix("gs://").partition("/")
+        # An extend's joined video (outputs.extended) is the whole chain so far: continuing
+        # it keeps one video growing.
+        joined = bool(outputs.get("extended"))
+        kind = "extended" if joined else "video"
+        bucket, name = split_gs_uri(str(outputs[kind]))
+        # Exactly what that job wrote: a name in a shared destination bucket may since hold
+        # another's object. Jobs stored before generations were recorded read the current.
+        written = outputs.get(f"{kind}_generation")
         try:
-            medium = self._read(bucket, name, limits, api_key_id)
+            medium = self._read(bucket, name, limits, api_key_id, int(written) if written else None)
         except InputRefused as exc:
-            message = f"job {job_id}'s video cannot be used: {exc}"
-            raise RequestInvalid([FieldError("$.extend.job_id", message)]) from exc
+            raise RequestInvalid([_unusable(job_id, joined, exc, limits)]) from exc
         if medium.info.kind != "video":
             raise RequestInvalid([FieldError("$.extend.job_id", f"job {job_id} has no video")])
         if frames > medium.info.frames:
-            message = f"must be at most job {job_id}'s {medium.info.frames} frames, got {frames}"
+            whole = "whole (extended) video's " if joined else ""
+            message = f"must be at most job {job_id}'s {whole}{medium.info.frames} frames"
+            message += f", got {frames}"
             raise RequestInvalid([FieldError("$.extend.frames", message)])
         select = {"start": medium.info.frames - frames, "count": frames}
         return _entry("extend", medium, select, 0, 1.0)
@@ -255,6 +274,23 @@ def _reading(uri: str, gone: str | None = None) -> Iterator[None]:
             raise InputRefused(f"{uri} is not a valid object name") from exc
         except gexc.NotFound as exc:
             raise InputRefused(gone or f"{uri} does not exist") from exc
+
+
+def _unusable(
+    job_id: str, joined: bool, exc: InputRefused, limits: ConditioningLimits
+) -> FieldError:
+    if joined and isinstance(exc.__cause__, TooManyFrames):
+        # Continuing only the job's own video would quietly drop the chain's start from
+        # the joined output; say so instead.
+        message = (
+            f"job {job_id}'s whole video (extended.mp4, its chain of extends so far) has more "
+            f"than {limits.max_video_frames} frames, the most this model can read back: the "
+            "chain is too long to continue; download it and extend a shorter part of it "
+            "(conditions with a video of its last frames)"
+        )
+        return FieldError("$.extend.job_id", message)
+    which = "whole (extended) video" if joined else "video"
+    return FieldError("$.extend.job_id", f"job {job_id}'s {which} cannot be used: {exc}")
 
 
 def _entry(

@@ -73,7 +73,7 @@ class JobViews:
 
     def job(self, job: Job) -> dict[str, Any]:
         """The job as the API answers it; a succeeded one with `video_url`, `download_url`
-        (served as an attachment) and `poster_url`."""
+        (served as an attachment), `poster_url` and, made by an extend, `extended_url`."""
         body = to_json(job)
         if job["state"] != State.SUCCEEDED:
             return body
@@ -84,6 +84,9 @@ class JobViews:
         poster = _signable(job, "poster")
         if poster:
             body["poster_url"] = self._sign(*poster)
+        extended = _signable(job, "extended")  # an extend's joined, longer video
+        if extended:
+            body["extended_url"] = self._sign(*extended)
         return body
 
     def predict(self, job: Job) -> dict[str, Any]:

@@ -26,6 +26,10 @@ class MediaRefused(ValueError):
     """Not a medium the profile accepts; the message says why, for the client."""
 
 
+class TooManyFrames(MediaRefused):
+    """A video longer than the profile's max_video_frames."""
+
+
 @dataclass(frozen=True)
 class MediaInfo:
     kind: str  # image | video
@@ -109,7 +113,7 @@ def _probe_video(
                 if packet.size and not packet.is_discard:
                     frames += 1
                     if frames > limits.max_video_frames:
-                        raise MediaRefused(f"has more than {limits.max_video_frames} frames")
+                        raise TooManyFrames(f"has more than {limits.max_video_frames} frames")
                 if not decoded:
                     decoded = bool(packet.decode())
             if not decoded or frames < 1:

@@ -283,6 +283,10 @@ async function play(job, { start }) {
   const download = $("download");
   download.href = fresh.download_url || fresh.video_url;
   download.setAttribute("download", `${fresh.job_id}.mp4`);
+  // An extend's joined video: the earlier frames, then this job's (outputs.extended).
+  const whole = $("whole-video");
+  whole.hidden = !fresh.extended_url;
+  whole.href = fresh.extended_url || "#";
   $("player-actions").hidden = false;
   if (start) {
     $("player-heading").focus();

@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from full_size import build_random_full_size
     from gpu_worker import tiny_random
+    from gpu_worker.sampling import condition_scheduler
     from render_arms import build_arms, request_for
 
     diffusers.utils.logging.set_verbosity_error()
@@ -218,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         base = cls.from_pretrained(
             tiny_random.ensure(args.model_dir), dtype=getattr(torch, profile.dtype)
         )
+        if profile.pipeline == "LTXConditionPipeline":
+            # As full_size.py builds it: the scheduler diffusers' own conversions of the
+            # 0.9.5+ models (those LTXConditionPipeline's docs call) ship, no shift; the
+            # tiny model keeps the 0.9.0 conversion's, which such a call cannot step.
+            base.scheduler = condition_scheduler(base.scheduler)
     else:  # never a download: the published sizes, random weights
         base = build_random_full_size(profile, device)
     build_s = time.perf_counter() - started

@@ -34,14 +34,14 @@ _render = generation.Renderer._render
 _renders = []
 
 
-def _out_of_memory(self, params, on_step, should_stop):
+def _out_of_memory(self, params, *args):
     _renders.append(params["prompt"])
     prompt = params["prompt"]
     if prompt == "a request that never fits" or (
         prompt == "a request that fits a fresh process" and len(_renders) > 1
     ):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    return _render(self, params, on_step, should_stop)
+    return _render(self, params, *args)
 
 
 generation.Renderer._render = _out_of_memory

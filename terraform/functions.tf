@@ -129,8 +129,10 @@ resource "google_cloudfunctions2_function" "api" {
 
   service_config {
     service_account_email = google_service_account.function["api"].email
-    available_memory      = "512Mi"
-    available_cpu         = "1"
+    # Two conditioning-media checks at once hold up to ~390 MiB beside the requests'
+    # own (LTXV_MAX_INSPECTIONS; docs/architecture.md, "Where inputs live").
+    available_memory = "1Gi"
+    available_cpu    = "1"
     # Requests mostly wait on Firestore and Pub/Sub (and /predict on the render): one
     # instance serves many at once.
     max_instance_request_concurrency = local.api_concurrency

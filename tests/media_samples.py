@@ -40,3 +40,25 @@ def video(frames: int = 17, width: int = 64, height: int = 48, container: str = 
 
 def data_url(data: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def trimmed_video(frames: int = 25, cut: int = 8) -> bytes:
+    """An MP4 as a stream-copy trim leaves it (`ffmpeg -ss … -c copy`, a phone's trim): all
+    `frames` packets from the keyframe on are kept, and an edit list makes the decoder drop
+    the first `cut` of them, so it yields `frames - cut` frames. Made by remuxing `video()`
+    with every timestamp moved `cut` frames earlier: the mp4 muxer writes the negative
+    start as an edit list (no ffmpeg CLI needed)."""
+    source = video(frames=frames)
+    out = io.BytesIO()
+    with av.open(io.BytesIO(source)) as demuxer, av.open(out, "w", format="mp4") as muxer:
+        stream = demuxer.streams.video[0]
+        copy = muxer.add_stream_from_template(stream)
+        shift = int(cut / (stream.average_rate * stream.time_base))
+        for packet in demuxer.demux(stream):
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = copy
+            muxer.mux(packet)
+    return out.getvalue()

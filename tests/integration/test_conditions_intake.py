@@ -21,6 +21,7 @@ from ltxv.core.jobs import to_json
 from ltxv.core.profiles import all_profiles
 from ltxv.core.settings import Settings
 from ltxv.intake import compose as compose_submit
+from ltxv.intake.input_retention import now_stamp
 from tests import media_samples
 
 from .conftest import API_KEY, OTHER_KEY, SUBMIT_SOURCE, settle
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.emulators
 
 
 def put(settings, name: str, data: bytes, bucket: str | None = None) -> storage.Blob:
+    """Stored as an upload is: stamped with custom_time now (its signed PUT requires it),
+    so intake need not renew it (test_input_retention.py tests the renewal)."""
     blob = storage.Client(project=settings.project).bucket(bucket or settings.inputs).blob(name)
+    blob.custom_time = now_stamp()
     blob.upload_from_string(data, content_type="application/octet-stream")
     blob.reload()
     return blob
@@ -319,7 +323,7 @@ def test_inspections_beyond_the_bound_wait_briefly_then_get_a_503(env, monkeypat
     app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=["POST"])
     client = app.test_client()
     blob = put(settings, "keys/default/uploads/slot.png", media_samples.png())
-    slots = api.intake.inputs._slots
+    slots = api.intake.inputs.slots._slots
     assert slots.acquire(timeout=1)  # another request's inspection holds the only slot
     busy = submit(client, auth, conditions=[{"image": uri(blob)}])
     assert busy.status_code == 503, busy.get_data(as_text=True)

@@ -305,10 +305,12 @@ def prompt_files_resolving_with(service, settings, resolver):
 def test_a_line_may_name_gs_conditions_and_a_bad_one_is_refused_by_line(
     prompt_client, settings, service
 ):
+    from ltxv.intake.input_retention import now_stamp
     from tests import media_samples
 
     inputs = storage.Client(project=settings.project).bucket(settings.inputs)
     good = inputs.blob("keys/default/uploads/line.png")
+    good.custom_time = now_stamp()  # as an upload's signed PUT stamps it: no renewal due
     good.upload_from_string(media_samples.png())
     good.reload()
     fake = inputs.blob("keys/default/uploads/fake.png")

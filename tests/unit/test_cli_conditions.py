@@ -8,7 +8,7 @@ import pytest
 from ltxv.cli import build_parser
 from ltxv.cli.common import UserError
 from ltxv.cli.conditions import conditions_from_args
-from ltxv.client.conditioning import sniff_content_type
+from ltxv.core.media_types import sniff
 
 
 @pytest.fixture
@@ -97,7 +97,10 @@ def test_bad_pairings_are_refused_before_any_upload(files, argv, message):
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 8, "image/png"),
         (b"\xff\xd8\xff\xe0" + b"\0" * 12, "image/jpeg"),
         (b"RIFF\0\0\0\0WEBPVP8 ", "image/webp"),
-        (b"\x1a\x45\xdf\xa3" + b"\0" * 12, "video/webm"),
+        (b"\x1a\x45\xdf\xa3\xa3\x42\x86\x81\x01\x42\x82\x84webm", "video/webm"),
+        # Matroska that is not WebM, and an old QuickTime file without `ftyp`: as intake.
+        (b"\x1a\x45\xdf\xa3\xa3\x42\x86\x81\x01\x42\x82\x88matroska", None),
+        (b"\0\0\0\x08wide\0\0\0\0mdat", "video/quicktime"),
         (b"\0\0\0\x18ftypisom\0\0\0\0", "video/mp4"),
         (b"\0\0\0\x14ftypqt  \0\0\0\0", "video/quicktime"),
         (b"GIF89a" + b"\0" * 10, None),
@@ -105,4 +108,4 @@ def test_bad_pairings_are_refused_before_any_upload(files, argv, message):
     ],
 )
 def test_content_type_is_found_from_the_bytes(head, expected):
-    assert sniff_content_type(head) == expected
+    assert sniff(head) == expected

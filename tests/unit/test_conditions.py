@@ -248,3 +248,33 @@ def test_type_comes_from_the_bytes():
     assert sniff(media_samples.png()) == "image/png"
     assert sniff(io.BytesIO(media_samples.video(9)).read()) == "video/mp4"
     assert sniff(b"GIF89a...") is None
+
+
+def test_a_trimmed_videos_frames_are_the_ones_the_worker_decodes():
+    # 25 packets, the first 8 cut by an edit list: the worker's decoder yields 17.
+    from gpu_worker.conditioning import InputUnavailable, selected_frames
+
+    data = media_samples.trimmed_video(frames=25, cut=8)
+    info = probe(data, LIMITS, deadline=deadline())
+    assert info.frames == 17
+
+    def entry(count: int) -> dict:
+        return {"from": "conditions[0]", "uri": "gs://b/o", "kind": "video",
+                "select": {"start": 0, "count": count}}  # fmt: skip
+
+    assert len(selected_frames(data, entry(info.frames))) == info.frames
+    with pytest.raises(InputUnavailable, match="has 17 decodable frames"):
+        selected_frames(data, entry(info.frames + 1))
+
+
+def test_a_big_cmyk_progressive_jpeg_is_measured_at_full_size_and_checked_whole():
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("CMYK", (1600, 1200), (10, 200, 30, 0)).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    info = probe(data, LIMITS, deadline=deadline())
+    assert (info.width, info.height, info.content_type) == (1600, 1200, "image/jpeg")
+    # Decoded at 1/8 scale, but every byte of the stream still is: a cut one is refused.
+    with pytest.raises(MediaRefused, match="not a decodable image/jpeg"):
+        probe(data[: len(data) * 2 // 3], LIMITS, deadline=deadline())

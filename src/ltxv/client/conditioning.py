@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from ltxv.core.media_types import sniff
+
 # What a job continued by `extend` takes over from the job it continues, unless given:
 # the look and length of the video, not where it goes (gcs_destination, webhook_url) or
 # what it carries (metadata).
@@ -28,23 +30,6 @@ CONTINUED_FIELDS = (
     "fps",
 )
 FRAME_STEP = 8  # LTX lengths are 8k + 1
-
-
-def sniff_content_type(data: bytes) -> str | None:
-    """The media type the bytes are, as the API decides it (from the bytes, not a name);
-    None for anything that is not an image or video the API conditions on."""
-    head = data[:16]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video/webm"
-    if head[4:8] == b"ftyp":
-        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
-    return None
 
 
 def read_media(source: str | Path | bytes) -> bytes:
@@ -80,7 +65,7 @@ class ConditioningCalls:
         from ltxv.client.client import ClientError, ServiceUnavailable
 
         data = read_media(source)
-        content_type = content_type or sniff_content_type(data)
+        content_type = content_type or sniff(data)
         if content_type is None:
             raise ClientError(
                 f"{source if not isinstance(source, bytes) else 'the bytes'}: not a PNG, "

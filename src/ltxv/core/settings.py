@@ -92,11 +92,12 @@ class Settings:
     # name, for which API keys: JSON {"bucket": ["key id", ...]}.
     inputs_bucket: str = setting("LTXV_INPUTS_BUCKET", "")
     input_buckets_json: str | None = setting("LTXV_INPUT_BUCKETS")
-    # Checking conditioning media at submit (intake/input_inspection.py): one download and
-    # decode holds up to max_input_bytes plus a decoded frame (16 MP: ~64 MB), so the API's
-    # 512 MiB instance runs only this many at once, whatever its 80 threads; a request
-    # waits up to inspection_wait_seconds for a turn, then gets a 503 with Retry-After.
-    # inspection_seconds caps one input's download and decode.
+    # Checking conditioning media at submit (intake/input_inspection.py): one check holds
+    # its bytes (up to max_input_bytes, 64 MiB) and at most 130 MiB more while it decodes
+    # (a 16 MP progressive CMYK JPEG; PNG 65, video 101: docs/architecture.md), so the
+    # API's 1 GiB instance runs only this many at once (2: ~390 MiB), whatever its 80
+    # threads, and one key at most one; a request waits up to inspection_wait_seconds for
+    # a turn, then gets a 503 with Retry-After. inspection_seconds caps one input's check.
     max_inspections: int = setting("LTXV_MAX_INSPECTIONS", 2)
     inspection_wait_seconds: float = setting("LTXV_INSPECTION_WAIT_SECONDS", 5.0)
     inspection_seconds: float = setting("LTXV_INSPECTION_SECONDS", 30.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from typing import Any
 
 from jsonschema import ValidationError
 
-from ltxv.core.inputs import input_prefix
+from ltxv.core.inputs import inline_name, input_prefix
 from ltxv.core.profiles import ModelProfile
+from ltxv.core.signing import split_gs_uri
 
 CONDITION_FIELDS = ("conditions", "extend")
 MEDIA_KEYS = ("image", "video")
@@ -75,6 +77,31 @@ def legacy_refusals(body: Any) -> list[tuple[str, str]]:
     ]
 
 
+def media_key(item: dict[str, Any]) -> str:
+    """Which of image or video a (schema-valid) condition item names."""
+    return "image" if "image" in item else "video"
+
+
+def conditioned(request: dict[str, Any]) -> bool:
+    """Whether a validated request names media that must be read before it is accepted."""
+    return bool(request.get("conditions") or request.get("extend"))
+
+
+def inline_uri(inputs_bucket: str, api_key_id: str, data: bytes) -> str:
+    """Where a data: URL's bytes are stored, and what the request names from then on: a
+    pure function of the bytes, so the stored form of a request is known before any I/O."""
+    return f"gs://{inputs_bucket}/{inline_name(api_key_id, hashlib.sha256(data).hexdigest())}"
+
+
+def source_places(policy: Any, api_key_id: str) -> dict[str, Any]:
+    """parse_source's keyword arguments for this caller under `policy` (IntakePolicy)."""
+    return {
+        "inputs_bucket": policy.inputs_bucket,
+        "input_buckets": policy.input_buckets,
+        "api_key_id": api_key_id,
+    }
+
+
 def resolve_frame_index(frame_index: int, num_frames: int) -> int:
     """-1 is the last frame (num_frames - 1), -9 the one 8 before, and so on."""
     return frame_index if frame_index >= 0 else num_frames + frame_index
@@ -92,7 +119,10 @@ def parse_source(
     """The medium a condition names, if the key may use it; else SourceRefused."""
     if value.startswith("data:"):
         return Source(inline=decode_data_url(value))
-    bucket, _, name = value.removeprefix("gs://").partition("/")
+    try:
+        bucket, name = split_gs_uri(value)
+    except ValueError:
+        bucket, name = value.removeprefix("gs://"), ""  # refused below: no object path
     own = input_prefix(api_key_id)
     if bucket == inputs_bucket:
         allowed = name.startswith(own)
@@ -151,10 +181,13 @@ def condition_problems(
     profile: ModelProfile,
     profiles: Mapping[str, ModelProfile],
     sources: Mapping[str, Any],
+    inline: dict[str, bytes] | None = None,
 ) -> list[tuple[str, str]]:
     """(path, message) for each rule `request`'s conditions and extend break, with the
-    defaults filled into `request` (frame_index, strength, extend.frames). `sources`
-    holds parse_source's keyword arguments for this caller."""
+    defaults filled into `request` (frame_index, strength, extend.frames) and each data:
+    URL replaced by the gs:// URI of its stored copy (`inline_uri`), whose bytes go into
+    `inline` by that URI: the request is in its stored form (and hash) from here on, and
+    the bytes are decoded once. `sources` holds parse_source's keyword arguments."""
     conditions: list[dict[str, Any]] | None = request.get("conditions")
     extend: dict[str, Any] | None = request.get("extend")
     if conditions is None and extend is None:
@@ -182,11 +215,16 @@ def condition_problems(
         item["strength"] = float(item["strength"])
         path = f"$.conditions[{i}]"
         problems += _frame_problems(path, item["frame_index"], num_frames, extend is not None)
-        key = "image" if "image" in item else "video"
+        key = media_key(item)
         try:
-            parse_source(item[key], **sources)
+            source = parse_source(item[key], **sources)
         except SourceRefused as exc:
             problems.append((f"{path}.{key}", str(exc)))
+            continue
+        if source.inline is not None:
+            item[key] = inline_uri(sources["inputs_bucket"], sources["api_key_id"], source.inline)
+            if inline is not None:
+                inline[item[key]] = source.inline
     if extend is not None:
         extend.setdefault("frames", DEFAULT_EXTEND_FRAMES)
         frames = extend["frames"] = int(extend["frames"])
@@ -238,21 +276,19 @@ def _frame_problems(
 def check_request(
     request: dict[str, Any],
     bad: set[str],
-    profile: ModelProfile,
     policy: Any,
     api_key_id: str,
+    inline: dict[str, bytes] | None = None,
 ) -> list[tuple[str, str]]:
     """validate_request's step for conditions and extend: copies them into `request`
     (a field the schema refused, or null, is left out: a text-to-video request
-    is stored, and hashed, exactly as before conditions existed) and checks them.
+    is stored, and hashed, exactly as before conditions existed) and checks them
+    (condition_problems; `inline` gets the data: URLs' bytes).
     `policy` is validation.IntakePolicy (its inputs buckets and profiles)."""
     for field in CONDITION_FIELDS:
         value = request.pop(field, None)
         if value is not None and field not in bad:
             request[field] = [dict(v) for v in value] if field == "conditions" else dict(value)
-    sources = {
-        "inputs_bucket": policy.inputs_bucket,
-        "input_buckets": policy.input_buckets,
-        "api_key_id": api_key_id,
-    }
-    return condition_problems(request, profile, policy.profiles, sources)
+    profile = policy.profiles[request["model"]]
+    sources = source_places(policy, api_key_id)
+    return condition_problems(request, profile, policy.profiles, sources, inline)

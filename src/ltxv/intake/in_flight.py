@@ -47,7 +47,17 @@ class InFlightGauge:
             reading.admitted += 1
             return False
 
-    def counted(self, api_key_id: str, value: int) -> None:
-        """A count just taken, beside the create of one more job it may not include."""
+    def has_room(self, api_key_id: str) -> bool:
+        """Whether the last count says, as needs_count would, that the key is far from
+        its limit; nothing is recorded."""
         with self._lock:
-            self._readings[api_key_id] = _Reading(value, self.clock(), admitted=1)
+            reading = self._readings.get(api_key_id)
+            if reading is None or self.clock() - reading.at > self.fresh_seconds:
+                return False
+            return (reading.counted + reading.admitted + 1) * 2 <= self.limit
+
+    def counted(self, api_key_id: str, value: int, admitted: int = 1) -> None:
+        """A count just taken, beside the create of one more job it may not include
+        (`admitted`: 0 for a count taken before any create)."""
+        with self._lock:
+            self._readings[api_key_id] = _Reading(value, self.clock(), admitted=admitted)

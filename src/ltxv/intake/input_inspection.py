@@ -9,9 +9,9 @@ from then on: the stored request, its hash (Idempotency-Key replays), result.jso
 webhooks never carry the bytes. An extend names a succeeded job of the same key, whose
 video is read like any other input.
 
-Each download and decode holds a slot of a per-process bound (Settings.max_inspections):
-the API serves 80 requests at once in 512 MiB, and 80 parallel 16-megapixel decodes would
-not fit. A request waits briefly for a slot, then is answered 503 with Retry-After.
+Each download and decode holds a turn (`inspection_slots`: a per-process bound, one at a
+time per key). Each object of the inputs bucket a request pins has its custom_time
+renewed (`input_retention`), so the lifecycle does not delete it from under the job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,14 +31,13 @@ from google.api_core import exceptions as gexc
 from ltxv.core.inputs import inline_name
 from ltxv.core.jobs import Input, State
 from ltxv.core.profiles import ConditioningLimits, ModelProfile
+from ltxv.core.signing import split_gs_uri
 from ltxv.core.store import JobStore
-from ltxv.intake.conditions import (
-    parse_source,
-    resolve_frame_index,
-    trimmed_count,
-)
+from ltxv.intake.conditions import media_key, resolve_frame_index, trimmed_count
+from ltxv.intake.input_retention import keep, now_stamp
+from ltxv.intake.inspection_slots import InspectionSlots
 from ltxv.intake.media_probe import MediaInfo, MediaRefused, probe
-from ltxv.intake.refusals import InspectionsBusy, unavailable_on_error
+from ltxv.intake.refusals import unavailable_on_error
 from ltxv.intake.validation import FieldError, RequestInvalid
 
 log = logging.getLogger(__name__)
@@ -85,35 +83,33 @@ class InputInspector:
         self.storage = storage_client
         self.store = store
         self.inputs_bucket = inputs_bucket
-        self.wait_seconds = wait_seconds
         self.inspection_seconds = inspection_seconds
-        self._slots = threading.BoundedSemaphore(max_inspections)
+        self.slots = InspectionSlots(max_inspections, wait_seconds)
 
     def resolve(
-        self, request: dict[str, Any], profile: ModelProfile, policy: Any, api_key_id: str
+        self,
+        request: dict[str, Any],
+        profile: ModelProfile,
+        api_key_id: str,
+        inline: Mapping[str, bytes] | None = None,
     ) -> Resolved:
-        """Check every medium `request` names (already validated) and pin each to one
-        object generation; data: URLs in `request` are replaced by their stored gs:// URI.
-        RequestInvalid names each input that cannot be used; InspectionsBusy or Unavailable
-        when no verdict could be reached."""
+        """Check every medium `request` names (validated: each data: URL already names
+        its stored copy, whose bytes `inline` holds by that URI) and pin each to one
+        object generation, storing the inline ones. RequestInvalid names each input that
+        cannot be used; InspectionsBusy or Unavailable when no verdict could be reached."""
         limits = profile.conditioning
         if limits is None or not (request.get("conditions") or request.get("extend")):
             return Resolved()
-        sources = {
-            "inputs_bucket": policy.inputs_bucket,
-            "input_buckets": policy.input_buckets,
-            "api_key_id": api_key_id,
-        }
+        inline = inline or {}
         errors: list[FieldError] = []
         inputs: list[Input] = []
         for i, item in enumerate(request.get("conditions") or []):
-            key = "image" if "image" in item else "video"
+            key = media_key(item)
             try:
-                medium = self._condition(item[key], key, sources, limits, api_key_id)
+                medium = self._condition(item[key], key, inline, limits, api_key_id)
             except InputRefused as exc:
                 errors.append(FieldError(f"$.conditions[{i}].{key}", str(exc)))
                 continue
-            item[key] = medium.uri  # a data: URL from now on names its stored copy
             frame = resolve_frame_index(item["frame_index"], request["num_frames"])
             available = min(medium.info.frames, request["num_frames"] - frame)
             select = {"start": 0, "count": trimmed_count(available)}
@@ -135,15 +131,14 @@ class InputInspector:
         self,
         value: str,
         key: str,
-        sources: Mapping[str, Any],
+        inline: Mapping[str, bytes],
         limits: ConditioningLimits,
         api_key_id: str,
     ) -> Medium:
-        source = parse_source(value, **sources)  # validation has let it through
-        if source.inline is not None:
-            medium = self._store_inline(source.inline, limits, api_key_id)
+        if value in inline:
+            medium = self._store_inline(inline[value], limits, api_key_id)
         else:
-            medium = self._read(source.bucket, source.name, limits)
+            medium = self._read(*split_gs_uri(value), limits, api_key_id)
         if medium.info.kind != key:
             raise InputRefused(
                 f"is a {medium.info.content_type}, not an {key}; name it as {medium.info.kind}"
@@ -155,17 +150,22 @@ class InputInspector:
     def _store_inline(self, data: bytes, limits: ConditioningLimits, api_key_id: str) -> Medium:
         """Check inline bytes, then store them once under their digest: the same data: URL
         sent again (a replay, a retry, another job) names the same object generation."""
-        with self._slot():
+        with self.slots.hold(api_key_id):
             info = self._probe(data, limits, time.monotonic() + self.inspection_seconds)
         digest = hashlib.sha256(data).hexdigest()
         name = inline_name(api_key_id, digest)
         blob = self.storage.bucket(self.inputs_bucket).blob(name)
+        blob.custom_time = now_stamp()  # the lifecycle counts from here (input_retention)
         with unavailable_on_error("inputs bucket"):
-            with contextlib.suppress(gexc.PreconditionFailed):
+            try:
                 blob.upload_from_string(
                     data, content_type=info.content_type, if_generation_match=0, timeout=RPC_SECONDS
                 )
-            stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
+                stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
+            except gexc.PreconditionFailed:
+                # Stored by an earlier request: pinned again now, so kept alive again.
+                stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
+                stored = keep(stored) if stored is not None else None
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         if stored is None or stored.size != len(data) or stored.md5_hash != md5:
             # Only intake writes inline/: another object there means something else did.
@@ -173,7 +173,7 @@ class InputInspector:
         uri = f"gs://{self.inputs_bucket}/{name}"
         return Medium(uri, int(stored.generation or 0), len(data), digest, info)
 
-    def _read(self, bucket: str, name: str, limits: ConditioningLimits) -> Medium:
+    def _read(self, bucket: str, name: str, limits: ConditioningLimits, api_key_id: str) -> Medium:
         """One object's current generation, if it exists and is within the limits."""
         uri = f"gs://{bucket}/{name}"
         deadline = time.monotonic() + self.inspection_seconds
@@ -181,12 +181,15 @@ class InputInspector:
             blob = self.storage.bucket(bucket).get_blob(name, timeout=RPC_SECONDS)
         if blob is None:
             raise InputRefused(f"{uri} does not exist")
-        size, generation = int(blob.size or 0), int(blob.generation or 0)
+        size = int(blob.size or 0)
         if size > limits.max_input_bytes:
             raise InputRefused(f"is {size} bytes; the limit is {limits.max_input_bytes}")
         if size == 0:
             raise InputRefused(f"{uri} is empty")
-        with self._slot():
+        if bucket == self.inputs_bucket:
+            blob = keep(blob)  # before the generation is pinned (input_retention)
+        generation = int(blob.generation or 0)
+        with self.slots.hold(api_key_id):
             pinned = self.storage.bucket(bucket).blob(name, generation=generation)
             # Replaced or deleted since its metadata was read: that version is gone.
             with _reading(uri, gone=f"{uri} changed while it was read; send the request again"):
@@ -216,7 +219,7 @@ class InputInspector:
             )
         bucket, _, name = str(video).removeprefix("gs://").partition("/")
         try:
-            medium = self._read(bucket, name, limits)
+            medium = self._read(bucket, name, limits, api_key_id)
         except InputRefused as exc:
             message = f"job {job_id}'s video cannot be used: {exc}"
             raise RequestInvalid([FieldError("$.extend.job_id", message)]) from exc
@@ -229,17 +232,6 @@ class InputInspector:
         return _entry("extend", medium, select, 0, 1.0)
 
     # --- plumbing -------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self.wait_seconds):
-            raise InspectionsBusy(
-                "too many inputs are being checked on this server right now; retry shortly"
-            )
-        try:
-            yield
-        finally:
-            self._slots.release()
 
     @staticmethod
     def _probe(data: bytes, limits: ConditioningLimits, deadline: float) -> MediaInfo:

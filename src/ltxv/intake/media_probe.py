@@ -16,13 +16,10 @@ from dataclasses import dataclass
 import av
 from PIL import Image
 
+from ltxv.core.media_types import sniff
 from ltxv.core.profiles import ConditioningLimits
 
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-# ISO base media brands that mean QuickTime rather than MP4.
-QUICKTIME_BRANDS = (b"qt  ",)
-# Top-level atoms an old QuickTime file may begin with instead of `ftyp`.
-QUICKTIME_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
 class MediaRefused(ValueError):
@@ -36,24 +33,6 @@ class MediaInfo:
     width: int
     height: int
     frames: int  # 1 for an image
-
-
-def sniff(data: bytes) -> str | None:
-    """The media type the bytes begin like, among those a profile can accept."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[4:8] == b"ftyp":
-        return "video/quicktime" if data[8:12] in QUICKTIME_BRANDS else "video/mp4"
-    if data[4:8] in QUICKTIME_ATOMS:
-        return "video/quicktime"
-    if data.startswith(b"\x1a\x45\xdf\xa3"):
-        # EBML: WebM names its DocType in the header; other Matroska files are refused.
-        return "video/webm" if b"webm" in data[:64] else None
-    return None
 
 
 def probe(data: bytes, limits: ConditioningLimits, *, deadline: float) -> MediaInfo:
@@ -89,6 +68,11 @@ def _probe_image(data: bytes, content_type: str, limits: ConditioningLimits) -> 
                     raise MediaRefused(f"does not decode as the {content_type} it begins like")
                 width, height = image.size
                 _check_pixels(width, height, limits)  # from the header, before decoding
+                if image.format == "JPEG":
+                    # The whole entropy-coded stream is still decoded (a corrupt one is
+                    # still refused), into 1/64 of the pixels: a 16-megapixel CMYK JPEG
+                    # would otherwise take 64 MiB, and a progressive one more.
+                    image.draft("RGB", (width // 8, height // 8))
                 image.load()
     except MediaRefused:
         raise
@@ -113,13 +97,16 @@ def _probe_video(
             _check_pixels(width, height, limits)
             frames = 0
             decoded = False
-            # One packet is one frame: counting them needs no decoding. Packets are decoded
-            # only until the first frame comes out (a codec with delay needs several), to
-            # know the stream really decodes. The last packet (size 0) flushes the decoder.
+            # One packet is one frame: counting them needs no decoding. A packet an edit
+            # list cuts away (a stream-copy trim starts at the keyframe before the cut) is
+            # discarded by the decoder, so it is no frame the worker will see. Packets are
+            # decoded only until the first frame comes out (a codec with delay needs
+            # several), to know the stream really decodes. The last packet (size 0)
+            # flushes the decoder.
             for packet in container.demux(stream):
                 if time.monotonic() > deadline:
                     raise MediaRefused("took too long to read; send a shorter or smaller video")
-                if packet.size:
+                if packet.size and not packet.is_discard:
                     frames += 1
                     if frames > limits.max_video_frames:
                         raise MediaRefused(f"has more than {limits.max_video_frames} frames")

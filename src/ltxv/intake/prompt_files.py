@@ -235,15 +235,12 @@ class PromptFiles:
         try:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
-            # Its conditions are read and checked as an HTTP submit's are, as the owner's.
-            request, resolved = self.intake.check(entry.value, api_key_id=self.owner, policy=policy)
-            origin = dataclasses.replace(
-                origin, parent_job_id=resolved.extends, inputs=tuple(resolved.inputs)
-            )
-            if full and not self.intake.exists(job_id):
-                full_up = TooManyJobs(self.intake.max_in_flight)
-                raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])
-            created = self.intake.accept(request, job_id=job_id, origin=origin).created
+            # A delivery of the file again: a line whose job exists reads no media again.
+            existing = self.intake.existing(job_id) if _names_media(entry.value) else None
+            if existing is not None:
+                created = self.intake.replay(existing).created
+            else:
+                created = self._create(entry.value, job_id, origin, full=full, policy=policy)
         except RequestInvalid as exc:
             receipt.rejected.append({"line": line, "errors": [e.as_dict() for e in exc.errors]})
             return 0
@@ -266,6 +263,22 @@ class PromptFiles:
             return 0
         receipt.accepted.append({"line": line, "job_id": job_id})
         return int(created)
+
+    def _create(
+        self, value: Any, job_id: str, origin: JobOrigin, *, full: bool, policy: IntakePolicy
+    ) -> bool:
+        """The line's job, checked as an HTTP submit is (as the owner's), unless the owner
+        key is `full` (then before its media are read). Whether it was created."""
+        inline: dict[str, bytes] = {}
+        request = self.intake.validate(value, api_key_id=self.owner, policy=policy, inline=inline)
+        if full and self.intake.existing(job_id) is None:
+            full_up = TooManyJobs(self.intake.max_in_flight)
+            raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])
+        resolved = self.intake.inspect(request, api_key_id=self.owner, policy=policy, inline=inline)
+        origin = dataclasses.replace(
+            origin, parent_job_id=resolved.extends, inputs=tuple(resolved.inputs)
+        )
+        return self.intake.accept(request, job_id=job_id, origin=origin).created
 
     def _write_receipt(self, bucket: str, name: str, receipt: Receipt) -> None:
         """Write the receipt unless a newer upload's is there; each write is conditional
@@ -302,3 +315,9 @@ def _receipt_generation(blob: storage.Blob) -> int:
         return int(json.loads(blob.download_as_bytes(timeout=30)).get("generation", 0))
     except (ValueError, TypeError, AttributeError, gexc.NotFound):
         return 0
+
+
+def _names_media(value: Any) -> bool:
+    """Whether a line (before validation) may name media to read: only such a line is
+    looked up before it is checked, the others cost no I/O to check."""
+    return isinstance(value, dict) and bool(value.get("conditions") or value.get("extend"))

@@ -48,7 +48,7 @@ from ltxv.core.jobs import (
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
 from ltxv.intake.in_flight import InFlightGauge
-from ltxv.intake.input_inspection import InputInspector, Resolved
+from ltxv.intake.input_inspection import InputInspector
 from ltxv.intake.job_origin import Accepted, JobOrigin
 from ltxv.intake.published_marks import PublishedMarks
 from ltxv.intake.refusals import (
@@ -58,12 +58,12 @@ from ltxv.intake.refusals import (
     Unavailable,
     unavailable_on_error,
 )
+from ltxv.intake.request_checks import RequestChecks
 from ltxv.intake.validation import (
     FieldError,
     IntakePolicy,
     RequestInvalid,
     request_hash,
-    validate_request,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ REPLAY_WAIT_SECONDS = 5.0
 RETRYABLE = TERMINAL - {State.SUCCEEDED}
 
 
-class Intake:
+class Intake(RequestChecks):
     def __init__(
         self,
         store: JobStore,
@@ -102,32 +102,12 @@ class Intake:
         self.in_flight = InFlightGauge(max_in_flight)
         self.marks = PublishedMarks(lambda job_ids: self.store.mark_published(job_ids))
 
-    def validate(
-        self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
-    ) -> dict[str, Any]:
-        """The resolved request, or RequestInvalid; LookupTimedOut when the webhook host's
-        name server did not answer in time (no verdict either way)."""
-        return validate_request(body, policy or self.policy, api_key_id=api_key_id)
-
-    def check(
-        self, body: Any, *, api_key_id: str, policy: IntakePolicy | None = None
-    ) -> tuple[dict[str, Any], Resolved]:
-        """`validate`, then the request's conditioning media read and checked
-        (input_inspection; its data: URLs replaced by their stored gs:// URIs)."""
-        policy = policy or self.policy
-        request = self.validate(body, api_key_id=api_key_id, policy=policy)
-        if not (request.get("conditions") or request.get("extend")):
-            return request, Resolved()
-        if self.inputs is None:
-            raise Unavailable("conditioning inputs cannot be checked by this process")
-        profile = policy.profiles[request["model"]]
-        return request, self.inputs.resolve(request, profile, policy, api_key_id)
-
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
     ) -> Accepted:
+        inline: dict[str, bytes] = {}
         try:
-            request, resolved = self.check(body, api_key_id=api_key_id)
+            request = self.validate(body, api_key_id=api_key_id, inline=inline)
         except LookupTimedOut as exc:
             raise Unavailable(str(exc)) from exc  # the client may retry; nothing accepted
         job_id = (
@@ -135,6 +115,10 @@ class Intake:
             if idempotency_key
             else new_job_id()
         )
+        answered = self._before_inputs(request, job_id, api_key_id, idempotency_key)
+        if answered is not None:
+            return answered
+        resolved = self.inspect(request, api_key_id=api_key_id, inline=inline)
         origin = JobOrigin(
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
@@ -153,7 +137,7 @@ class Intake:
             raise NotRetryable(parent)
         api_key_id = parent["api_key_id"]
         try:
-            request, resolved = self.check(parent["request"], api_key_id=api_key_id)
+            request = self.validate(parent["request"], api_key_id=api_key_id)
         except LookupTimedOut as exc:
             raise Unavailable(str(exc)) from exc
         job_id = (
@@ -161,6 +145,10 @@ class Intake:
             if idempotency_key
             else new_job_id()
         )
+        answered = self._before_inputs(request, job_id, api_key_id, idempotency_key)
+        if answered is not None:
+            return answered
+        resolved = self.inspect(request, api_key_id=api_key_id)
         origin = JobOrigin(  # its parent is the job retried, even one that extended another
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
@@ -191,10 +179,10 @@ class Intake:
             mark_later=True,
         )
 
-    def _count_in_flight(self, api_key_id: str) -> int:
+    def _count_in_flight(self, api_key_id: str, beside_create: bool = True) -> int:
         with unavailable_on_error("job store"):
             counted = self.store.count_in_flight(api_key_id, up_to=self.max_in_flight + 1)
-        self.in_flight.counted(api_key_id, counted)
+        self.in_flight.counted(api_key_id, counted, admitted=int(beside_create))
         return counted
 
     def _has_room(self, counting: Future[int], api_key_id: str) -> bool:
@@ -216,10 +204,6 @@ class Intake:
             return self.max_in_flight - self.store.count_in_flight(
                 api_key_id, up_to=self.max_in_flight
             )
-
-    def exists(self, job_id: str) -> bool:
-        with unavailable_on_error("job store"):
-            return self.store.get(job_id) is not None
 
     def accept(
         self,
@@ -307,6 +291,10 @@ class Intake:
     def _replay(self, job: Job, digest: str) -> Accepted:
         if job.get("request_hash") != digest:
             raise IdempotencyConflict(job)
+        return self.replay(job)
+
+    def replay(self, job: Job) -> Accepted:
+        """A job already created, answered as it is once it is surely published."""
         give_up = time.monotonic() + REPLAY_WAIT_SECONDS
         pause = 0.05  # growing: a burst of replays must not poll the job flat out
         while not job.get("published") and job["state"] == State.QUEUED:

@@ -113,8 +113,6 @@ _TYPE_NAMES = {
     "boolean": "true or false",
     "null": "null",
 }
-
-
 _PATTERN_MESSAGES = {
     "$.prompt": "must contain a non-space character",
     "$.gcs_destination": "must look like gs://bucket/path/video.mp4",
@@ -289,7 +287,9 @@ def _storable_errors(value: Any, path: str = "$") -> list[FieldError]:
     return []
 
 
-def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dict[str, Any]:
+def validate_request(
+    body: Any, policy: IntakePolicy, *, api_key_id: str, inline: dict[str, bytes] | None = None
+) -> dict[str, Any]:
     """Return the request with every field resolved, or raise RequestInvalid with all
     errors. `api_key_id` is whose request it is (what its gcs_destination may name)."""
     if not isinstance(body, dict):
@@ -298,8 +298,7 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
     if unstorable:
         raise RequestInvalid(unstorable)
     errors = _first_per_path(_schema_errors(body))
-    # The top-level field each error is about: `$.metadata.key` and `$.webhook_events[0]`
-    # are about metadata and webhook_events.
+    # The top-level field of each error: `$.metadata.key`'s is metadata.
     bad = {re.split(r"[.\[]", e.path.removeprefix("$."))[0] for e in errors}
     model = body.get("model") or policy.default_model
     profile = policy.profiles.get(model) if isinstance(model, str) else None
@@ -342,7 +341,7 @@ def validate_request(body: Any, policy: IntakePolicy, *, api_key_id: str) -> dic
         request["webhook_events"] = sorted(request["webhook_events"])
 
     errors += [e for e in _profile_errors(request, profile) if e.path != "$" or not bad]
-    errors += [FieldError(*p) for p in check_request(request, bad, profile, policy, api_key_id)]
+    errors += [FieldError(*p) for p in check_request(request, bad, policy, api_key_id, inline)]
     if request["gcs_destination"] and "gcs_destination" not in bad:
         errors += _destination_errors(request["gcs_destination"], policy, api_key_id)
     metadata_size = len(json.dumps(request["metadata"], separators=(",", ":")).encode())

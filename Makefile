@@ -73,6 +73,7 @@ bench: venv
 	$(PY) bench/worker.py
 	$(PY) bench/count.py
 	$(PY) bench/count_conditioning.py
+	$(PY) bench/prepare_frames.py
 	$(PY) bench/generate.py
 
 # The wheels the GPU bench installs offline beside the machine's own torch (~57 MiB, in

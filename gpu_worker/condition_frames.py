@@ -15,11 +15,29 @@ lines 740-752: bilinear, align_corners False).
 We end in uint8 RGB at the output size (diffusers' LTXVideoCondition takes PIL images and
 its video processor normalises them): the one difference from Lightricks' float tensor is
 that rounding, at most half a level.
+
+One step Lightricks do not take: a cropped frame larger than twice the output's width or
+height is first shrunk to fit within twice the output (PIL's box filter: each pixel the
+area average of those it covers, so nothing aliases), then blurred, compressed and resized
+as above. Their order blurs and H.264-encodes every frame at the input's full size: 6.1 s
+for one 4096x4096 frame on a CPU core, so four video conditions of 121 such frames would
+spend most of an hour of GPU-VM time before denoising starts (docs/benchmarks.md, "Preparing
+conditioning frames"). At twice the output the blur and the CRF-29 artefacts still sit
+below the final resize's own smoothing; what reaches the model differs from Lightricks' in
+detail finer than an output pixel only. Inputs up to twice the output size take exactly
+Lightricks' path.
+
+A video's frames are prepared on a small thread pool (`prepare_all`), in order: x264, PIL
+and torch release the GIL for their work.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +45,10 @@ import numpy as np
 CRF = 29  # crf_compressor.compress's default, the one inference.py uses
 BLUR_KERNEL = 3
 BLUR_SIGMA = 1.0
+# A cropped frame is shrunk to at most this many times the output's width and height first.
+MAX_SCALE = 2
+# The pool preparing a video's frames; an L4 VM (g2-standard-8) has 8 vCPUs.
+MAX_THREADS = 8
 
 
 def center_crop(image: Any, height: int, width: int) -> Any:
@@ -83,13 +105,24 @@ def crf_compress(frame_hwc: Any) -> Any:
     return torch.tensor(back, dtype=frame_hwc.dtype) / 255.0
 
 
-def prepare(image: Any, height: int, width: int) -> Any:
-    """`image` (PIL) cropped, blurred, compressed and resized: an RGB PIL image of
-    width x height, what the pipeline is handed."""
+def shrink_to_scale(cropped: Any, height: int, width: int) -> Any:
+    """`cropped` (PIL), area-averaged down to fit within MAX_SCALE times the output when it
+    is larger; as it was otherwise."""
+    from PIL import Image
+
+    limit_width, limit_height = MAX_SCALE * width, MAX_SCALE * height
+    if cropped.width <= limit_width and cropped.height <= limit_height:
+        return cropped
+    scale = min(limit_width / cropped.width, limit_height / cropped.height)
+    size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
+    return cropped.resize(size, Image.Resampling.BOX)
+
+
+def blur_compress_resize(cropped: Any, height: int, width: int) -> Any:
+    """Lightricks' steps after the crop: blur, CRF, bilinear resize to the output size."""
     import torch
     from PIL import Image
 
-    cropped = center_crop(image.convert("RGB"), height, width)
     # torchvision's to_tensor: [C, H, W] in [0, 1].
     tensor = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0).permute(2, 0, 1)
     tensor = gaussian_blur(tensor)
@@ -113,8 +146,51 @@ def _resized(tensor: Any, height: int, width: int) -> np.ndarray:
     import torch
 
     if tensor.shape[-2:] != (height, width):
+        # In Lightricks' [-1, 1] range, as their resize_tensor gets it: a resize by exactly
+        # 2 (what a shrunk frame gets) lands on .5s, and the same float arithmetic rounds
+        # them the same way.
         tensor = torch.nn.functional.interpolate(
-            tensor[None], size=(height, width), mode="bilinear", align_corners=False
-        )[0]
+            (tensor / 127.5 - 1.0)[None], size=(height, width), mode="bilinear",
+            align_corners=False,
+        )[0]  # fmt: skip
+        tensor = (tensor + 1.0) * 127.5
     array = tensor.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return np.ascontiguousarray(array)
+
+
+def prepare(image: Any, height: int, width: int) -> Any:
+    """`image` (PIL) cropped, shrunk when over twice the output, blurred, compressed and
+    resized: an RGB PIL image of width x height, what the pipeline is handed."""
+    cropped = center_crop(image.convert("RGB"), height, width)
+    return blur_compress_resize(shrink_to_scale(cropped, height, width), height, width)
+
+
+def pool_size() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def prepare_all(
+    decode: Callable[[Callable[[Any], Any]], list[Any]], height: int, width: int
+) -> list[Any]:
+    """The frames `decode` yields, each prepared, in `decode`'s order, on a thread pool.
+
+    `decode(prepare)` calls `prepare` on each frame as it decodes it and returns the list
+    of what those calls returned (conditioning.selected_frames). Here those are futures; a
+    decoded frame waits for a free slot first, so at most twice the pool's size of
+    full-size frames are held at once, whatever the video's length."""
+    threads = pool_size()
+    slots = threading.BoundedSemaphore(2 * threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="condition-frames") as pool:
+
+        def submit(frame: Any) -> Future[Any]:
+            slots.acquire()
+            future = pool.submit(prepare, frame, height, width)
+            future.add_done_callback(lambda _: slots.release())
+            return future
+
+        futures = decode(submit)
+        return [future.result() for future in futures]

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -66,7 +67,7 @@ def load_conditions(
         data = read_input(client, entry)
         if downloads is not None:
             downloads[entry["from"]] = data
-        frames = selected_frames(data, entry, lambda f: condition_frames.prepare(f, height, width))
+        frames = condition_frames.prepare_all(partial(selected_frames, data, entry), height, width)
         media = {"image": frames[0]} if entry["kind"] == "image" else {"video": frames}
         conditions.append(
             LTXVideoCondition(

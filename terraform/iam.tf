@@ -214,7 +214,7 @@ resource "google_storage_bucket_iam_member" "result_ready_writes_manifests" {
   depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
-# Two permissions no predefined role holds alone, as custom roles. Custom roles are
+# Permissions no predefined role holds alone, as custom roles. Custom roles are
 # soft-deleted for 7 days and their ids stay taken for up to 37 (provider docs,
 # google_project_iam_custom_role), so the ids carry a random suffix: a destroy and re-apply
 # within that window gets fresh ones.
@@ -249,6 +249,28 @@ resource "google_project_iam_custom_role" "read_instance_groups" {
   # list-instances (instanceGroupManagers.listManagedInstances) is documented with both.
   permissions = ["compute.instanceGroupManagers.get", "compute.instanceGroupManagers.list"]
   depends_on  = [time_sleep.apis_ready]
+}
+
+# Retention of conditioning inputs counts from each object's Custom-Time (storage.tf), which
+# intake moves forward when a job pins an object (a metadata patch conditioned on the pinned
+# generation). storage.objects.update patches metadata only: replacing an object's bytes
+# also needs storage.objects.delete, which no one holds on the inputs bucket. Granted on
+# that bucket alone (google_storage_bucket_iam_member.inputs_touch).
+resource "google_project_iam_custom_role" "inputs_touch" {
+  project     = var.project_id
+  role_id     = "${local.custom_role_prefix}_inputs_touch_${random_id.custom_roles.hex}"
+  title       = "${var.prefix} move conditioning inputs' Custom-Time"
+  description = "storage.objects.update only: ltx-video-pipeline intake moves a pinned input's Custom-Time forward so the inputs bucket keeps it."
+  permissions = ["storage.objects.update"]
+  depends_on  = [time_sleep.apis_ready]
+}
+
+resource "google_storage_bucket_iam_member" "inputs_touch" {
+  for_each   = toset(["api", "prompt-file"])
+  bucket     = local.bucket_inputs
+  role       = google_project_iam_custom_role.inputs_touch.name
+  member     = local.sa[each.key]
+  depends_on = [google_storage_bucket.this, google_service_account.function]
 }
 
 resource "google_project_iam_member" "worker_reads_instance_groups" {
@@ -334,6 +356,7 @@ resource "time_sleep" "iam_ready" {
     google_storage_bucket_iam_member.api_writes_canceled_results,
     google_storage_bucket_iam_member.prompt_file_writes_batch_triggers,
     google_storage_bucket_iam_member.result_ready_writes_manifests,
+    google_storage_bucket_iam_member.inputs_touch,
     google_pubsub_topic_iam_member.jobs_publisher,
     google_pubsub_subscription_iam_member.worker_subscriber,
     google_pubsub_topic_iam_member.dead_letter_publisher,

@@ -6,14 +6,19 @@ locals {
     (local.bucket_model_cache) = { purpose = "model-cache" }
     (local.bucket_source)      = { purpose = "function-source" }
   }
-  # What each bucket forgets, and when (by purpose).
+  # What each bucket forgets, and when (by purpose): `days` after creation, or after the
+  # object's Custom-Time where `since_custom_time`.
   bucket_expiry = {
-    prompts = [{ prefixes = ["incoming/", "receipts/"], days = var.prompt_retention_days }]
+    prompts = [{ prefixes = ["incoming/", "receipts/"], days = var.prompt_retention_days, since_custom_time = false }]
     # jobs/: each job's own files; destinations/KEY/: the keys' custom gcs_destination
     # videos (src/ltxv/core/results.py names both).
-    outputs = [{ prefixes = ["jobs/", "destinations/"], days = var.output_retention_days }]
-    # keys/KEY/uploads/ and keys/KEY/inline/ (src/ltxv/core/inputs.py): conditioning media.
-    inputs = [{ prefixes = ["keys/"], days = var.inputs_retention_days }]
+    outputs = [{ prefixes = ["jobs/", "destinations/"], days = var.output_retention_days, since_custom_time = false }]
+    # keys/KEY/uploads/ and keys/KEY/inline/ (src/ltxv/core/inputs.py): conditioning media,
+    # pinned again by later jobs long after they were written. Intake sets Custom-Time when
+    # it writes or signs one and moves it forward when a job pins it (docs/architecture.md,
+    # "Retention"); an object whose Custom-Time is unset never matches, and intake sets it
+    # on every object it writes under keys/.
+    inputs = [{ prefixes = ["keys/"], days = var.inputs_retention_days, since_custom_time = true }]
   }
   # Browsers PUT uploads straight to the inputs bucket with a signed URL (POST /v1/uploads)
   # from the web page's origin, sending the signed headers (src/ltxv/intake/uploads.py,
@@ -24,7 +29,7 @@ locals {
     inputs = [{
       origins = concat(["https://${var.region}-${var.project_id}.cloudfunctions.net"], var.inputs_cors_origins)
       methods = ["PUT"]
-      headers = ["Content-Type", "x-goog-content-length-range", "x-goog-if-generation-match"]
+      headers = ["Content-Type", "x-goog-content-length-range", "x-goog-if-generation-match", "x-goog-custom-time"]
     }]
   }
 }
@@ -50,8 +55,12 @@ resource "google_storage_bucket" "this" {
     for_each = lookup(local.bucket_expiry, each.value.purpose, [])
     content {
       condition {
-        age            = lifecycle_rule.value.days
-        matches_prefix = lifecycle_rule.value.prefixes
+        age                    = lifecycle_rule.value.since_custom_time ? null : lifecycle_rule.value.days
+        days_since_custom_time = lifecycle_rule.value.since_custom_time ? lifecycle_rule.value.days : null
+        matches_prefix         = lifecycle_rule.value.prefixes
+        # Provider 6+: an unset age is not sent as 0 unless this is true (explicit here, as
+        # an age of 0 would match every object at once).
+        send_age_if_zero = false
       }
       action {
         type = "Delete"

@@ -2,13 +2,13 @@
 # URLs write to, and the further buckets a job's conditions may read from.
 
 variable "inputs_retention_days" {
-  description = "Days uploaded and inline conditioning inputs (gs://PREFIX-inputs/keys/) are kept. A job checks its inputs when it is accepted and the worker reads them when it renders, so keep this longer than a job may wait in the queue."
+  description = "Days uploaded and inline conditioning inputs (gs://PREFIX-inputs/keys/) are kept after their Custom-Time: set when intake stores them, moved forward when a job is accepted with them and it is more than a day old. A job checks its inputs when it is accepted and the worker reads them when it renders, so keep this longer than a job may wait in the queue. At least 2: intake skips moving a Custom-Time less than a day old."
   type        = number
   default     = 7
 
   validation {
-    condition     = var.inputs_retention_days >= 1 && var.inputs_retention_days <= 365 && floor(var.inputs_retention_days) == var.inputs_retention_days
-    error_message = "inputs_retention_days must be a whole number between 1 and 365."
+    condition     = var.inputs_retention_days >= 2 && var.inputs_retention_days <= 365 && floor(var.inputs_retention_days) == var.inputs_retention_days
+    error_message = "inputs_retention_days must be a whole number between 2 and 365 (intake moves an input's Custom-Time forward only once it is a day old)."
   }
 }
 

@@ -21,6 +21,11 @@ pytestmark = [pytest.mark.emulators, pytest.mark.timeout(300)]
         ("submit.py", ["--requests", "4", "--concurrency", "2"], "API / floor p50 per round"),
         ("worker.py", ["--jobs", "2"], "outside the model"),
         ("count_conditioning.py", [], "VAE encoder resident weights"),
+        (
+            "prepare_frames.py",
+            ["--inputs", "256", "--video", "320x180", "--frames", "5", "--repeat", "1"],
+            "decode + prepare, one by one",
+        ),
         # Every arm at the smallest size, one round: the table, not a measurement.
         ("generate.py", ["--size", "64x96x9", "--warmup", "0", "--repeats", "1"], "x plain"),
     ],

@@ -6,7 +6,8 @@ The reference is Lightricks' own code (Lightricks/LTX-Video at 5260738e, ltx_vid
 inference.py `load_image_to_tensor_with_resize_and_crop(just_crop=True)`, ltx_video/
 pipelines/crf_compressor.py, pipeline_ltx_video.py `resize_tensor`) transcribed as written,
 in their [-1, 1] float tensors, with torchvision's gaussian_blur (not installed here)
-transcribed too.
+transcribed too; and for a cropped frame over twice the output's size, the one step the
+worker adds before them (`reference_frame`: an area-averaged shrink to twice the output).
 """
 
 from __future__ import annotations
@@ -144,8 +145,12 @@ def _crf_reference(image: torch.Tensor, crf: int = 29) -> torch.Tensor:
     return torch.tensor(frame.to_ndarray(format="rgb24"), dtype=image.dtype) / 255.0
 
 
-def lightricks_frame(image: Image.Image, target_height: int, target_width: int) -> np.ndarray:
-    """The frame Lightricks' inference hands its pipeline, at the output size, as uint8."""
+def lightricks_frame(
+    image: Image.Image, target_height: int, target_width: int, *, shrink: bool = False
+) -> np.ndarray:
+    """The frame Lightricks' inference hands its pipeline, at the output size, as uint8;
+    with `shrink`, the cropped frame is first box-filtered down to fit within twice the
+    output when larger (gpu_worker/condition_frames.py's one departure from their order)."""
     input_width, input_height = image.size
     aspect_ratio_target = target_width / target_height
     aspect_ratio_frame = input_width / input_height
@@ -160,6 +165,10 @@ def lightricks_frame(image: Image.Image, target_height: int, target_width: int) 
         x_start = 0
         y_start = (input_height - new_height) // 2
     image = image.convert("RGB").crop((x_start, y_start, x_start + new_width, y_start + new_height))
+    if shrink and (new_width > 2 * target_width or new_height > 2 * target_height):
+        scale = min(2 * target_width / new_width, 2 * target_height / new_height)
+        size = (round(new_width * scale), round(new_height * scale))
+        image = image.resize(size, Image.Resampling.BOX)
     # torchvision's to_tensor: the uint8 pixels as floats, divided by 255.
     frame_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
     frame_tensor = _gaussian_blur_reference(frame_tensor)
@@ -173,6 +182,11 @@ def lightricks_frame(image: Image.Image, target_height: int, target_width: int) 
         )
     pixels = ((media[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(1, 2, 0).numpy()
+
+
+def reference_frame(image: Image.Image, target_height: int, target_width: int) -> np.ndarray:
+    """What the worker must hand the pipeline: Lightricks' frame, shrunk first when large."""
+    return lightricks_frame(image, target_height, target_width, shrink=True)
 
 
 def decoded_video(data: bytes) -> list[Image.Image]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,17 +61,25 @@ def test_the_signed_url_takes_the_put_of_those_bytes(api_url, settings):
     assert not list(schemas.validator("upload").iter_errors(answer))
     assert answer["uri"] == f"gs://{settings.inputs}/keys/default/uploads/{answer['upload_id']}"
     assert answer["method"] == "PUT"
+    custom_time = answer["headers"]["x-goog-custom-time"]
     assert answer["headers"] == {
         "Content-Type": "image/png",
         "x-goog-content-length-range": f"{len(PNG)},{len(PNG)}",
         "x-goog-if-generation-match": "0",
+        # The inputs bucket's retention counts from it (terraform storage.tf): now, in the
+        # RFC 3339 form Cloud Storage takes, UTC and whole seconds.
+        "x-goog-custom-time": custom_time,
     }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", custom_time)
+    signed_at = datetime.fromisoformat(custom_time)
+    assert started.replace(microsecond=0) <= signed_at <= datetime.now().astimezone()
     expires = datetime.fromisoformat(answer["expires_at"])
     assert timedelta(minutes=14) < expires - started <= timedelta(minutes=15, seconds=5)
     query = dict(parse_qsl(urlsplit(answer["upload_url"]).query))
     assert query["X-Goog-Expires"] == "900"
     assert query["X-Goog-SignedHeaders"] == (
-        "content-type;host;x-goog-content-length-range;x-goog-if-generation-match"
+        "content-type;host;x-goog-content-length-range;x-goog-custom-time;"
+        "x-goog-if-generation-match"
     )
 
     put = requests.put(answer["upload_url"], headers=answer["headers"], data=PNG, timeout=10)
@@ -122,6 +131,9 @@ def test_the_returned_headers_are_exactly_the_signed_ones(api_url, signing_key_f
     assert not verifies({**answer["headers"], "x-goog-content-length-range": "1000,2000000"})
     assert not verifies({**answer["headers"], "Content-Type": "text/html"})
     assert not verifies({k: v for k, v in answer["headers"].items() if "generation" not in k})
+    # Custom-Time is required as signed: neither left out (never expiring) nor backdated.
+    assert not verifies({k: v for k, v in answer["headers"].items() if "custom-time" not in k})
+    assert not verifies({**answer["headers"], "x-goog-custom-time": "2000-01-01T00:00:00Z"})
 
 
 def test_each_key_uploads_under_its_own_prefix(api_url, settings):

@@ -8,7 +8,12 @@ The signature covers headers that Cloud Storage enforces on the PUT:
 - `Content-Type`: the declared type (what is stored; intake sniffs the bytes anyway);
 - `x-goog-content-length-range: size,size`: any other length is refused (400);
 - `x-goog-if-generation-match: 0`: the object is created only if it does not exist, so a
-  replayed URL cannot replace bytes a job has already been checked against.
+  replayed URL cannot replace bytes a job has already been checked against;
+- `x-goog-custom-time: <now, RFC 3339 UTC, whole seconds>`: the object's Custom-Time. The
+  inputs bucket's lifecycle rule deletes `keys/` objects `inputs_retention_days` after
+  their Custom-Time (terraform storage.tf), and intake moves it forward whenever a job
+  pins the object, so an upload a job still needs is not deleted by its creation date.
+  Signed, so a client cannot leave it unset (never deleted) or date it in the past.
 
 Nothing is written here: an upload that never happens leaves nothing behind, and what is
 uploaded is deleted by the bucket's lifecycle rule (terraform `inputs_retention_days`).
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ltxv.core import schemas
@@ -35,7 +40,18 @@ log = logging.getLogger(__name__)
 
 # The headers a browser's PUT to the signed URL sends beyond the simple ones: the
 # bucket's CORS must allow them (terraform/storage.tf; fake-gcs-server's -cors-headers).
-UPLOAD_CORS_HEADERS = ("Content-Type", "x-goog-content-length-range", "x-goog-if-generation-match")
+UPLOAD_CORS_HEADERS = (
+    "Content-Type",
+    "x-goog-content-length-range",
+    "x-goog-if-generation-match",
+    "x-goog-custom-time",
+)
+
+
+def custom_time_header(now: datetime) -> str:
+    """`now` as x-goog-custom-time takes it: RFC 3339 in UTC, whole seconds (the signed
+    value is what the client must send, so it carries no sub-second digits to mangle)."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def upload_limits(profiles: Mapping[str, ModelProfile]) -> tuple[list[str], int]:
@@ -121,6 +137,7 @@ class Uploads:
             "Content-Type": wanted["content_type"],
             "x-goog-content-length-range": f"{size},{size}",
             "x-goog-if-generation-match": "0",
+            "x-goog-custom-time": custom_time_header(now),
         }
         url = self.signer.sign_put(uri, self.minutes, headers)
         expires = now + timedelta(minutes=self.minutes)

@@ -77,6 +77,8 @@ locals {
     # earlier attempt), the API signs URLs for what they wrote.
     { for b in keys(var.destination_buckets) : "worker/${b}" => { bucket = b, member = local.worker_sa, role = "roles/storage.objectUser" } },
     { for b in keys(var.destination_buckets) : "api/${b}" => { bucket = b, member = local.sa["api"], role = "roles/storage.objectViewer" } },
+    # A prompt-file line may extend a job whose video went to such a bucket.
+    { for b in keys(var.destination_buckets) : "prompt-file/${b}" => { bucket = b, member = local.sa["prompt-file"], role = "roles/storage.objectViewer" } },
     # Conditioning inputs. The API writes inline data: URLs and signs upload PUTs (a signed
     # URL carries its signer's permissions): create, never delete or replace, and reads
     # what a job names to check it at submit (the outputs bucket already, for extend). A

@@ -46,7 +46,7 @@ def test_names_are_the_ones_the_code_derives_from_the_prefix(tf):
     assert {settings.prompts, settings.outputs, settings.model_cache} <= buckets
 
 
-def test_destination_buckets_are_writable_by_workers_and_readable_by_the_api_only(tf):
+def test_destination_buckets_are_writable_by_workers_and_readable_by_intake_only(tf):
     members = {
         (m["bucket"], str(m["role"]), m["member"]) for m in tf["google_storage_bucket_iam_member"]
     }  # str: a custom role's grant (inputs_touch) comes back as a reference, a dict
@@ -54,6 +54,8 @@ def test_destination_buckets_are_writable_by_workers_and_readable_by_the_api_onl
     assert archive == {
         (f"{PREFIX}-archive", "roles/storage.objectUser", _account("worker")),
         (f"{PREFIX}-archive", "roles/storage.objectViewer", _account("api")),
+        # Extend, from a prompt-file line, of a job whose video went there.
+        (f"{PREFIX}-archive", "roles/storage.objectViewer", _account("prompts")),
     }
     (api,) = [f for f in tf["google_cloudfunctions2_function"] if f["name"] == f"{PREFIX}-api"]
     env = api["service_config"]["environment_variables"]

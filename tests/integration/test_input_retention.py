@@ -17,7 +17,7 @@ from google.cloud import storage
 from ltxv.intake.input_retention import TOUCH_AFTER, now_stamp
 from tests import media_samples
 
-from .conftest import settle
+from .conftest import prompt_files, settle
 
 pytestmark = pytest.mark.emulators
 
@@ -118,20 +118,11 @@ def test_a_retry_renews_what_it_pins(client, auth, settings, service):
 def test_a_prompt_file_line_renews_what_it_pins(settings, service):
     import json
 
-    from ltxv.intake.prompt_files import PromptFiles
-
     name = "keys/default/uploads/line-old.png"
     put(settings, name, media_samples.png(), custom_time=now_stamp() - timedelta(days=3))
     line = {"prompt": "p", "conditions": [{"image": f"gs://{settings.inputs}/{name}"}]}
     file = put(settings, "incoming/renew.jsonl", json.dumps(line).encode(), bucket=settings.prompts)
-    handler = PromptFiles(
-        service.intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner="default",
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
+    handler = prompt_files(service, settings)
     receipt = handler.handle(file.bucket.name, file.name, str(file.generation), file.size)
     (accepted,) = receipt.accepted
     assert (

@@ -19,10 +19,9 @@ from gpu_worker.conditioning import InputUnavailable, selected_frames
 from ltxv.core.settings import Settings
 from ltxv.intake import compose as compose_submit
 from ltxv.intake.input_retention import now_stamp
-from ltxv.intake.prompt_files import PromptFiles
 from tests import media_samples
 
-from .conftest import API_KEY, OTHER_KEY, settle
+from .conftest import API_KEY, OTHER_KEY, prompt_files, settle
 
 pytestmark = pytest.mark.emulators
 
@@ -157,17 +156,6 @@ def test_one_key_holds_one_inspection_turn_and_others_still_get_theirs(env, monk
         release.set()
         worker.join()
     assert api.intake.inputs.slots._turns == {}  # nothing left behind per key
-
-
-def prompt_files(service, settings) -> PromptFiles:
-    return PromptFiles(
-        service.intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner="default",
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
 
 
 def test_a_redelivered_prompt_file_reads_no_input_again(settings, service):

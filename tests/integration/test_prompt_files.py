@@ -12,7 +12,7 @@ from google.cloud import storage
 
 from ltxv.core import schemas
 
-from .conftest import SUBMIT_SOURCE, pull_job_ids
+from .conftest import SUBMIT_SOURCE, prompt_files, pull_job_ids
 
 pytestmark = pytest.mark.emulators
 
@@ -288,18 +288,8 @@ def prompt_files_resolving_with(service, settings, resolver):
     there is no DNS here)."""
     import dataclasses
 
-    from ltxv.intake.prompt_files import PromptFiles
-
-    intake = service.intake
-    intake.policy = dataclasses.replace(intake.policy, resolver=resolver)
-    return PromptFiles(
-        intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner="default",
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
+    service.intake.policy = dataclasses.replace(service.intake.policy, resolver=resolver)
+    return prompt_files(service, settings)
 
 
 def test_a_line_may_name_gs_conditions_and_a_bad_one_is_refused_by_line(

@@ -75,36 +75,30 @@ class UrlSigner:
         """A V4 GET URL; with `attachment`, Cloud Storage serves the object as a download of
         that file name (`response-content-disposition`, part of what is signed); with
         `generation`, only that generation of the object (another one is a 404)."""
-        bucket, name = split_gs_uri(gs_uri)
-        blob = self.client.bucket(bucket).blob(name)
-        options = {
-            "version": "v4",
-            "method": "GET",
-            "expiration": timedelta(minutes=minutes),
-            "api_access_endpoint": self.endpoint,
-        }
+        options = self._options("GET", minutes)
         if generation is not None:
             options["generation"] = generation
         if attachment:
             options["response_disposition"] = f'attachment; filename="{attachment}"'
-        return self._signed(blob, options)
+        return self._signed(gs_uri, options)
 
     def sign_put(self, gs_uri: str, minutes: int, headers: dict[str, str]) -> str:
         """A V4 PUT URL for exactly that object. Every header in `headers` (Content-Type
         included) is part of the signature: the PUT must send each with exactly that value,
         or Cloud Storage refuses it."""
-        bucket, name = split_gs_uri(gs_uri)
-        blob = self.client.bucket(bucket).blob(name)
-        options = {
+        return self._signed(gs_uri, {**self._options("PUT", minutes), "headers": dict(headers)})
+
+    def _options(self, method: str, minutes: int) -> dict[str, Any]:
+        return {
             "version": "v4",
-            "method": "PUT",
+            "method": method,
             "expiration": timedelta(minutes=minutes),
             "api_access_endpoint": self.endpoint,
-            "headers": dict(headers),
         }
-        return self._signed(blob, options)
 
-    def _signed(self, blob: storage.Blob, options: dict[str, Any]) -> str:
+    def _signed(self, gs_uri: str, options: dict[str, Any]) -> str:
+        bucket, name = split_gs_uri(gs_uri)
+        blob = self.client.bucket(bucket).blob(name)
         if self._key_credentials is not None:
             return blob.generate_signed_url(credentials=self._key_credentials, **options)
         email, token = self._runtime_identity()

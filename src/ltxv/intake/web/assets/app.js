@@ -322,44 +322,40 @@ async function cancel(job) {
   }
 }
 
-// A new job with the same request; it joins the list (newest first) and takes the focus.
-async function retry(job, button) {
+// A new job made from this one, by `create`: a retry (the same request) or an extend (one
+// click continuing its video; extendBody says which prompt and size). It joins the list
+// (newest first) and takes the focus.
+async function startFrom(job, button, verb, create) {
   button.disabled = true;
   try {
-    const fresh = await api.retryJob(job.job_id);
+    const fresh = await create();
     submittedHere.add(fresh.job_id);
     jobs.update(fresh);
     jobs.render();
     jobs.schedule();
     watch(fresh.job_id);
     jobs.items.get(fresh.job_id)?.querySelector(".job-prompt").focus();
-    announce(`Retrying ${label(job)} as a new job: ${fresh.state}`);
+    announce(`${verb}ing ${label(job)} as a new job: ${fresh.state}`);
   } catch (error) {
     if (error.status === 401) onUnauthorized(error);
-    else announce(`Could not retry: ${error.message}`);
+    else {
+      const why = [error.message, ...(error.details || []).map((d) => d.message)].join(" ");
+      announce(`Could not ${verb.toLowerCase()}: ${why}`);
+    }
   } finally {
     button.disabled = false;
   }
 }
 
-// One click: a new job continuing this one's video (extendBody says which prompt and size).
-async function extend(job, button) {
-  button.disabled = true;
-  try {
-    const fresh = await api.createJob(extendBody(job, $("f-prompt").value));
-    submittedHere.add(fresh.job_id);
-    jobs.update(fresh);
-    jobs.render();
-    jobs.schedule();
-    watch(fresh.job_id);
-    jobs.items.get(fresh.job_id)?.querySelector(".job-prompt").focus();
-    announce(`Extending ${label(job)} as a new job: ${fresh.state}`);
-  } catch (error) {
-    if (error.status === 401) onUnauthorized(error);
-    else announce(`Could not extend: ${[error.message, ...error.details.map((d) => d.message)].join(" ")}`);
-  } finally {
-    button.disabled = false;
-  }
+// Declarations, not constants: the job list's handlers above name them before this line.
+function retry(job, button) {
+  return startFrom(job, button, "Retry", () => api.retryJob(job.job_id));
+}
+
+function extend(job, button) {
+  return startFrom(job, button, "Extend", () =>
+    api.createJob(extendBody(job, $("f-prompt").value)),
+  );
 }
 
 // --- start --------------------------------------------------------------------------------

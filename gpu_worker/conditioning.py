@@ -20,6 +20,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from ltxv.core.jobs import Input, Job
+from ltxv.core.signing import split_gs_uri
 
 from . import condition_frames
 from .generation import Renderer, RenderRefused
@@ -84,7 +85,7 @@ def load_conditions(
 def read_input(client: Any, entry: Input) -> bytes:
     """The bytes of exactly the recorded generation, checked against its size and digest."""
     uri = entry["uri"]
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    bucket, name = split_gs_uri(uri)
     blob = client.bucket(bucket).blob(name, generation=int(entry["generation"]))
     size = int(entry["bytes"])
     try:

@@ -28,12 +28,11 @@ from typing import Any
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
-from ltxv.core.inputs import inline_name
 from ltxv.core.jobs import Input, State
 from ltxv.core.profiles import ConditioningLimits, ModelProfile
 from ltxv.core.signing import split_gs_uri
 from ltxv.core.store import JobStore
-from ltxv.intake.conditions import media_key, resolve_frame_index, trimmed_count
+from ltxv.intake.conditions import conditioned, media_key, resolve_frame_index, trimmed_count
 from ltxv.intake.input_retention import keep, now_stamp
 from ltxv.intake.inspection_slots import InspectionSlots
 from ltxv.intake.media_probe import MediaInfo, MediaRefused, TooManyFrames, probe
@@ -98,7 +97,7 @@ class InputInspector:
         object generation, storing the inline ones. RequestInvalid names each input that
         cannot be used; InspectionsBusy or Unavailable when no verdict could be reached."""
         limits = profile.conditioning
-        if limits is None or not (request.get("conditions") or request.get("extend")):
+        if limits is None or not conditioned(request):
             return Resolved()
         inline = inline or {}
         errors: list[FieldError] = []
@@ -136,7 +135,7 @@ class InputInspector:
         api_key_id: str,
     ) -> Medium:
         if value in inline:
-            medium = self._store_inline(inline[value], limits, api_key_id)
+            medium = self._store_inline(value, inline[value], limits, api_key_id)
         else:
             medium = self._read(*split_gs_uri(value), limits, api_key_id)
         if medium.info.kind != key:
@@ -147,13 +146,16 @@ class InputInspector:
             )
         return medium
 
-    def _store_inline(self, data: bytes, limits: ConditioningLimits, api_key_id: str) -> Medium:
-        """Check inline bytes, then store them once under their digest: the same data: URL
-        sent again (a replay, a retry, another job) names the same object generation."""
+    def _store_inline(
+        self, uri: str, data: bytes, limits: ConditioningLimits, api_key_id: str
+    ) -> Medium:
+        """Check inline bytes, then store them once at `uri`, the name validation gave them
+        from their digest (conditions.inline_uri): the same data: URL sent again (a replay,
+        a retry, another job) names the same object generation."""
         with self.slots.hold(api_key_id):
             info = self._probe(data, limits, time.monotonic() + self.inspection_seconds)
         digest = hashlib.sha256(data).hexdigest()
-        name = inline_name(api_key_id, digest)
+        _, name = split_gs_uri(uri)
         blob = self.storage.bucket(self.inputs_bucket).blob(name)
         blob.custom_time = now_stamp()  # the lifecycle counts from here (input_retention)
         with unavailable_on_error("inputs bucket"):
@@ -161,7 +163,7 @@ class InputInspector:
                 blob.upload_from_string(
                     data, content_type=info.content_type, if_generation_match=0, timeout=RPC_SECONDS
                 )
-                stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
+                stored: storage.Blob | None = blob  # the upload's answer: generation, md5
             except gexc.PreconditionFailed:
                 # Stored by an earlier request: pinned again now, so kept alive again.
                 stored = self.storage.bucket(self.inputs_bucket).get_blob(name, timeout=RPC_SECONDS)
@@ -169,8 +171,7 @@ class InputInspector:
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         if stored is None or stored.size != len(data) or stored.md5_hash != md5:
             # Only intake writes inline/: another object there means something else did.
-            raise InputRefused(f"gs://{self.inputs_bucket}/{name} holds other bytes; send it again")
-        uri = f"gs://{self.inputs_bucket}/{name}"
+            raise InputRefused(f"{uri} holds other bytes; send it again")
         return Medium(uri, int(stored.generation or 0), len(data), digest, info)
 
     def _read(

@@ -188,15 +188,23 @@ def test_a_profile_without_conditioning_drops_the_encoder(tmp_path_factory):
     assert renderer.pipe.vae.encoder is None and not renderer.applied["vae_encoder"]
 
 
-def test_tiled_encode_covers_conditions_larger_than_a_tile(tmp_path_factory):
-    """fit's vae_tiling (diffusers' enable_tiling) tiles the encoder too: a condition
-    larger than a tile is encoded tile by tile, and the render stays deterministic."""
+def renderer_with_small_tiles(tmp_path_factory) -> Renderer:
+    """tiny-random with VAE tiles smaller than a 128x192 frame, so the tiled paths run
+    (its frames are smaller than the default tiles)."""
     model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
     renderer = Renderer(PROFILE, model_dir=model_dir)
     renderer.load()
     vae = renderer.pipe.vae
     vae.tile_sample_min_height = vae.tile_sample_min_width = 64
     vae.tile_sample_stride_height = vae.tile_sample_stride_width = 32
+    return renderer
+
+
+def test_tiled_encode_covers_conditions_larger_than_a_tile(tmp_path_factory):
+    """fit's vae_tiling (diffusers' enable_tiling) tiles the encoder too: a condition
+    larger than a tile is encoded tile by tile, and the render stays deterministic."""
+    renderer = renderer_with_small_tiles(tmp_path_factory)
+    vae = renderer.pipe.vae
     calls = []
     tiled_encode = vae.tiled_encode
     vae.tiled_encode = lambda *a, **k: calls.append(a[0].shape) or tiled_encode(*a, **k)
@@ -212,12 +220,8 @@ def test_tiled_decode_runs_on_frames_larger_than_a_tile(tmp_path_factory):
     """Tiles smaller than the frame, so the tiled path really runs (tiny-random's frames
     are smaller than the default tiles). Its random weights decode noise, so the picture
     is not compared with an untiled decode: the GPU benchmark compares real ones."""
-    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
-    renderer = Renderer(PROFILE, model_dir=model_dir)
-    renderer.load()
+    renderer = renderer_with_small_tiles(tmp_path_factory)
     vae = renderer.pipe.vae
-    vae.tile_sample_min_height = vae.tile_sample_min_width = 64
-    vae.tile_sample_stride_height = vae.tile_sample_stride_width = 32
     calls = []
     tiled_decode = vae.tiled_decode
     vae.tiled_decode = lambda *a, **k: calls.append(1) or tiled_decode(*a, **k)

@@ -171,10 +171,10 @@ def test_a_document_firestore_refuses_is_422_not_a_retryable_503(client, auth, m
 
     from ltxv.core.store import JobStore
 
-    def refuse(self, job):  # the seam: Firestore's answer to a document it will not store
+    def refuse(self, creates, marks):  # the seam: Firestore refusing a document
         raise gexc.InvalidArgument("Property name is invalid")
 
-    monkeypatch.setattr(JobStore, "create", refuse)
+    monkeypatch.setattr(JobStore, "write_together", refuse)
     error = assert_error(submit(client, auth), 422, "validation_failed", ["$"])
     assert error["retryable"] is False and "Property name" not in error["details"][0]["message"]
 

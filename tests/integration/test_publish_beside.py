@@ -74,10 +74,10 @@ def test_an_orphan_message_is_dropped_before_it_could_be_dead_lettered():
 
 
 def refuse_creates(service, monkeypatch):
-    def create(job):
+    def write_together(creates, marks):
         raise gexc.ServiceUnavailable("firestore is down")
 
-    monkeypatch.setattr(service.store, "create", create)
+    monkeypatch.setattr(service.store, "write_together", write_together)
 
 
 def test_a_fresh_job_whose_create_fails_is_refused_and_leaves_only_a_message(

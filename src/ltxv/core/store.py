@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import firestore
+from google.cloud.firestore_v1.bulk_batch import BulkWriteBatch
 
 from ltxv.core.jobs import Changes, Job, Page, State, transition, utcnow
 
@@ -95,14 +96,37 @@ class JobStore:
         """Create the document; raise JobExists (with the stored job) if the id is taken."""
         try:
             self.ref(job["job_id"]).create(dict(job), retry=self.retry, timeout=self.timeout)
-        except gexc.AlreadyExists:
-            existing = self.get(job["job_id"])
-            if existing is None:  # deleted in between: one more try settles it
-                self.ref(job["job_id"]).create(dict(job), retry=self.retry, timeout=self.timeout)
-                return
-            raise JobExists(existing) from None
-        except gexc.Conflict:
-            raise JobExists(self.get(job["job_id"]) or job) from None
+        except (gexc.AlreadyExists, gexc.Conflict):
+            self.taken(job)
+
+    def taken(self, job: Job) -> None:
+        """After a create of `job` was told its id is taken: JobExists with the stored
+        job, unless what is stored is this very job (a retried write that had landed
+        the first time) or nothing is (deleted in between: one more create settles it)."""
+        existing = self.get(job["job_id"])
+        if existing is None:
+            self.ref(job["job_id"]).create(dict(job), retry=self.retry, timeout=self.timeout)
+            return
+        if all(existing.get(k) == job.get(k) for k in ("created_at", "request_hash")):
+            return
+        raise JobExists(existing)
+
+    def write_together(self, creates: list[Job], marks: list[str]) -> list[Exception | None]:
+        """Create `creates` and mark the jobs `marks` published in one BatchWrite, whose
+        writes succeed or fail each on its own (one request's conflict is not another's);
+        what became of each, creates first: None, or the error a write of its own would
+        have raised. A job may appear once."""
+        batch = BulkWriteBatch(self.client)
+        for job in creates:
+            batch.create(self.ref(job["job_id"]), dict(job))
+        now = utcnow()
+        for job_id in marks:
+            batch.update(self.ref(job_id), {"published": True, "published_at": now})
+        answer = batch.commit(retry=self.retry, timeout=self.timeout)
+        return [
+            None if status.code == 0 else gexc.from_grpc_status(status.code, status.message)
+            for status in answer.status
+        ]
 
     def get(self, job_id: str) -> Job | None:
         found = self.get_versioned(job_id)

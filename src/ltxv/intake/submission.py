@@ -16,9 +16,9 @@ subscription's dead-letter limit.
 An HTTP submit waits for no more than the create and the publish (the floor any intake
 pays), and for a fresh random id only for the slower of the two (`publish_beside`). The
 key's in-flight count, when one is due (`in_flight`), runs beside the create, and the
-`published` mark is written after the answer, a few at a time (`published_marks`): all
-the mark buys is that the sweep leaves the job alone, so one lost with its process costs
-a second message, which the worker's claim ignores.
+`published` mark is written after the answer, riding along with the creates of later
+submits (`grouped_writes`): all the mark buys is that the sweep leaves the job alone, so
+one lost with its process costs a second message, which the worker's claim ignores.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from ltxv.core.jobs import (
 )
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
+from ltxv.intake.grouped_writes import GroupedWrites
 from ltxv.intake.in_flight import InFlightGauge
 from ltxv.intake.input_inspection import InputInspector
 from ltxv.intake.job_origin import Accepted, JobOrigin
-from ltxv.intake.published_marks import PublishedMarks
 from ltxv.intake.refusals import (
     IdempotencyConflict,
     NotRetryable,
@@ -100,7 +100,7 @@ class Intake(RequestChecks):
         # Counts taken beside creates.
         self._beside = ThreadPoolExecutor(8, thread_name_prefix="intake")
         self.in_flight = InFlightGauge(max_in_flight)
-        self.marks = PublishedMarks(lambda job_ids: self.store.mark_published(job_ids))
+        self.writes = GroupedWrites(store)
 
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
@@ -241,7 +241,7 @@ class Intake(RequestChecks):
             job["inputs"] = list(origin.inputs)
         started = self._start_publish(job) if publish_beside else None
         try:
-            self.store.create(job)
+            self.writes.create(job)
         except JobExists as exists:
             return self._replay(exists.job, digest)
         except gexc.InvalidArgument as exc:
@@ -261,7 +261,7 @@ class Intake(RequestChecks):
             self._undo_create(job_id)
             raise Unavailable(f"job queue unavailable: {exc}") from exc
         if mark_later:
-            self.marks.add(job_id)
+            self.writes.mark_published(job_id)
             return Accepted({**job, "published": True, "published_at": utcnow()}, created=True)
         return Accepted(self._mark_published(job), created=True)
 

@@ -1,0 +1,209 @@
+"""Creates and `published` marks of concurrent requests share BatchWrites
+(ltxv.intake.grouped_writes), against the Firestore emulator: what each request gets back
+is what a write of its own would have given it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+from google.api_core import exceptions as gexc
+
+from ltxv.core import schemas
+from ltxv.core.jobs import new_job, new_job_id
+from ltxv.core.store import JobExists
+from ltxv.intake.grouped_writes import GroupedWrites
+
+pytestmark = pytest.mark.emulators
+
+LOGGER = "ltxv.intake.grouped_writes"
+
+
+def a_job(service, request_hash="h", job_id=None):
+    request = service.intake.validate(schemas.old_predict_example(), api_key_id="k")
+    return new_job(
+        job_id=job_id or new_job_id(), request=request, request_hash=request_hash, api_key_id="k"
+    )
+
+
+class Recorded:
+    """JobStore.write_together, recording each batch (the jobs created, the jobs marked,
+    the thread that wrote it), and holding the first one back while `hold` is set."""
+
+    def __init__(self, store, hold: threading.Event | None = None) -> None:
+        self.store, self.write = store, store.write_together
+        self.batches: list[tuple[list[str], list[str], str]] = []
+        self.hold = hold
+        self.lock = threading.Lock()
+        store.write_together = self
+
+    def __call__(self, creates, marks):
+        with self.lock:
+            first = not self.batches
+            self.batches.append(
+                ([j["job_id"] for j in creates], list(marks), threading.current_thread().name)
+            )
+        if first and self.hold is not None:
+            self.hold.wait(5)
+        return self.write(creates, marks)
+
+
+def published(service, job_id: str) -> bool:
+    return bool((service.store.get(job_id) or {}).get("published"))
+
+
+def test_a_lone_create_is_written_at_once_in_the_callers_thread(service):
+    recorded = Recorded(service.store)
+    writes = GroupedWrites(service.store)
+    job = a_job(service)
+    started = time.monotonic()
+    writes.create(job)
+    assert time.monotonic() - started < 1.0
+    assert recorded.batches == [([job["job_id"]], [], threading.current_thread().name)]
+    assert service.store.get(job["job_id"])["job_id"] == job["job_id"]
+
+
+def test_creates_arriving_while_every_writer_is_busy_share_the_next_batch(service):
+    hold = threading.Event()
+    recorded = Recorded(service.store, hold)
+    writes = GroupedWrites(service.store, writers=1)
+    jobs = [a_job(service) for _ in range(8)]
+    threads = [threading.Thread(target=writes.create, args=(job,)) for job in jobs]
+    threads[0].start()
+    while not recorded.batches:
+        time.sleep(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.3)  # all seven wait behind the first batch
+    hold.set()
+    for thread in threads:
+        thread.join(10)
+    created = [ids for ids, _, _ in recorded.batches]
+    assert created[0] == [jobs[0]["job_id"]]
+    assert sorted(created[1]) == sorted(job["job_id"] for job in jobs[1:])
+    assert len(recorded.batches) == 2
+    assert all(service.store.get(job["job_id"]) for job in jobs)
+
+
+def test_an_id_taken_by_another_job_fails_only_its_own_request(service):
+    taken = a_job(service, request_hash="theirs")
+    service.store.create(taken)
+    hold = threading.Event()
+    Recorded(service.store, hold)
+    writes = GroupedWrites(service.store, writers=1)
+    blocker, mine, other = a_job(service), a_job(service, job_id=taken["job_id"]), a_job(service)
+    outcomes: dict[str, object] = {}
+
+    def create(name, job):
+        try:
+            writes.create(job)
+            outcomes[name] = "created"
+        except JobExists as exists:
+            outcomes[name] = exists.job["request_hash"]
+
+    first = threading.Thread(target=create, args=("blocker", blocker))
+    first.start()
+    time.sleep(0.1)
+    rest = [threading.Thread(target=create, args=a) for a in (("mine", mine), ("other", other))]
+    for thread in rest:
+        thread.start()
+    time.sleep(0.2)
+    hold.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+    assert outcomes == {"blocker": "created", "mine": "theirs", "other": "created"}
+
+
+def test_a_write_that_had_landed_before_its_retry_counts_as_done(service):
+    writes = GroupedWrites(service.store)
+    job = a_job(service)
+    writes.create(job)
+    writes.create(job)  # the same document again: this request's own, not a conflict
+    with pytest.raises(JobExists):
+        writes.create({**a_job(service), "job_id": job["job_id"], "request_hash": "other"})
+
+
+def test_a_mark_rides_along_with_the_next_create(service):
+    recorded = Recorded(service.store)
+    writes = GroupedWrites(service.store, linger=5.0)
+    answered, following = a_job(service), a_job(service)
+    service.store.create(answered)
+    writes.mark_published(answered["job_id"])
+    writes.create(following)
+    assert recorded.batches[0][:2] == ([following["job_id"]], [answered["job_id"]])
+    assert published(service, answered["job_id"])
+
+
+def test_a_mark_with_no_create_to_ride_along_is_written_after_the_linger(service):
+    recorded = Recorded(service.store)
+    writes = GroupedWrites(service.store, linger=0.05)
+    job = a_job(service)
+    service.store.create(job)
+    writes.mark_published(job["job_id"])
+    assert writes.flush()
+    assert recorded.batches[0][:2] == ([], [job["job_id"]])
+    assert published(service, job["job_id"])
+
+
+def test_a_vanished_jobs_mark_is_dropped_quietly_and_the_rest_are_written(service, caplog):
+    writes = GroupedWrites(service.store, linger=0.05)
+    kept = a_job(service)
+    service.store.create(kept)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        writes.mark_published("vanished")
+        writes.mark_published(kept["job_id"])
+        assert writes.flush()
+    assert published(service, kept["job_id"])
+    assert "could not mark" not in caplog.text
+
+
+def test_a_document_firestore_refuses_fails_only_its_own_request(service):
+    """Found out by writing each on its own, whether Firestore refuses the write alone
+    or the whole request."""
+    hold = threading.Event()
+    Recorded(service.store, hold)
+    writes = GroupedWrites(service.store, writers=1)
+    good, bad = a_job(service), {**a_job(service), "__reserved__": 1}
+    outcomes: dict[str, object] = {}
+
+    def create(name, job):
+        try:
+            writes.create(job)
+            outcomes[name] = "created"
+        except gexc.InvalidArgument:
+            outcomes[name] = "refused"
+
+    first = threading.Thread(target=create, args=("first", a_job(service)))
+    first.start()
+    time.sleep(0.1)
+    rest = [threading.Thread(target=create, args=a) for a in (("good", good), ("bad", bad))]
+    for thread in rest:
+        thread.start()
+    time.sleep(0.2)
+    hold.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+    assert outcomes == {"first": "created", "good": "created", "bad": "refused"}
+    assert service.store.get(good["job_id"]) and service.store.get(bad["job_id"]) is None
+
+
+def test_an_outage_fails_the_creates_it_carried_and_the_writer_goes_on(service, caplog):
+    writes = GroupedWrites(service.store, linger=0.0)
+    real = service.store.write_together
+
+    def down(creates, marks):
+        raise gexc.ServiceUnavailable("firestore is down")
+
+    service.store.write_together = down
+    with pytest.raises(gexc.ServiceUnavailable):
+        writes.create(a_job(service))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        writes.mark_published("some-job")
+        assert writes.flush()
+    assert "could not mark job published" in caplog.text
+    service.store.write_together = real
+    job = a_job(service)
+    writes.create(job)
+    assert service.store.get(job["job_id"])

@@ -201,12 +201,21 @@ def main() -> int:
             "floor (Firestore create + Pub/Sub publish)",
             "POST /v1/jobs over HTTP",
         )
+
+        def http_hop(_i: int) -> None:
+            """What any HTTP intake adds before doing anything: a request the function
+            answers at once (client, gunicorn, Flask, functions-framework)."""
+            response = session.get(f"{stack.api_url}/healthz")
+            if response.status_code != 200:
+                raise RuntimeError(f"healthz answered {response.status_code}")
+
         arms = {
             floor_name: floor,
             "floor + published mark (one more write)": floor_and_mark,
             "floor + mark + in-flight count (one query)": floor_mark_and_count,
             api_name: submit,
             "POST /v1/jobs with an Idempotency-Key": submit_keyed,
+            "the HTTP hop alone (GET /healthz)": http_hop,
         }
         latencies, per_round = interleaved(arms, args.requests, args.concurrency, args.rounds)
         print(

@@ -65,3 +65,30 @@ def test_a_replay_during_the_creators_publish_gets_the_same_published_job(client
     assert second.headers["Idempotent-Replayed"] == "true"
     assert first.get_json()["job_id"] == second.get_json()["job_id"]
     assert second.get_json()["published"] is True
+
+
+def test_an_aged_count_far_below_the_limit_is_taken_again_beside_not_before(service):
+    """The submit goes ahead on the aged count, without waiting for the fresh one taken
+    meanwhile, which is what the next submits go by."""
+    intake = service.intake
+    intake.in_flight.fresh_seconds = 0.05
+    counts = []
+    count = intake.store.count_in_flight
+
+    def slow_count(api_key_id, up_to):
+        time.sleep(0.5)
+        counts.append(count(api_key_id, up_to=up_to))
+        return counts[-1]
+
+    intake.store.count_in_flight = slow_count
+    started = time.monotonic()
+    intake.submit_http(OLD_EXAMPLE, api_key_id="default")  # the key's first: waited for
+    assert time.monotonic() - started >= 0.5 and len(counts) == 1
+    time.sleep(0.1)
+    started = time.monotonic()
+    intake.submit_http(OLD_EXAMPLE, api_key_id="default")
+    assert time.monotonic() - started < 0.4 and len(counts) == 1
+    deadline = time.monotonic() + 5
+    while len(counts) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counts[1] == 2 and intake.in_flight._readings["default"].counted == counts[1]

@@ -28,12 +28,43 @@ def test_far_below_the_limit_submits_go_uncounted_until_half_of_it():
     assert gauge.needs_count("k")  # and every one after it, until a count comes back
 
 
-def test_an_aged_count_is_taken_again():
+def test_an_aged_count_is_taken_again_in_the_background_once():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
+    gauge.counted("k", 0)
+    assert not gauge.needs_count("k") and not gauge.refresh_due("k")
+    clock.now = 1.5
+    # Far below the limit: this submit goes ahead, and starts the one count in the background.
+    assert not gauge.needs_count("k") and gauge.refresh_due("k")
+    assert not gauge.needs_count("k") and not gauge.refresh_due("k")
+    gauge.counted("k", 3, admitted=0)  # it came back
+    clock.now = 3.0
+    assert not gauge.needs_count("k") and gauge.refresh_due("k")
+
+
+def test_a_failed_background_count_is_tried_again_by_the_next_submit():
     clock = Clock()
     gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
     gauge.counted("k", 0)
-    assert not gauge.needs_count("k")
-    clock.now = 1.5
+    clock.now = 2.0
+    assert gauge.refresh_due("k")
+    gauge.refresh_failed("k")
+    assert gauge.refresh_due("k")
+
+
+def test_a_count_older_than_stale_is_waited_for():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
+    gauge.counted("k", 0)
+    clock.now = 31.0
+    assert gauge.needs_count("k")
+
+
+def test_an_aged_count_near_the_limit_is_waited_for():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
+    gauge.counted("k", 49)
+    clock.now = 2.0
     assert gauge.needs_count("k")
 
 

@@ -164,6 +164,8 @@ class Intake(RequestChecks):
         a replay of a job already accepted is answered whatever the count. The count runs
         while the job is created, and is waited for before it is published."""
         if not self.max_in_flight or not self.in_flight.needs_count(origin.api_key_id):
+            if self.max_in_flight and self.in_flight.refresh_due(origin.api_key_id):
+                self._beside.submit(self._refresh_in_flight, origin.api_key_id)
             # A fresh random id names no job yet: nothing to replay, so its message may go
             # out while the job is created (a worker that finds it first looks again).
             fresh = origin.idempotency_key is None
@@ -184,6 +186,14 @@ class Intake(RequestChecks):
             counted = self.store.count_in_flight(api_key_id, up_to=self.max_in_flight + 1)
         self.in_flight.counted(api_key_id, counted, admitted=int(beside_create))
         return counted
+
+    def _refresh_in_flight(self, api_key_id: str) -> None:
+        """A count taken in the background, for the submits after this one."""
+        try:
+            self._count_in_flight(api_key_id, beside_create=False)
+        except Unavailable as exc:
+            self.in_flight.refresh_failed(api_key_id)
+            log.warning("could not count jobs in flight", extra={"error": str(exc)})
 
     def _has_room(self, counting: Future[int], api_key_id: str) -> bool:
         """Whether the key had room for the job just created, from a count taken while it

@@ -80,3 +80,21 @@ def test_keys_are_counted_apart():
     gauge.counted("quiet", 0)
     assert gauge.needs_count("busy")
     assert not gauge.needs_count("quiet")
+
+
+def test_a_count_is_as_old_as_its_start():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
+    clock.now = 10.0
+    gauge.counted("k", 0, at=8.5)  # started 1.5 s ago, throttled on its way
+    assert not gauge.needs_count("k") and gauge.refresh_due("k")
+
+
+def test_media_requests_go_by_an_aged_count_too():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
+    gauge.counted("k", 0)
+    clock.now = 10.0
+    assert gauge.has_room("k")
+    clock.now = 31.0
+    assert not gauge.has_room("k")

@@ -46,6 +46,11 @@ class BadPageToken(ValueError):
 # Read-decide-write rounds of `decide` before it gives up on a job others keep writing.
 WRITE_ATTEMPTS = 20
 
+# A BatchWrite's per-write statuses worth another try, and how many tries in all:
+# RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE (google.rpc.Code), as BulkWriter retries.
+PASSING_WRITE_ERRORS = frozenset({8, 10, 14})
+WRITE_TOGETHER_ATTEMPTS = 3
+
 
 class TransactionContended(gexc.Aborted):
     """Other writers kept changing the job between each read and write. A backend error
@@ -115,18 +120,33 @@ class JobStore:
         """Create `creates` and mark the jobs `marks` published in one BatchWrite, whose
         writes succeed or fail each on its own (one request's conflict is not another's);
         what became of each, creates first: None, or the error a write of its own would
-        have raised. A job may appear once."""
-        batch = BulkWriteBatch(self.client)
-        for job in creates:
-            batch.create(self.ref(job["job_id"]), dict(job))
+        have raised. A job may appear once. A write Firestore answers with a passing
+        error (as BulkWriter does) is tried again, alone with the others that got one."""
         now = utcnow()
-        for job_id in marks:
-            batch.update(self.ref(job_id), {"published": True, "published_at": now})
-        answer = batch.commit(retry=self.retry, timeout=self.timeout)
-        return [
-            None if status.code == 0 else gexc.from_grpc_status(status.code, status.message)
-            for status in answer.status
-        ]
+        writes: list[tuple[Job | None, str]] = [(job, job["job_id"]) for job in creates]
+        writes += [(None, job_id) for job_id in marks]
+        outcomes: list[Exception | None] = [None] * len(writes)
+        pending = list(range(len(writes)))
+        for attempt in range(WRITE_TOGETHER_ATTEMPTS):
+            batch = BulkWriteBatch(self.client)
+            for i in pending:
+                job, job_id = writes[i]
+                if job is not None:
+                    batch.create(self.ref(job_id), dict(job))
+                else:
+                    batch.update(self.ref(job_id), {"published": True, "published_at": now})
+            answer = batch.commit(retry=self.retry, timeout=self.timeout)
+            again = []
+            for i, status in zip(pending, answer.status, strict=True):
+                if status.code in PASSING_WRITE_ERRORS and attempt + 1 < WRITE_TOGETHER_ATTEMPTS:
+                    again.append(i)
+                elif status.code != 0:
+                    outcomes[i] = gexc.from_grpc_status(status.code, status.message)
+            if not again:
+                break
+            pending = again
+            time.sleep(0.05 * 2**attempt)
+        return outcomes
 
     def get(self, job_id: str) -> Job | None:
         found = self.get_versioned(job_id)

@@ -27,6 +27,7 @@ from ltxv.core.webhook_secrets import WebhookSecrets
 from ltxv.core.workers import WorkerRegistry
 from ltxv.intake.api import JobsApi
 from ltxv.intake.auth import KeyRing
+from ltxv.intake.grouped_writes import writes_per_batch
 from ltxv.intake.input_inspection import InputInspector
 from ltxv.intake.job_views import JobViews
 from ltxv.intake.pool_metric import PoolMetric, monitoring_writer
@@ -80,6 +81,7 @@ def parts(settings: Settings) -> SubmitParts:
             policy,
             settings.job_ttl_days,
             max_in_flight=settings.max_jobs_in_flight,
+            writes_per_batch=writes_per_batch(settings.max_body_bytes),
             inputs=InputInspector(
                 storage,
                 store,

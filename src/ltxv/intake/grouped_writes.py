@@ -33,10 +33,21 @@ from ltxv.core.store import JobStore
 
 log = logging.getLogger(__name__)
 
-# Writes in one BatchWrite: far below Firestore's 500, so that a batch of documents as large
-# as a request body may be (LTXV_MAX_BODY_BYTES) stays inside its 10 MiB per request. A
-# batch Firestore refuses as a whole is written again one document at a time.
+# Writes in one BatchWrite: far below Firestore's 500, and fewer where request bodies may be
+# large (`writes_per_batch`), so that a batch stays inside its 10 MiB per request. A batch
+# Firestore refuses as a whole is written again one document at a time.
 MAX_BATCH = 50
+BATCH_BYTES = 8 * 1024 * 1024
+# What a stored job holds beside its request (state, times, hashes, the webhook record).
+JOB_OVERHEAD_BYTES = 16 * 1024
+# Places in every batch kept for marks, so that a steady flood of creates cannot hold the
+# marks back until the sweep publishes their jobs a second time.
+MARK_PLACES = 5
+
+
+def writes_per_batch(max_body_bytes: int) -> int:
+    """How many jobs of the largest request body fit one BatchWrite, at most MAX_BATCH."""
+    return max(1, min(MAX_BATCH, BATCH_BYTES // (max_body_bytes + JOB_OVERHEAD_BYTES)))
 
 
 @dataclass
@@ -95,21 +106,35 @@ class GroupedWrites:
             self._wake.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every write added so far is done (or given up on); for tests and a
-        clean shutdown. False if they were not within `timeout`."""
+        """Wait until every write added so far is done (or given up on); for tests. (Marks
+        that die with their process cost a second message, which the sweep sends.) False
+        if they were not done within `timeout`."""
         with self._wake:
             return self._wake.wait_for(
                 lambda: not self._creates and not self._marks and not self._busy, timeout
             )
 
     def _take(self) -> tuple[list[_Create], list[str]]:
-        """The next batch: the creates waiting, oldest first, and the marks that fit
-        beside them. A mark never shares a batch with its own job's create (BatchWrite
-        allows one write per document): its job was answered, so its create is done."""
-        creates = [self._creates.popleft() for _ in range(min(len(self._creates), self.max_batch))]
-        for write in creates:
+        """The next batch: the creates waiting, oldest first, and the marks that fit beside
+        them, a few places always kept for marks. BatchWrite allows one write per document,
+        so a second create of the same id (two requests with one Idempotency-Key) waits
+        for the next batch, and a mark whose job is being created here (a client's quick
+        retry of an answered job) waits too."""
+        marks_room = min(len(self._marks), MARK_PLACES, self.max_batch - 1)
+        creates: list[_Create] = []
+        held: list[_Create] = []
+        ids: set[str] = set()
+        while self._creates and len(creates) < self.max_batch - marks_room:
+            write = self._creates.popleft()
+            if write.job["job_id"] in ids:
+                held.append(write)
+                continue
             write.taken = True
-        marks = list(self._marks)[: self.max_batch - len(creates)]
+            creates.append(write)
+            ids.add(write.job["job_id"])
+        self._creates.extendleft(reversed(held))
+        marks = [job_id for job_id in self._marks if job_id not in ids]
+        marks = marks[: self.max_batch - len(creates)]
         for job_id in marks:
             del self._marks[job_id]
         self._busy += 1
@@ -131,32 +156,38 @@ class GroupedWrites:
         return max(0.0, oldest + self.linger - time.monotonic())
 
     def _write(self, creates: list[_Create], marks: list[str]) -> None:
-        jobs = [write.job for write in creates]
+        """Write a batch `_take` took; whatever happens, every create in it is done and
+        its writer's place is given back (a create waits on nothing else)."""
+        count = len(creates) + len(marks)
+        outcomes: list[Exception | None] = [RuntimeError("job write failed")] * count
         try:
-            outcomes = self.store.write_together(jobs, marks)
+            outcomes = self._outcomes([write.job for write in creates], marks)
+            if len(outcomes) != count:
+                raise RuntimeError(f"the job store answered {len(outcomes)} of {count} writes")
+        except Exception as exc:  # a bug: the requests get a 500, none waits forever
+            log.exception("job write failed")
+            outcomes = [RuntimeError(f"job write failed: {exc!r}")] * count
+        finally:
+            for write, outcome in zip(creates, outcomes[: len(creates)], strict=True):
+                write.error = outcome
+                write.done.set()
+            self._log_marks(marks, outcomes[len(creates) :])
+            with self._wake:
+                self._busy -= 1
+                self._wake.notify_all()
+
+    def _outcomes(self, jobs: list[Job], marks: list[str]) -> list[Exception | None]:
+        try:
+            return self.store.write_together(jobs, marks)
         except gexc.InvalidArgument as exc:
             if len(jobs) + len(marks) == 1:
-                outcomes = [exc]
-            else:  # one document spoilt the request: each on its own finds which
-                outcomes = [self._write_alone([job], []) for job in jobs] + [
-                    self._write_alone([], [job_id]) for job_id in marks
-                ]
+                return [exc]
+            # One document spoilt the request: each on its own finds which.
+            return [self._write_alone([job], []) for job in jobs] + [
+                self._write_alone([], [job_id]) for job_id in marks
+            ]
         except BACKEND_ERRORS as exc:
-            outcomes = [exc] * (len(jobs) + len(marks))
-        except Exception as exc:  # no create may wait forever on a bug either
-            outcomes = [RuntimeError(f"job write failed: {exc!r}")] * (len(jobs) + len(marks))
-            log.exception("job write failed")
-        if len(outcomes) != len(jobs) + len(marks):  # no create may wait forever
-            outcomes = [RuntimeError("the job store answered for other writes")] * (
-                len(jobs) + len(marks)
-            )
-        for write, outcome in zip(creates, outcomes[: len(creates)], strict=True):
-            write.error = outcome
-            write.done.set()
-        self._log_marks(marks, outcomes[len(creates) :])
-        with self._wake:
-            self._busy -= 1
-            self._wake.notify_all()
+            return [exc] * (len(jobs) + len(marks))
 
     def _write_alone(self, jobs: list[Job], marks: list[str]) -> Exception | None:
         try:

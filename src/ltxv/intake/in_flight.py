@@ -79,12 +79,16 @@ class InFlightGauge:
         its limit; nothing is recorded."""
         with self._lock:
             reading = self._readings.get(api_key_id)
-            if reading is None or self.clock() - reading.at > self.fresh_seconds:
+            if reading is None or self.clock() - reading.at > self.stale_seconds:
                 return False
             return (reading.counted + reading.admitted + 1) * 2 <= self.limit
 
-    def counted(self, api_key_id: str, value: int, admitted: int = 1) -> None:
-        """A count just taken, beside the create of one more job it may not include
-        (`admitted`: 0 for a count taken before any create)."""
+    def counted(
+        self, api_key_id: str, value: int, admitted: int = 1, at: float | None = None
+    ) -> None:
+        """A count just taken (started `at`, by the gauge's clock; now if not given),
+        beside the create of one more job it may not include (`admitted`: 0 for a count
+        taken before any create, or in the background)."""
         with self._lock:
-            self._readings[api_key_id] = _Reading(value, self.clock(), admitted=admitted)
+            when = self.clock() if at is None else at
+            self._readings[api_key_id] = _Reading(value, when, admitted=admitted)

@@ -47,7 +47,7 @@ from ltxv.core.jobs import (
 )
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
-from ltxv.intake.grouped_writes import GroupedWrites
+from ltxv.intake.grouped_writes import MAX_BATCH, GroupedWrites
 from ltxv.intake.in_flight import InFlightGauge
 from ltxv.intake.input_inspection import InputInspector
 from ltxv.intake.job_origin import Accepted, JobOrigin
@@ -88,6 +88,7 @@ class Intake(RequestChecks):
         ttl_days: int = 30,
         max_in_flight: int = 0,
         inputs: InputInspector | None = None,
+        writes_per_batch: int = MAX_BATCH,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -97,10 +98,12 @@ class Intake(RequestChecks):
         self.inputs = inputs  # None: a request with conditions cannot be checked, so is refused
         # Longer than a publish can take (its retries and its wait for Pub/Sub's answer).
         self.publish_claim = timedelta(seconds=dispatcher.timeout * 3)
-        # Counts taken beside creates.
+        # Counts taken beside creates, and the ones no request waits for (apart, so that
+        # those cannot hold up these while Firestore is slow).
         self._beside = ThreadPoolExecutor(8, thread_name_prefix="intake")
+        self._recounts = ThreadPoolExecutor(2, thread_name_prefix="recount")
         self.in_flight = InFlightGauge(max_in_flight)
-        self.writes = GroupedWrites(store)
+        self.writes = GroupedWrites(store, max_batch=writes_per_batch)
 
     def submit_http(
         self, body: Any, *, api_key_id: str, idempotency_key: str | None = None
@@ -165,7 +168,7 @@ class Intake(RequestChecks):
         while the job is created, and is waited for before it is published."""
         if not self.max_in_flight or not self.in_flight.needs_count(origin.api_key_id):
             if self.max_in_flight and self.in_flight.refresh_due(origin.api_key_id):
-                self._beside.submit(self._refresh_in_flight, origin.api_key_id)
+                self._recounts.submit(self._refresh_in_flight, origin.api_key_id)
             # A fresh random id names no job yet: nothing to replay, so its message may go
             # out while the job is created (a worker that finds it first looks again).
             fresh = origin.idempotency_key is None
@@ -182,16 +185,17 @@ class Intake(RequestChecks):
         )
 
     def _count_in_flight(self, api_key_id: str, beside_create: bool = True) -> int:
+        started = self.in_flight.clock()  # a count is as old as its start
         with unavailable_on_error("job store"):
             counted = self.store.count_in_flight(api_key_id, up_to=self.max_in_flight + 1)
-        self.in_flight.counted(api_key_id, counted, admitted=int(beside_create))
+        self.in_flight.counted(api_key_id, counted, admitted=int(beside_create), at=started)
         return counted
 
     def _refresh_in_flight(self, api_key_id: str) -> None:
         """A count taken in the background, for the submits after this one."""
         try:
             self._count_in_flight(api_key_id, beside_create=False)
-        except Unavailable as exc:
+        except Exception as exc:  # nobody waits on this future: say so here
             self.in_flight.refresh_failed(api_key_id)
             log.warning("could not count jobs in flight", extra={"error": str(exc)})
 

@@ -68,6 +68,37 @@ def joined(threads) -> None:
         assert not thread.is_alive()
 
 
+def behind_a_held_batch(service, jobs, meanwhile=None, **options):
+    """Creates each of `jobs` (name -> job) on a thread of its own while a first batch is
+    held, so that all of them wait and go together in the next (`options`: GroupedWrites'
+    besides writers=1; `meanwhile(writes)` runs while the first batch is held). What each
+    create ended with ("created", or the exception), and the batches written."""
+    hold = threading.Event()
+    recorded = Recorded(service.store, hold)
+    writes = GroupedWrites(service.store, writers=1, **options)
+    outcomes: dict[str, object] = {}
+
+    def create(name, job):
+        try:
+            writes.create(job)
+            outcomes[name] = "created"
+        except Exception as exc:
+            outcomes[name] = exc
+
+    first = threading.Thread(target=create, args=("first", a_job(service)))
+    first.start()
+    until(lambda: recorded.batches)
+    if meanwhile is not None:
+        meanwhile(writes)
+    rest = [threading.Thread(target=create, args=item) for item in jobs.items()]
+    for thread in rest:
+        thread.start()
+    waiting(writes, len(rest))  # all of them wait behind the first batch
+    hold.set()
+    joined([first, *rest])
+    return outcomes, [(ids, marks) for ids, marks, _ in recorded.batches]
+
+
 def published(service, job_id: str) -> bool:
     return bool((service.store.get(job_id) or {}).get("published"))
 
@@ -84,52 +115,23 @@ def test_a_lone_create_is_written_at_once_in_the_callers_thread(service):
 
 
 def test_creates_arriving_while_every_writer_is_busy_share_the_next_batch(service):
-    hold = threading.Event()
-    recorded = Recorded(service.store, hold)
-    writes = GroupedWrites(service.store, writers=1)
-    jobs = [a_job(service) for _ in range(8)]
-    threads = [threading.Thread(target=writes.create, args=(job,)) for job in jobs]
-    threads[0].start()
-    until(lambda: recorded.batches)
-    for thread in threads[1:]:
-        thread.start()
-    waiting(writes, 7)  # all seven wait behind the first batch
-    hold.set()
-    joined(threads)
-    created = [ids for ids, _, _ in recorded.batches]
-    assert created[0] == [jobs[0]["job_id"]]
-    assert sorted(created[1]) == sorted(job["job_id"] for job in jobs[1:])
-    assert len(recorded.batches) == 2
-    assert all(service.store.get(job["job_id"]) for job in jobs)
+    jobs = {f"job{i}": a_job(service) for i in range(7)}
+    outcomes, batches = behind_a_held_batch(service, jobs)
+    assert set(outcomes.values()) == {"created"}
+    assert len(batches) == 2 and len(batches[0][0]) == 1
+    assert sorted(batches[1][0]) == sorted(job["job_id"] for job in jobs.values())
+    assert all(service.store.get(job["job_id"]) for job in jobs.values())
 
 
 def test_an_id_taken_by_another_job_fails_only_its_own_request(service):
     taken = a_job(service, request_hash="theirs")
     service.store.create(taken)
-    hold = threading.Event()
-    recorded = Recorded(service.store, hold)
-    writes = GroupedWrites(service.store, writers=1)
-    blocker, mine, other = a_job(service), a_job(service, job_id=taken["job_id"]), a_job(service)
-    outcomes: dict[str, object] = {}
-
-    def create(name, job):
-        try:
-            writes.create(job)
-            outcomes[name] = "created"
-        except JobExists as exists:
-            outcomes[name] = exists.job["request_hash"]
-
-    first = threading.Thread(target=create, args=("blocker", blocker))
-    first.start()
-    until(lambda: recorded.batches)
-    rest = [threading.Thread(target=create, args=a) for a in (("mine", mine), ("other", other))]
-    for thread in rest:
-        thread.start()
-    waiting(writes, 2)
-    hold.set()
-    joined([first, *rest])
-    assert outcomes == {"blocker": "created", "mine": "theirs", "other": "created"}
-    assert sorted(recorded.batches[1][0]) == sorted([mine["job_id"], other["job_id"]])
+    mine, other = a_job(service, job_id=taken["job_id"]), a_job(service)
+    outcomes, batches = behind_a_held_batch(service, {"mine": mine, "other": other})
+    assert isinstance(outcomes["mine"], JobExists)
+    assert outcomes["mine"].job["request_hash"] == "theirs"
+    assert outcomes["other"] == outcomes["first"] == "created"
+    assert sorted(batches[1][0]) == sorted([mine["job_id"], other["job_id"]])
 
 
 def test_a_write_that_had_landed_before_its_retry_counts_as_done(service):
@@ -178,34 +180,15 @@ def test_a_vanished_jobs_mark_is_dropped_quietly_and_the_rest_are_written(servic
 def test_a_document_firestore_refuses_fails_only_its_own_request(service):
     """Found out by writing each on its own, whether Firestore refuses the write alone
     or the whole request."""
-    hold = threading.Event()
-    recorded = Recorded(service.store, hold)
-    writes = GroupedWrites(service.store, writers=1)
     good, bad = a_job(service), {**a_job(service), "__reserved__": 1}
-    outcomes: dict[str, object] = {}
-
-    def create(name, job):
-        try:
-            writes.create(job)
-            outcomes[name] = "created"
-        except gexc.InvalidArgument:
-            outcomes[name] = "refused"
-
-    first = threading.Thread(target=create, args=("first", a_job(service)))
-    first.start()
-    until(lambda: recorded.batches)
-    rest = [threading.Thread(target=create, args=a) for a in (("good", good), ("bad", bad))]
-    for thread in rest:
-        thread.start()
-    waiting(writes, 2)
-    hold.set()
-    joined([first, *rest])
-    assert outcomes == {"first": "created", "good": "created", "bad": "refused"}
+    outcomes, batches = behind_a_held_batch(service, {"good": good, "bad": bad})
+    assert outcomes["first"] == outcomes["good"] == "created"
+    assert isinstance(outcomes["bad"], gexc.InvalidArgument)
+    assert service.store.get(good["job_id"]) and service.store.get(bad["job_id"]) is None
     # Refused together, then written one by one.
-    together, *alone = [ids for ids, _, _ in recorded.batches[1:]]
+    together, *alone = [ids for ids, _ in batches[1:]]
     assert sorted(together) == sorted([good["job_id"], bad["job_id"]])
     assert sorted(alone) == sorted([[good["job_id"]], [bad["job_id"]]])
-    assert service.store.get(good["job_id"]) and service.store.get(bad["job_id"]) is None
 
 
 def test_an_outage_fails_the_creates_it_carried_and_the_writer_goes_on(service, caplog):
@@ -231,31 +214,12 @@ def test_an_outage_fails_the_creates_it_carried_and_the_writer_goes_on(service, 
 def test_two_creates_of_one_id_never_share_a_batch(service):
     """Two requests with one Idempotency-Key: BatchWrite refuses a request that writes a
     document twice, so the second waits for the next batch and finds the first's job."""
-    hold = threading.Event()
-    recorded = Recorded(service.store, hold)
-    writes = GroupedWrites(service.store, writers=1)
-    first, second = a_job(service), a_job(service)
-    again = {**a_job(service, request_hash="h"), "job_id": second["job_id"]}
-    outcomes: dict[str, object] = {}
-
-    def create(name, job):
-        try:
-            writes.create(job)
-            outcomes[name] = "created"
-        except JobExists:
-            outcomes[name] = "exists"
-
-    blocker = threading.Thread(target=create, args=("first", first))
-    blocker.start()
-    until(lambda: recorded.batches)
-    rest = [threading.Thread(target=create, args=a) for a in (("second", second), ("again", again))]
-    for thread in rest:
-        thread.start()
-    waiting(writes, 2)
-    hold.set()
-    joined([blocker, *rest])
-    assert sorted(outcomes.values()) == ["created", "created", "exists"]
-    assert [ids for ids, _, _ in recorded.batches[1:]] == [[second["job_id"]], [second["job_id"]]]
+    second = a_job(service)
+    again = {**a_job(service), "job_id": second["job_id"]}
+    outcomes, batches = behind_a_held_batch(service, {"second": second, "again": again})
+    assert list(outcomes.values()).count("created") == 2
+    assert [type(o) for o in outcomes.values()].count(JobExists) == 1
+    assert [ids for ids, _ in batches[1:]] == [[second["job_id"]], [second["job_id"]]]
 
 
 def test_a_mark_waits_while_its_own_job_is_being_created(service):
@@ -274,25 +238,17 @@ def test_a_mark_waits_while_its_own_job_is_being_created(service):
 
 
 def test_a_full_batch_keeps_places_for_marks(service):
-    hold = threading.Event()
-    recorded = Recorded(service.store, hold)
-    writes = GroupedWrites(service.store, writers=1, max_batch=4, linger=5.0)
     marked = [a_job(service) for _ in range(2)]
     for job in marked:
         service.store.create(job)
-    blocker = threading.Thread(target=writes.create, args=(a_job(service),))
-    blocker.start()
-    until(lambda: recorded.batches)
-    for job in marked:
-        writes.mark_published(job["job_id"])
-    jobs = [a_job(service) for _ in range(5)]
-    threads = [threading.Thread(target=writes.create, args=(job,)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    waiting(writes, 5)
-    hold.set()
-    joined([blocker, *threads])
-    assert [(len(c), len(m)) for c, m, _ in recorded.batches[1:]] == [(2, 2), (3, 0)]
+
+    def mark(writes):
+        for job in marked:
+            writes.mark_published(job["job_id"])
+
+    jobs = {f"job{i}": a_job(service) for i in range(5)}
+    _, batches = behind_a_held_batch(service, jobs, mark, max_batch=4, linger=5.0)
+    assert [(len(ids), len(marks)) for ids, marks in batches[1:]] == [(2, 2), (3, 0)]
     assert all(published(service, job["job_id"]) for job in marked)
 
 

@@ -13,6 +13,15 @@ class Clock:
         return self.now
 
 
+def aged(counted: int, age: float) -> InFlightGauge:
+    """A gauge (fresh 1 s, stale 30 s, limit 100) whose count found `counted`, `age` ago."""
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
+    gauge.counted("k", counted)
+    clock.now = age
+    return gauge
+
+
 def test_a_key_never_counted_is_counted():
     assert InFlightGauge(100).needs_count("k")
 
@@ -43,29 +52,18 @@ def test_an_aged_count_is_taken_again_in_the_background_once():
 
 
 def test_a_failed_background_count_is_tried_again_by_the_next_submit():
-    clock = Clock()
-    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
-    gauge.counted("k", 0)
-    clock.now = 2.0
+    gauge = aged(0, 2.0)
     assert gauge.refresh_due("k")
     gauge.refresh_failed("k")
     assert gauge.refresh_due("k")
 
 
 def test_a_count_older_than_stale_is_waited_for():
-    clock = Clock()
-    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
-    gauge.counted("k", 0)
-    clock.now = 31.0
-    assert gauge.needs_count("k")
+    assert aged(0, 31.0).needs_count("k")
 
 
 def test_an_aged_count_near_the_limit_is_waited_for():
-    clock = Clock()
-    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
-    gauge.counted("k", 49)
-    clock.now = 2.0
-    assert gauge.needs_count("k")
+    assert aged(49, 2.0).needs_count("k")
 
 
 def test_near_the_limit_every_submit_counts():
@@ -91,10 +89,5 @@ def test_a_count_is_as_old_as_its_start():
 
 
 def test_media_requests_go_by_an_aged_count_too():
-    clock = Clock()
-    gauge = InFlightGauge(100, fresh_seconds=1.0, stale_seconds=30.0, clock=clock)
-    gauge.counted("k", 0)
-    clock.now = 10.0
-    assert gauge.has_room("k")
-    clock.now = 31.0
-    assert not gauge.has_room("k")
+    assert aged(0, 10.0).has_room("k")
+    assert not aged(0, 31.0).has_room("k")

@@ -163,13 +163,4 @@ def settle(service, job_id, state="succeeded", delay=0.0, **fields):
 def prompt_files(service, settings):
     """The prompt-file handler in-process, over the service's intake and clients, with the
     settings' limits (the deployed function's composition, minus its Eventarc wrapper)."""
-    from ltxv.intake.prompt_files import PromptFiles
-
-    return PromptFiles(
-        service.intake,
-        service.storage,
-        prompts_bucket=settings.prompts,
-        owner=settings.prompt_file_owner,
-        max_bytes=settings.prompt_file_max_bytes,
-        max_lines=settings.prompt_file_max_lines,
-    )
+    return compose_submit.prompt_files_over(service, settings)

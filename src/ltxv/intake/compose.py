@@ -137,7 +137,11 @@ def api(settings: Settings) -> JobsApi:
 
 def prompt_file(settings: Settings) -> PromptFiles:
     """The `prompt_file` function: prompt files dropped into the prompts bucket."""
-    shared = parts(settings)
+    return prompt_files_over(parts(settings), settings)
+
+
+def prompt_files_over(shared: SubmitParts, settings: Settings) -> PromptFiles:
+    """The prompt-file handler over parts already built (the function's, or a test's)."""
     return PromptFiles(
         shared.intake,
         shared.storage,

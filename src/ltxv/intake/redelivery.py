@@ -33,7 +33,7 @@ from ltxv.core.jobs import Job, State
 from ltxv.core.settings import Settings
 from ltxv.core.store import Decision, JobStore
 from ltxv.core.webhook_triggers import redelivery_object, wanted_events, write_trigger_once
-from ltxv.intake.responses import HttpError, unavailable
+from ltxv.intake.responses import HttpError, retry_after, unavailable
 from ltxv.intake.routes import JOB_ID
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,12 @@ class WebhookRedeliveries:
                 wait = (redeliveries[-1]["requested_at"] + self.interval - now).total_seconds()
                 if wait > 0:
                     seconds = max(1, math.ceil(wait))
-                    raise HttpError(
+                    raise retry_after(
                         429,
                         "too_many_redeliveries",
                         f"at most one redelivery per {self.interval.total_seconds():g} s; "
                         f"ask again in {seconds} s",
-                        retryable=True,
-                        headers={"Retry-After": str(seconds)},
+                        seconds,
                         job_id=job_id,
                     )
             changes = {

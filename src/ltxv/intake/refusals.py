@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
 from ltxv.intake.conditions import legacy_refusals
-from ltxv.intake.responses import HttpError
+from ltxv.intake.responses import HttpError, retry_after
 from ltxv.intake.validation import FieldError, RequestInvalid
 
 
@@ -78,20 +78,10 @@ def refusals_as_http_errors() -> Iterator[None]:
             [e.as_dict() for e in exc.errors],
         ) from exc
     except InspectionsBusy as exc:
-        raise HttpError(
-            503,
-            "unavailable",
-            str(exc),
-            retryable=True,
-            headers={"Retry-After": str(exc.retry_after_seconds)},
-        ) from exc
+        raise retry_after(503, "unavailable", str(exc), exc.retry_after_seconds) from exc
     except TooManyJobs as exc:
-        raise HttpError(
-            429,
-            "too_many_jobs",
-            f"{exc}; submit again once some have finished",
-            retryable=True,
-            headers={"Retry-After": "30"},
+        raise retry_after(
+            429, "too_many_jobs", f"{exc}; submit again once some have finished", 30
         ) from exc
     except IdempotencyConflict as exc:
         raise HttpError(

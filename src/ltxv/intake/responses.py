@@ -68,5 +68,12 @@ def framework_error(error: HTTPException) -> Response:
     ).response()
 
 
+def retry_after(status: int, code: str, message: str, seconds: int, **extra: Any) -> HttpError:
+    """A refusal the client may retry in `seconds`, which Retry-After tells it."""
+    return HttpError(
+        status, code, message, retryable=True, headers={"Retry-After": str(seconds)}, **extra
+    )
+
+
 def unavailable(message: str) -> HttpError:
-    return HttpError(503, "unavailable", message, retryable=True, headers={"Retry-After": "2"})
+    return retry_after(503, "unavailable", message, 2)

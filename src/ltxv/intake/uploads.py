@@ -32,7 +32,7 @@ from ltxv.core.inputs import upload_name
 from ltxv.core.jobs import new_job_id, utcnow
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.signing import UrlSigner
-from ltxv.intake.responses import HttpError
+from ltxv.intake.responses import retry_after
 from ltxv.intake.upload_quota import UploadQuota
 from ltxv.intake.validation import FieldError, RequestInvalid, _schema_message
 
@@ -122,13 +122,12 @@ class Uploads:
         now = self.clock()
         wait = self.quota.take(api_key_id, now)
         if wait:
-            raise HttpError(
+            raise retry_after(
                 429,
                 "too_many_uploads",
                 f"this API key has minted its {self.quota.per_hour} upload URLs for this hour; "
                 f"ask again in {wait} s",
-                retryable=True,
-                headers={"Retry-After": str(wait)},
+                wait,
             )
         upload_id = new_job_id()
         uri = f"gs://{self.inputs_bucket}/{upload_name(api_key_id, upload_id)}"

@@ -71,6 +71,11 @@ class Decision(Generic[T]):
     changes: Changes | None = None
 
 
+def published_at(now: datetime) -> Changes:
+    """The `published` mark: Pub/Sub has the job's message (the sweep leaves it alone)."""
+    return {"published": True, "published_at": now}
+
+
 def _encode_cursor(job: dict[str, Any]) -> str:
     raw = json.dumps({"t": job["created_at"].isoformat(), "id": job["job_id"]})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -134,7 +139,7 @@ class JobStore:
                 if job is not None:
                     batch.create(self.ref(job_id), dict(job))
                 else:
-                    batch.update(self.ref(job_id), {"published": True, "published_at": now})
+                    batch.update(self.ref(job_id), published_at(now))
             answer = batch.commit(retry=self.retry, timeout=self.timeout)
             again = []
             for i, status in zip(pending, answer.status, strict=True):
@@ -176,7 +181,7 @@ class JobStore:
         now = utcnow()
         batch = self.client.batch()
         for job_id in job_ids:
-            batch.update(self.ref(job_id), {"published": True, "published_at": now})
+            batch.update(self.ref(job_id), published_at(now))
         batch.commit(retry=self.retry, timeout=self.timeout)
 
     def unpublished_before(self, cutoff: datetime, limit: int = 500) -> list[Job]:

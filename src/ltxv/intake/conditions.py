@@ -24,8 +24,9 @@ from ltxv.core.profiles import ModelProfile
 from ltxv.core.signing import split_gs_uri
 
 CONDITION_FIELDS = ("conditions", "extend")
-MEDIA_KEYS = ("image", "video")
-LTX_FRAME_STEP = 8  # frames are pinned to 0 or a multiple of 8, lengths are 8k + 1
+# LTX's VAE compresses time 8x: a valid length is 8k + 1 frames, and frames are pinned
+# to 0 or a multiple of 8.
+LTX_FRAME_STEP = 8
 DEFAULT_FRAME_INDEX = 0
 DEFAULT_STRENGTH = 1.0
 DEFAULT_EXTEND_FRAMES = 9
@@ -111,6 +112,14 @@ def trimmed_count(available: int) -> int:
     """The longest 8k + 1 run within `available` frames (diffusers'
     trim_conditioning_sequence): 1 to 8 -> 1, 9 to 16 -> 9, ..."""
     return (available - 1) // LTX_FRAME_STEP * LTX_FRAME_STEP + 1
+
+
+def frame_count_problem(frames: int) -> str | None:
+    """What is wrong with `frames` as a video's length, or None if it is 8k + 1."""
+    if not (frames - 1) % LTX_FRAME_STEP:
+        return None
+    lower = trimmed_count(frames)
+    return f"must be 8k + 1 (e.g. {lower} or {lower + LTX_FRAME_STEP}), got {frames}"
 
 
 def parse_source(
@@ -228,11 +237,8 @@ def condition_problems(
     if extend is not None:
         extend.setdefault("frames", DEFAULT_EXTEND_FRAMES)
         frames = extend["frames"] = int(extend["frames"])
-        if (frames - 1) % LTX_FRAME_STEP:
-            lower = trimmed_count(frames)
-            problems.append(
-                ("$.extend.frames", f"must be 8k + 1 (e.g. {lower} or {lower + 8}), got {frames}")
-            )
+        if (problem := frame_count_problem(frames)) is not None:
+            problems.append(("$.extend.frames", problem))
         elif frames >= num_frames:
             problems.append(
                 ("$.extend.frames", f"must be fewer than num_frames ({num_frames}), got {frames}")

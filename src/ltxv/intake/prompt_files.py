@@ -23,6 +23,7 @@ from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import batch_id_for_prompt_file, job_id_for_prompt_line, to_json, utcnow
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 from ltxv.core.urlsafety import LookupTimedOut, caching
+from ltxv.intake.conditions import conditioned
 from ltxv.intake.job_origin import JobOrigin
 from ltxv.intake.prompt_batches import (
     BatchFormError,
@@ -236,11 +237,14 @@ class PromptFiles:
             if entry.syntax_error:
                 raise RequestInvalid([FieldError("$", entry.syntax_error)])
             # A delivery of the file again: a line whose job exists reads no media again.
-            existing = self.intake.existing(job_id) if _names_media(entry.value) else None
+            looked_up = _names_media(entry.value)
+            existing = self.intake.existing(job_id) if looked_up else None
             if existing is not None:
                 created = self.intake.replay(existing).created
             else:
-                created = self._create(entry.value, job_id, origin, full=full, policy=policy)
+                created = self._create(
+                    entry.value, job_id, origin, full=full, policy=policy, missing=looked_up
+                )
         except RequestInvalid as exc:
             receipt.rejected.append({"line": line, "errors": [e.as_dict() for e in exc.errors]})
             return 0
@@ -265,13 +269,21 @@ class PromptFiles:
         return int(created)
 
     def _create(
-        self, value: Any, job_id: str, origin: JobOrigin, *, full: bool, policy: IntakePolicy
+        self,
+        value: Any,
+        job_id: str,
+        origin: JobOrigin,
+        *,
+        full: bool,
+        policy: IntakePolicy,
+        missing: bool = False,
     ) -> bool:
         """The line's job, checked as an HTTP submit is (as the owner's), unless the owner
-        key is `full` (then before its media are read). Whether it was created."""
+        key is `full` (then before its media are read). Whether it was created. `missing`:
+        the job was just looked up and is not there (no second read)."""
         inline: dict[str, bytes] = {}
         request = self.intake.validate(value, api_key_id=self.owner, policy=policy, inline=inline)
-        if full and self.intake.existing(job_id) is None:
+        if full and (missing or self.intake.existing(job_id) is None):
             full_up = TooManyJobs(self.intake.max_in_flight)
             raise RequestInvalid([FieldError("$", f"{full_up}; upload this line again later")])
         resolved = self.intake.inspect(request, api_key_id=self.owner, policy=policy, inline=inline)
@@ -320,4 +332,4 @@ def _receipt_generation(blob: storage.Blob) -> int:
 def _names_media(value: Any) -> bool:
     """Whether a line (before validation) may name media to read: only such a line is
     looked up before it is checked, the others cost no I/O to check."""
-    return isinstance(value, dict) and bool(value.get("conditions") or value.get("extend"))
+    return isinstance(value, dict) and conditioned(value)

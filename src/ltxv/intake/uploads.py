@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ltxv.core import schemas
 from ltxv.core.inputs import upload_name
 from ltxv.core.jobs import new_job_id, utcnow
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.signing import UrlSigner
 from ltxv.intake.responses import retry_after
 from ltxv.intake.upload_quota import UploadQuota
-from ltxv.intake.validation import FieldError, RequestInvalid, _schema_message
+from ltxv.intake.validation import FieldError, RequestInvalid, schema_errors
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +66,7 @@ def validate_upload_request(body: Any, media_types: list[str], max_bytes: int) -
     RequestInvalid names every bad field."""
     if not isinstance(body, dict):
         raise RequestInvalid([FieldError("$", "must be a JSON object")])
-    errors = []
-    for error in schemas.validator("upload-request").iter_errors(body):
-        if error.validator == "additionalProperties":
-            errors += [
-                FieldError(f"$.{name}", "unknown field; allowed fields are: content_type, size")
-                for name in sorted(set(body) - {"content_type", "size"})
-            ]
-        elif error.validator == "required":
-            errors += [
-                FieldError(f"$.{name}", "is required")
-                for name in error.validator_value
-                if name not in body
-            ]
-        else:
-            errors.append(FieldError(error.json_path, _schema_message(error)))
+    errors = schema_errors(body, "upload-request", ("content_type", "size"))
     content_type, size = body.get("content_type"), body.get("size")
     if isinstance(size, float) and size.is_integer():
         size = int(size)  # JSON Schema's integer: 5.0 is one, and signs as "5", not "5.0"

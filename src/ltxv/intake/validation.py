@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,13 @@ from ltxv.core.urlsafety import (
     check_webhook_url,
     system_resolver,
 )
-from ltxv.intake.conditions import CONDITION_FIELDS, check_request, schema_message
+from ltxv.intake.conditions import (
+    CONDITION_FIELDS,
+    LTX_FRAME_STEP,
+    check_request,
+    frame_count_problem,
+    schema_message,
+)
 
 # The request fields a model profile gives a default to.
 PROFILE_DEFAULTED = (
@@ -56,7 +62,6 @@ DEFAULT_PRIORITY = "normal"
 DEFAULT_WEBHOOK_EVENTS = ("settled",)
 MAX_METADATA_BYTES = 4096
 MAX_OBJECT_NAME_BYTES = 1024
-LTX_FRAME_STEP = 8  # LTX's VAE compresses time 8x: a valid length is 8k + 1 frames.
 # Firestore stores 64-bit integers, and keeps map keys of the form __name__ for itself.
 INT64 = range(-(2**63), 2**63)
 RESERVED_KEY = re.compile(r"^__[\s\S]*__$")  # as the request schema spells it
@@ -156,14 +161,17 @@ def _key_message(key: str) -> str:
     return f"key {_short(key)} must be 1 to 64 characters"
 
 
-def _schema_errors(body: dict[str, Any]) -> list[FieldError]:
+def schema_errors(
+    body: dict[str, Any], schema: str = "job-request", fields: Sequence[str] = REQUEST_FIELDS
+) -> list[FieldError]:
+    """Every way `body` breaks `schema` (whose top-level fields are `fields`), by path."""
     errors: list[FieldError] = []
-    for error in schemas.validator("job-request").iter_errors(body):
+    for error in schemas.validator(schema).iter_errors(body):
         if error.validator == "additionalProperties" and not error.relative_path:
-            allowed = ", ".join(REQUEST_FIELDS)
+            allowed = ", ".join(fields)
             errors += [
                 FieldError(f"$.{name}", f"unknown field; allowed fields are: {allowed}")
-                for name in sorted(set(body) - set(REQUEST_FIELDS))
+                for name in sorted(set(body) - set(fields))
             ]
         elif error.validator == "required":
             for name in error.validator_value:
@@ -196,14 +204,8 @@ def _profile_errors(request: dict[str, Any], profile: ModelProfile) -> list[Fiel
     for field in ("height", "width", "num_frames", "num_inference_steps", "fps"):
         _check_range(errors, request, field, profile)
     frames = request["num_frames"]
-    if (frames - 1) % LTX_FRAME_STEP:
-        lower = (frames - 1) // LTX_FRAME_STEP * LTX_FRAME_STEP + 1
-        errors.append(
-            FieldError(
-                "$.num_frames",
-                f"must be 8k + 1 (e.g. {lower} or {lower + LTX_FRAME_STEP}), got {frames}",
-            )
-        )
+    if (problem := frame_count_problem(frames)) is not None:
+        errors.append(FieldError("$.num_frames", problem))
     pixels = request["height"] * request["width"] * frames
     pixel_steps = pixels * request["num_inference_steps"]
     if not errors and pixels > profile.max_video_pixels:
@@ -297,7 +299,7 @@ def validate_request(
     unstorable = _storable_errors(body)
     if unstorable:
         raise RequestInvalid(unstorable)
-    errors = _first_per_path(_schema_errors(body))
+    errors = _first_per_path(schema_errors(body))
     # The top-level field of each error: `$.metadata.key`'s is metadata.
     bad = {re.split(r"[.\[]", e.path.removeprefix("$."))[0] for e in errors}
     model = body.get("model") or policy.default_model

@@ -91,3 +91,12 @@ def test_a_count_is_as_old_as_its_start():
 def test_media_requests_go_by_an_aged_count_too():
     assert aged(0, 10.0).has_room("k")
     assert not aged(0, 31.0).has_room("k")
+
+
+def test_a_count_that_started_before_the_one_in_hand_is_dropped():
+    clock = Clock()
+    gauge = InFlightGauge(100, fresh_seconds=1.0, clock=clock)
+    clock.now = 5.0
+    gauge.counted("k", 60, at=4.0)  # a count waited for, near the limit
+    gauge.counted("k", 0, at=2.0, admitted=0)  # a background one, started earlier
+    assert gauge.needs_count("k")  # still goes by 60

@@ -47,13 +47,19 @@ class InFlightGauge:
     def needs_count(self, api_key_id: str) -> bool:
         """Whether this submit must count; when it need not, it is recorded as admitted."""
         with self._lock:
-            reading = self._readings.get(api_key_id)
-            if reading is None or self.clock() - reading.at > self.stale_seconds:
-                return True
-            if (reading.counted + reading.admitted + 1) * 2 > self.limit:
+            reading = self._far_below(api_key_id)
+            if reading is None:
                 return True
             reading.admitted += 1
             return False
+
+    def _far_below(self, api_key_id: str) -> _Reading | None:
+        """The key's reading, if it is under `stale_seconds` old and says one more job
+        keeps the key within half its limit."""
+        reading = self._readings.get(api_key_id)
+        if reading is None or self.clock() - reading.at > self.stale_seconds:
+            return None
+        return reading if (reading.counted + reading.admitted + 1) * 2 <= self.limit else None
 
     def refresh_due(self, api_key_id: str) -> bool:
         """Whether a submit that went ahead uncounted should start a count in the
@@ -78,17 +84,18 @@ class InFlightGauge:
         """Whether the last count says, as needs_count would, that the key is far from
         its limit; nothing is recorded."""
         with self._lock:
-            reading = self._readings.get(api_key_id)
-            if reading is None or self.clock() - reading.at > self.stale_seconds:
-                return False
-            return (reading.counted + reading.admitted + 1) * 2 <= self.limit
+            return self._far_below(api_key_id) is not None
 
     def counted(
         self, api_key_id: str, value: int, admitted: int = 1, at: float | None = None
     ) -> None:
         """A count just taken (started `at`, by the gauge's clock; now if not given),
         beside the create of one more job it may not include (`admitted`: 0 for a count
-        taken before any create, or in the background)."""
+        taken before any create, or in the background). A count that started before
+        the reading in hand is older news and is dropped."""
         with self._lock:
             when = self.clock() if at is None else at
+            held = self._readings.get(api_key_id)
+            if held is not None and when < held.at:
+                return
             self._readings[api_key_id] = _Reading(value, when, admitted=admitted)

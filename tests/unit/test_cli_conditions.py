@@ -109,3 +109,14 @@ def test_bad_pairings_are_refused_before_any_upload(files, argv, message):
 )
 def test_content_type_is_found_from_the_bytes(head, expected):
     assert sniff(head) == expected
+
+
+@pytest.mark.parametrize("command", ["submit", "extend"])
+def test_flags_given_as_zero_or_empty_are_sent(command):
+    """`--seed 0` and `--negative-prompt ""` are values, not absent flags, for extend as
+    for submit."""
+    from ltxv.cli.jobs import request_fields
+
+    head = [command, "a fox"] if command == "submit" else [command, "a" * 26]
+    args = build_parser().parse_args([*head, "--seed", "0", "--negative-prompt", ""])
+    assert request_fields(args) == {"seed": 0, "negative_prompt": ""}

@@ -80,13 +80,19 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"{args.body} must hold a JSON object (the request body)")
     if args.prompt is not None:
         body["prompt"] = args.prompt
-    for name in REQUEST_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            body[name] = dict(value) if name == "metadata" else value
+    body.update(request_fields(args))
     if "prompt" not in body:
         raise UserError("no prompt: give it as the first argument, or in --body")
     return body
+
+
+def request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given as flags (the prompt aside); a flag given as 0 or "" too."""
+    return {
+        name: dict(value) if name == "metadata" else value
+        for name in REQUEST_FLAGS
+        if (value := getattr(args, name)) is not None
+    }
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import json
 
 from ltxv.cli.common import client_for, err, out
 from ltxv.cli.conditions import add_media_flags, conditions_from_args
-from ltxv.cli.jobs import REQUEST_FLAGS, _wait_options, add_request_flags, follow_new_job
+from ltxv.cli.jobs import _wait_options, add_request_flags, follow_new_job, request_fields
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -21,9 +21,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
     """Exit codes as `ltxv submit`'s (2 for a job that cannot be continued: not this key's,
     not succeeded, too short)."""
     client = client_for(args)
-    fields = {name: getattr(args, name) for name in REQUEST_FLAGS if getattr(args, name)}
-    if "metadata" in fields:
-        fields["metadata"] = dict(fields["metadata"])
+    fields = request_fields(args)
     if args.prompt is not None:
         fields["prompt"] = args.prompt
     conditions = conditions_from_args(args, client.upload)

@@ -133,10 +133,17 @@ def decode_frames(data: bytes, entry: Input, start: int, count: int) -> Iterator
                     image.load()
                     yield image.convert("RGB")
             return
+        size = (entry.get("width"), entry.get("height"))  # as intake checked it
         with av.open(io.BytesIO(data), "r") as container:
             for index, frame in enumerate(container.decode(container.streams.video[0])):
                 if index >= start + count:
                     return
+                if None not in size and (frame.width, frame.height) != size:
+                    # H.264 and VP9 may change size midstream; intake saw the first frame.
+                    raise InputUnavailable(
+                        f"{entry['from']}: {entry['uri']} changes its frame size at frame "
+                        f"{index} ({frame.width}x{frame.height}, not {size[0]}x{size[1]})"
+                    )
                 if index >= start:
                     yield frame.to_image()
     except (OSError, ValueError, av.FFmpegError) as exc:

@@ -62,3 +62,23 @@ def trimmed_video(frames: int = 25, cut: int = 8) -> bytes:
             packet.stream = copy
             muxer.mux(packet)
     return out.getvalue()
+
+
+def resizing_h264(first: tuple[int, int] = (64, 48), then: tuple[int, int] = (640, 480)) -> bytes:
+    """A raw H.264 stream whose frames change size after 9: two streams back to back, as
+    a crafted file may do inside a container (the decoder follows the new sizes)."""
+
+    def stream(width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        with av.open(out, "w", format="h264") as container:
+            encoder = container.add_stream("libx264", rate=8)
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), "rgb24")
+            for _ in range(9):
+                for packet in encoder.encode(frame):
+                    container.mux(packet)
+            for packet in encoder.encode():
+                container.mux(packet)
+        return out.getvalue()
+
+    return stream(*first) + stream(*then)

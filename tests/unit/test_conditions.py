@@ -267,6 +267,18 @@ def test_a_trimmed_videos_frames_are_the_ones_the_worker_decodes():
         selected_frames(data, entry(info.frames + 1))
 
 
+def test_a_video_whose_frames_change_size_after_intake_looked_is_refused_by_the_worker():
+    """Intake measures a video by its first frame; a later frame of another size (possible
+    in H.264 and VP9) must not reach the frame preparation at that size."""
+    from gpu_worker.conditioning import InputUnavailable, selected_frames
+
+    entry = {"from": "conditions[0]", "uri": "gs://b/o", "kind": "video",
+             "width": 64, "height": 48, "select": {"start": 0, "count": 17}}  # fmt: skip
+    with pytest.raises(InputUnavailable, match="changes its frame size at frame 9"):
+        selected_frames(media_samples.resizing_h264(), entry)
+    assert len(selected_frames(media_samples.resizing_h264(then=(64, 48)), entry)) == 17
+
+
 def test_a_big_cmyk_progressive_jpeg_is_measured_at_full_size_and_checked_whole():
     from PIL import Image
 

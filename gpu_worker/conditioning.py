@@ -38,8 +38,9 @@ class InputUnavailable(RenderRefused):
 def for_job(
     client: Any, job: Job, renderer: Renderer, downloads: dict[str, bytes] | None = None
 ) -> list[Any]:
-    """The job's conditions at the size its render will have; `downloads` gets each
-    input's bytes by its `from` (the joined output of an extend decodes them again)."""
+    """The job's conditions at the size its render will have; `downloads` gets the bytes
+    of the video an extend continues, under "extend" (its joined output decodes them again);
+    the other inputs' bytes are let go as soon as their frames are prepared."""
     params = renderer.parameters(job["request"])
     for entry in job.get("inputs") or []:
         # Intake resolves frame_index inside the video; a job written by other means must
@@ -66,8 +67,8 @@ def load_conditions(
     conditions = []
     for entry in inputs or []:
         data = read_input(client, entry)
-        if downloads is not None:
-            downloads[entry["from"]] = data
+        if downloads is not None and entry["from"] == "extend":
+            downloads["extend"] = data  # only this one is needed after the render
         frames = condition_frames.prepare_all(partial(selected_frames, data, entry), height, width)
         media = {"image": frames[0]} if entry["kind"] == "image" else {"video": frames}
         conditions.append(

@@ -66,18 +66,6 @@ def schema_message(error: ValidationError) -> str | None:
     return None
 
 
-def legacy_refusals(body: Any) -> list[tuple[str, str]]:
-    """POST /predict is the old text-to-video API, kept as it was: conditioning is for
-    POST /v1/jobs, whose answer says where the job is while its inputs render."""
-    if not isinstance(body, dict):
-        return []
-    return [
-        (f"$.{name}", "is not part of POST /predict (the old text-to-video API); use POST /v1/jobs")
-        for name in CONDITION_FIELDS
-        if body.get(name) is not None
-    ]
-
-
 def media_key(item: dict[str, Any]) -> str:
     """Which of image or video a (schema-valid) condition item names."""
     return "image" if "image" in item else "video"

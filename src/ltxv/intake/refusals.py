@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
-from ltxv.intake.conditions import legacy_refusals
+from ltxv.intake.conditions import CONDITION_FIELDS
 from ltxv.intake.responses import HttpError, retry_after
 from ltxv.intake.validation import FieldError, RequestInvalid
 
@@ -59,10 +59,18 @@ class IdempotencyConflict(Exception):
 
 
 def refuse_conditions_on_predict(body: object) -> None:
-    """POST /predict is the old text-to-video API, kept as it was."""
-    refused = legacy_refusals(body)
+    """POST /predict is the old text-to-video API, kept as it was: conditioning is for
+    POST /v1/jobs, whose answer says where the job is while its inputs render."""
+    if not isinstance(body, dict):
+        return
+    refused = [
+        FieldError(f"$.{name}", "is not part of POST /predict (the old text-to-video API); "
+                   "use POST /v1/jobs")
+        for name in CONDITION_FIELDS
+        if body.get(name) is not None
+    ]  # fmt: skip
     if refused:
-        raise RequestInvalid([FieldError(path, message) for path, message in refused])
+        raise RequestInvalid(refused)
 
 
 @contextlib.contextmanager

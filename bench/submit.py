@@ -4,11 +4,17 @@ The floor is what any intake must pay: one Firestore create plus one Pub/Sub pub
 issued with the same client libraries against the same emulators. The ratio says how
 much the API adds on top (HTTP, auth, validation, the in-flight count, JSON).
 
-    .venv/bin/python bench/submit.py [--requests 300] [--concurrency 8] [--rounds 5]
+    .venv/bin/python bench/submit.py [--requests 300] [--concurrency 8] [--rounds 5] [--warmup 300]
 
 The arms take turns, a slice of each arm's requests per round, so that whatever else the
 machine does at the time weighs on every arm alike; p50 and p99 are over all of an arm's
 requests, and "x floor" is also given per round (median and range).
+
+Each arm first runs `--warmup` calls that are not counted. The emulators are JVMs: each
+RPC's code path is compiled as it runs, and a few hundred calls of each are needed before
+its time settles (at concurrency 1, the floor's p50 was 3.8-4.7 ms after 10 calls, 3.2-3.3
+after 300: docs/benchmarks.md).
+A short warm-up measures the compiler, and each arm's share of it differs.
 
 It always starts a private stack on free ports (and stops it), so the jobs it submits
 never reach the worker of a `make dev` stack. No worker drains them either, so the stack's
@@ -107,12 +113,11 @@ def percentile(latencies: list[float], share: float) -> float:
 
 
 def interleaved(
-    arms: dict[str, Callable[[int], None]], count: int, concurrency: int, rounds: int
+    arms: dict[str, Callable[[int], None]], count: int, concurrency: int, rounds: int, warmup: int
 ) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
     """Every arm's latencies, and each round's p50 per arm, the arms rotating each round."""
-    for operation in arms.values():  # warm connections and caches; not counted
-        for i in range(10):
-            operation(-i - 1)
+    for operation in arms.values():  # connections, caches, the emulators' JIT; not counted
+        run(lambda i, op=operation: op(-i - 1), warmup, concurrency)
     latencies: dict[str, list[float]] = {name: [] for name in arms}
     per_round: list[dict[str, float]] = []
     names = list(arms)
@@ -139,6 +144,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--warmup", type=int, default=300, help="uncounted calls per arm before measuring"
+    )
     args = parser.parse_args()
 
     os.environ["LTXV_MAX_JOBS_IN_FLIGHT"] = str(1_000_000)  # the private stack's (above)
@@ -228,10 +236,13 @@ def main() -> int:
             "POST /v1/jobs with an Idempotency-Key": submit_keyed,
             "the HTTP hop alone (GET /healthz)": http_hop,
         }
-        latencies, per_round = interleaved(arms, args.requests, args.concurrency, args.rounds)
+        latencies, per_round = interleaved(
+            arms, args.requests, args.concurrency, args.rounds, args.warmup
+        )
         print(
-            f"\n{args.requests} requests per arm in {args.rounds} interleaved rounds, "
-            f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, emulators on 127.0.0.1\n"
+            f"\n{args.requests} requests per arm in {args.rounds} interleaved rounds after "
+            f"{args.warmup} uncounted, concurrency {args.concurrency}, {os.cpu_count()} CPUs, "
+            "emulators on 127.0.0.1\n"
         )
         print(f"{'':45} {'p50 ms':>8} {'p99 ms':>8} {'x floor p50':>12} {'x floor p99':>12}")
         base = latencies[floor_name]

@@ -106,6 +106,56 @@ def test_a_file_that_is_not_an_image_is_refused_in_the_page(page, stack):
     assert not posted
 
 
+def test_an_image_the_api_refuses_is_reported_under_its_own_picker(page, stack):
+    """A file that claims to be a PNG passes the page's check and uploads; the API reads its
+    bytes and refuses the item. The error shows under the picker the item came from: the
+    last frame is item 1 beside a first frame, and item 0 alone."""
+    open_with_key(page, stack)
+    page.get_by_label("Prompt", exact=True).fill(unique("a refused last frame"))
+    page.get_by_label("Frames").fill("17")
+    drop_file(page, "#first-drop", "first.png", png((220, 30, 30)), "image/png")
+    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
+    drop_file(page, "#last-drop", "last.png", b"not an image at all", "image/png")
+    expect(page.locator("#last-note")).to_have_text("last.png uploaded")
+    last_error = page.locator("#f-last-image-error")
+
+    for item in (1, 0):
+        with page.expect_response(
+            lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST"
+        ) as answer:
+            page.get_by_role("button", name="Generate").click()
+        assert answer.value.status == 422
+        (detail,) = answer.value.json()["error"]["details"]
+        assert detail["path"].startswith(f"$.conditions[{item}].")
+        expect(last_error).to_have_text(f"Last frame {detail['message']}")
+        expect(page.get_by_label("Last frame")).to_have_attribute("aria-invalid", "true")
+        expect(page.get_by_label("Last frame")).to_be_focused()
+        expect(page.locator("#f-conditions-error")).to_be_hidden()
+        expect(page.get_by_label("First frame")).to_have_attribute("aria-invalid", "false")
+        if item:
+            page.locator("#first-clear").click()  # alone, the last frame is item 0
+
+
+def test_an_upload_that_failed_is_reported_under_its_own_picker(page, stack):
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.url.endswith("/v1/jobs") else None)
+    open_with_key(page, stack)
+    page.get_by_label("Prompt", exact=True).fill(unique("an upload that failed"))
+    drop_file(page, "#first-drop", "first.png", png((220, 30, 30)), "image/png")
+    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
+    # The signed PUT of the next image never reaches storage.
+    page.route(
+        "**/*", lambda route: route.abort() if route.request.method == "PUT" else route.fallback()
+    )
+    drop_file(page, "#last-drop", "last.png", png((30, 30, 220)), "image/png")
+    expect(page.locator("#f-last-image-error")).to_contain_text("last.png could not be uploaded")
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#f-last-image-error")).to_contain_text("Last frame could not be uploaded")
+    expect(page.locator("#f-conditions-error")).to_be_hidden()
+    assert not posted  # nothing submitted without its image
+
+
 def test_extend_continues_a_finished_job_in_one_click(page, stack, api):
     stack.up(["worker"])
     prompt = unique("a paper boat")

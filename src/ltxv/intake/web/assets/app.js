@@ -11,6 +11,7 @@ const FORM_FIELDS = ["prompt", "negative_prompt", "model", ...NUMBER_FIELDS];
 
 let rules = null;
 let keyframes = null; // {first, last}: KeyframePicker
+let conditionPickers = []; // the picker of each item of the last request's `conditions`
 const submittedHere = new Set();
 
 function announce(text) {
@@ -88,18 +89,24 @@ function formError(message) {
 
 function clearErrors() {
   FORM_FIELDS.forEach((field) => fieldError(field, ""));
-  fieldError("conditions", "");
+  if (keyframes) Object.values(keyframes).forEach((picker) => picker.showError(""));
   formError("");
 }
 
-// Shows API-style errors ({path: "$.height", message}) next to their fields.
+// Shows API-style errors ({path: "$.height", message}) next to their fields; one on an item
+// of `conditions` ("$.conditions[1].image"), or naming its `picker`, under that picker.
 function showErrors(errors, summary) {
   clearErrors();
   const general = [];
   let first = null;
-  for (const { path, message } of errors) {
+  for (const { path, message, picker: named } of errors) {
     const field = path.startsWith("$.") ? path.slice(2).split(/[.[]/)[0] : "";
-    if (field && fieldError(field, `${labelOf(field)} ${message}`)) {
+    const item = /^\$\.conditions\[(\d+)\]/.exec(path);
+    const picker = named || (item ? conditionPickers[Number(item[1])] : null);
+    if (picker) {
+      picker.showError(`${picker.label} ${message}`);
+      first = first || picker.input;
+    } else if (field && fieldError(field, `${labelOf(field)} ${message}`)) {
       first = first || $(`f-${field}`);
     } else {
       general.push(message);
@@ -196,11 +203,13 @@ async function onSubmit(event) {
   $("submit").disabled = true;
   try {
     try {
-      const conditions = await keyframeConditions(keyframes.first, keyframes.last);
+      const { conditions, pickers } = await keyframeConditions(keyframes.first, keyframes.last);
+      conditionPickers = pickers;
       if (conditions) body.conditions = conditions;
     } catch (error) {
       if (error.status === 401) return onUnauthorized(error);
-      showErrors([{ path: "$.conditions", message: `could not be uploaded: ${error.message}` }]);
+      const message = `could not be uploaded: ${error.message}`;
+      showErrors([{ path: "$.conditions", picker: error.picker, message }]);
       return;
     }
     const job = await api.createJob(body);

@@ -31,6 +31,11 @@ export class KeyframePicker {
     });
   }
 
+  // The picker's label ("First frame"), to start a message shown under it.
+  get label() {
+    return this.input.labels[0].firstChild.textContent.trim();
+  }
+
   showError(message) {
     this.error.hidden = !message;
     this.error.textContent = message || "";
@@ -91,13 +96,27 @@ export class KeyframePicker {
   }
 }
 
-// `conditions` for the pickers: the first at frame 0, the last at -1 (the last frame).
+// `conditions` for the pickers (the first at frame 0, the last at -1, the last frame), and
+// the picker each item came from, in the same order: an error the API reports on
+// `$.conditions[i]` belongs to pickers[i] (with only a last image, that is item 0).
+// A failed upload rejects with its picker as the error's `picker`.
 export async function keyframeConditions(first, last) {
-  const [start, end] = await Promise.all([first.resolved(), last.resolved()]);
+  const uri = (picker) =>
+    picker.resolved().catch((error) => {
+      throw Object.assign(error, { picker });
+    });
+  const [start, end] = await Promise.all([uri(first), uri(last)]);
   const conditions = [];
-  if (start) conditions.push({ image: start, frame_index: 0 });
-  if (end) conditions.push({ image: end, frame_index: -1 });
-  return conditions.length ? conditions : null;
+  const pickers = [];
+  if (start) {
+    conditions.push({ image: start, frame_index: 0 });
+    pickers.push(first);
+  }
+  if (end) {
+    conditions.push({ image: end, frame_index: -1 });
+    pickers.push(last);
+  }
+  return { conditions: conditions.length ? conditions : null, pickers };
 }
 
 // "Extend" on a finished job: the same look (model, size, steps, fps) continued from its

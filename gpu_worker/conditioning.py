@@ -42,6 +42,10 @@ def for_job(
     of the video an extend continues, under "extend" (its joined output decodes them again);
     the other inputs' bytes are let go as soon as their frames are prepared."""
     params = renderer.parameters(job["request"])
+    if job.get("inputs"):
+        # Intake refuses conditions for such a model; a job stored before a profile change
+        # is refused here, before its media are read and prepared.
+        renderer.refuse_unless_conditioned()
     for entry in job.get("inputs") or []:
         # Intake resolves frame_index inside the video; a job written by other means must
         # not be rendered with its condition quietly outside it.

@@ -223,6 +223,13 @@ class Renderer:
             raise RenderRefused(f"num_frames must be 8k + 1, got {frames}")
         return merged
 
+    def refuse_unless_conditioned(self) -> None:
+        """RenderRefused if the loaded pipeline has no `conditions` (LTXPipeline): a job
+        with inputs is refused as such, not rendered from its prompt alone."""
+        self.load()
+        if "conditions" not in inspect.signature(type(self.pipe).__call__).parameters:
+            raise RenderRefused(f"model {self.profile.name} cannot render conditions")
+
     def render(
         self,
         request: dict[str, Any],
@@ -240,10 +247,9 @@ class Renderer:
         import torch
 
         params = self.parameters(request)
+        if conditions:
+            self.refuse_unless_conditioned()
         self.load()
-        takes = inspect.signature(type(self.pipe).__call__).parameters
-        if conditions and "conditions" not in takes:
-            raise RenderRefused(f"model {self.profile.name} cannot render conditions")
         oom: str | None = None
         try:
             return self._render(params, on_step, should_stop, conditions or [])

@@ -6,6 +6,7 @@ computation from the stored bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from typing import Any
@@ -16,7 +17,7 @@ from google.cloud import storage
 
 from gpu_worker import conditioning, tiny_random
 from gpu_worker.conditioning import InputUnavailable
-from gpu_worker.generation import Renderer
+from gpu_worker.generation import Renderer, RenderRefused
 from ltxv.core.inputs import upload_name
 from ltxv.core.profiles import all_profiles
 
@@ -208,6 +209,26 @@ def test_an_extend_shaped_input_pins_the_videos_last_frames_at_frame_zero(
     assert len(decoded) == 25 and len(got) == 9
     for frame, source in zip(got, decoded[16:25], strict=True):
         assert_same_frame(frame, media.lightricks_frame(source, *SIZE))
+
+
+def test_a_model_without_conditions_refuses_the_job_before_reading_its_inputs(
+    tmp_path_factory, inputs_bucket, monkeypatch
+):
+    """A job with inputs, for a profile whose pipeline has no `conditions` (LTXPipeline; a
+    job stored before its profile changed): refused as such, and nothing is read."""
+    model_dir = tiny_random.ensure(tmp_path_factory.getbasetemp() / "tiny-random")
+    plain = dataclasses.replace(
+        PROFILE, pipeline=all_profiles()["ltx-video-2b"].pipeline, conditioning=None
+    )
+    entry = put_image(inputs_bucket, media.picture(64, 64, seed=13))
+    read: list[str] = []
+    monkeypatch.setattr(conditioning, "read_input", lambda client, e: read.append(e["uri"]))
+    with pytest.raises(RenderRefused, match="cannot render conditions") as caught:
+        conditioning.for_job(
+            inputs_bucket.client, job_with([entry]), Renderer(plain, model_dir=model_dir)
+        )
+    assert not isinstance(caught.value, InputUnavailable)
+    assert read == []
 
 
 # -- inputs that are not as recorded ----------------------------------------------------------

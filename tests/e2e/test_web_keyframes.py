@@ -106,54 +106,120 @@ def test_a_file_that_is_not_an_image_is_refused_in_the_page(page, stack):
     assert not posted
 
 
+def generate_refused(page, item: int) -> str:
+    """Click Generate, expect the API's 422 on `$.conditions[item]`; its message."""
+    with page.expect_response(
+        lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST"
+    ) as answer:
+        page.get_by_role("button", name="Generate").click()
+    assert answer.value.status == 422
+    (detail,) = answer.value.json()["error"]["details"]
+    assert detail["path"].startswith(f"$.conditions[{item}].")
+    return detail["message"]
+
+
+def expect_error_under(page, label: str, message: str) -> None:
+    """`message` under the picker `label` ("First frame"), nothing under the other one."""
+    ids = {"First frame": "#f-conditions-error", "Last frame": "#f-last-image-error"}
+    (other,) = set(ids) - {label}
+    expect(page.locator(ids[label])).to_have_text(f"{label} {message}")
+    expect(page.get_by_label(label)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label(label)).to_be_focused()
+    expect(page.locator(ids[other])).to_be_hidden()
+    expect(page.get_by_label(other)).to_have_attribute("aria-invalid", "false")
+
+
 def test_an_image_the_api_refuses_is_reported_under_its_own_picker(page, stack):
     """A file that claims to be a PNG passes the page's check and uploads; the API reads its
-    bytes and refuses the item. The error shows under the picker the item came from: the
-    last frame is item 1 beside a first frame, and item 0 alone."""
+    bytes and refuses the item. The error shows under the picker the item came from: item
+    0 is the first frame beside a last one, item 1 the last frame, and item 0 the last
+    frame alone. The next submit clears it."""
+    bad, good = b"not an image at all", png((220, 30, 30))
     open_with_key(page, stack)
-    page.get_by_label("Prompt", exact=True).fill(unique("a refused last frame"))
+    page.get_by_label("Prompt", exact=True).fill(unique("a refused frame"))
     page.get_by_label("Frames").fill("17")
-    drop_file(page, "#first-drop", "first.png", png((220, 30, 30)), "image/png")
-    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
-    drop_file(page, "#last-drop", "last.png", b"not an image at all", "image/png")
+    drop_file(page, "#first-drop", "first.png", bad, "image/png")
+    drop_file(page, "#last-drop", "last.png", good, "image/png")
     expect(page.locator("#last-note")).to_have_text("last.png uploaded")
-    last_error = page.locator("#f-last-image-error")
+    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
+    expect_error_under(page, "First frame", generate_refused(page, 0))
 
-    for item in (1, 0):
-        with page.expect_response(
-            lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST"
-        ) as answer:
-            page.get_by_role("button", name="Generate").click()
-        assert answer.value.status == 422
-        (detail,) = answer.value.json()["error"]["details"]
-        assert detail["path"].startswith(f"$.conditions[{item}].")
-        expect(last_error).to_have_text(f"Last frame {detail['message']}")
-        expect(page.get_by_label("Last frame")).to_have_attribute("aria-invalid", "true")
-        expect(page.get_by_label("Last frame")).to_be_focused()
-        expect(page.locator("#f-conditions-error")).to_be_hidden()
-        expect(page.get_by_label("First frame")).to_have_attribute("aria-invalid", "false")
-        if item:
-            page.locator("#first-clear").click()  # alone, the last frame is item 0
+    drop_file(page, "#first-drop", "first.png", good, "image/png")
+    drop_file(page, "#last-drop", "last.png", bad, "image/png")
+    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
+    expect(page.locator("#last-note")).to_have_text("last.png uploaded")
+    expect_error_under(page, "Last frame", generate_refused(page, 1))
+
+    page.locator("#first-clear").click()  # alone, the last frame is item 0
+    expect_error_under(page, "Last frame", generate_refused(page, 0))
+
+    page.get_by_label("Frames").fill("18")  # refused in the page: a new list of errors
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#f-num_frames-error")).to_be_visible()
+    expect(page.locator("#f-last-image-error")).to_be_hidden()
+    expect(page.get_by_label("Last frame")).to_have_attribute("aria-invalid", "false")
 
 
-def test_an_upload_that_failed_is_reported_under_its_own_picker(page, stack):
+def test_an_error_on_all_the_images_is_shown_with_the_forms_errors(page, stack):
+    """`$.conditions` itself ("model X cannot condition"; every model of the local stack
+    can, so the API's answer is stood in for) is about no one picker."""
+    message = "model ltx-video-2b cannot condition; models that can: tiny-random"
+    refusal = {
+        "error": {
+            "code": "invalid_argument",
+            "message": "the request is invalid",
+            "details": [{"path": "$.conditions", "message": message}],
+            "retryable": False,
+        }
+    }
+    page.route(
+        "**/v1/jobs",
+        lambda route: (
+            route.fulfill(status=422, json=refusal)
+            if route.request.method == "POST"
+            else route.fallback()
+        ),
+    )
+    open_with_key(page, stack)
+    page.get_by_label("Prompt", exact=True).fill(unique("no model conditions"))
+    drop_file(page, "#last-drop", "last.png", png((30, 30, 220)), "image/png")
+    expect(page.locator("#last-note")).to_have_text("last.png uploaded")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#form-error")).to_have_text(
+        f"The API refused the request. Images: {message}"
+    )
+    expect(page.locator("#f-conditions-error")).to_be_hidden()
+    expect(page.locator("#f-last-image-error")).to_be_hidden()
+
+
+def test_uploads_that_failed_are_each_reported_under_their_own_picker(page, stack):
     posted: list[str] = []
     page.on("request", lambda r: posted.append(r.url) if r.url.endswith("/v1/jobs") else None)
     open_with_key(page, stack)
-    page.get_by_label("Prompt", exact=True).fill(unique("an upload that failed"))
-    drop_file(page, "#first-drop", "first.png", png((220, 30, 30)), "image/png")
-    expect(page.locator("#first-note")).to_have_text("first.png uploaded")
-    # The signed PUT of the next image never reaches storage.
+    page.get_by_label("Prompt", exact=True).fill(unique("uploads that failed"))
+    # The signed PUTs never reach storage.
     page.route(
-        "**/*", lambda route: route.abort() if route.request.method == "PUT" else route.fallback()
+        "**/*",
+        lambda route: route.abort() if route.request.method == "PUT" else route.fallback(),
     )
+    drop_file(page, "#first-drop", "first.png", png((220, 30, 30)), "image/png")
     drop_file(page, "#last-drop", "last.png", png((30, 30, 220)), "image/png")
     expect(page.locator("#f-last-image-error")).to_contain_text("last.png could not be uploaded")
+    expect(page.locator("#f-conditions-error")).to_contain_text("first.png could not be uploaded")
 
     page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#f-last-image-error")).to_contain_text("Last frame could not be uploaded")
-    expect(page.locator("#f-conditions-error")).to_be_hidden()
-    assert not posted  # nothing submitted without its image
+    expect(page.locator("#form-error")).to_have_text(
+        "Not submitted: an image could not be uploaded."
+    )
+    for label, error in (
+        ("First frame", "#f-conditions-error"),
+        ("Last frame", "#f-last-image-error"),
+    ):
+        expect(page.locator(error)).to_contain_text(f"{label} could not be uploaded")
+        expect(page.get_by_label(label)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("First frame")).to_be_focused()
+    page.wait_for_timeout(300)  # a POST sent after the errors would show by now
+    assert not posted
 
 
 def test_extend_continues_a_finished_job_in_one_click(page, stack, api):

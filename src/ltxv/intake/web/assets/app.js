@@ -11,7 +11,7 @@ const FORM_FIELDS = ["prompt", "negative_prompt", "model", ...NUMBER_FIELDS];
 
 let rules = null;
 let keyframes = null; // {first, last}: KeyframePicker
-let conditionPickers = []; // the picker of each item of the last request's `conditions`
+let pickersShowingErrors = new Set(); // what showErrors wrote under pickers, to clear
 const submittedHere = new Set();
 
 function announce(text) {
@@ -87,30 +87,41 @@ function formError(message) {
   $("form-error").textContent = message || "";
 }
 
+// A picker's own message (a file refused when chosen) stays until it is chosen again.
 function clearErrors() {
   FORM_FIELDS.forEach((field) => fieldError(field, ""));
-  if (keyframes) Object.values(keyframes).forEach((picker) => picker.showError(""));
+  pickersShowingErrors.forEach((picker) => picker.showError(""));
+  pickersShowingErrors = new Set();
   formError("");
 }
 
-// Shows API-style errors ({path: "$.height", message}) next to their fields; one on an item
-// of `conditions` ("$.conditions[1].image"), or naming its `picker`, under that picker.
-function showErrors(errors, summary) {
+// Shows API-style errors ({path: "$.height", message}) next to their fields. One on an item
+// of `conditions` ("$.conditions[1].image"), or naming its `picker`, goes under that
+// picker: `pickers[i]` made item i of the request. One on `conditions` as a whole goes
+// with the form's errors, as it is about no one picker.
+function showErrors(errors, summary, pickers = []) {
   clearErrors();
   const general = [];
+  const underPickers = new Map(); // picker -> its messages
   let first = null;
   for (const { path, message, picker: named } of errors) {
     const field = path.startsWith("$.") ? path.slice(2).split(/[.[]/)[0] : "";
     const item = /^\$\.conditions\[(\d+)\]/.exec(path);
-    const picker = named || (item ? conditionPickers[Number(item[1])] : null);
+    const picker = named || (item ? pickers[Number(item[1])] : null);
+    // The first picker's input is f-conditions, but `conditions` is no field of its own.
+    const own = field !== "conditions" ? field : "";
     if (picker) {
-      picker.showError(`${picker.label} ${message}`);
+      underPickers.set(picker, [...(underPickers.get(picker) || []), message]);
       first = first || picker.input;
-    } else if (field && fieldError(field, `${labelOf(field)} ${message}`)) {
+    } else if (own && fieldError(own, `${labelOf(own)} ${message}`)) {
       first = first || $(`f-${field}`);
     } else {
-      general.push(message);
+      general.push(field === "conditions" ? `Images: ${message}` : message);
     }
+  }
+  for (const [picker, messages] of underPickers) {
+    picker.showError(`${picker.label} ${messages.join("; ")}`);
+    pickersShowingErrors.add(picker);
   }
   if (general.length || summary) formError([summary, ...general].filter(Boolean).join(" "));
   (first || $("form-error")).focus();
@@ -201,15 +212,20 @@ async function onSubmit(event) {
   body.priority = $("f-priority").value; // a select of the schema's lanes: nothing to check
   clearErrors();
   $("submit").disabled = true;
+  let pickers = [];
   try {
     try {
-      const { conditions, pickers } = await keyframeConditions(keyframes.first, keyframes.last);
-      conditionPickers = pickers;
-      if (conditions) body.conditions = conditions;
+      const chosen = await keyframeConditions(keyframes.first, keyframes.last);
+      pickers = chosen.pickers;
+      if (chosen.conditions) body.conditions = chosen.conditions;
     } catch (error) {
       if (error.status === 401) return onUnauthorized(error);
-      const message = `could not be uploaded: ${error.message}`;
-      showErrors([{ path: "$.conditions", picker: error.picker, message }]);
+      const failed = error.failures.map(({ picker, message }) => ({
+        path: "$.conditions",
+        picker,
+        message: `could not be uploaded: ${message}`,
+      }));
+      showErrors(failed, "Not submitted: an image could not be uploaded.");
       return;
     }
     const job = await api.createJob(body);
@@ -221,7 +237,9 @@ async function onSubmit(event) {
     announce(`Submitted ${label(job)}: ${job.state}`);
   } catch (error) {
     if (error.status === 401) onUnauthorized(error);
-    else if (error.status === 422) showErrors(error.details, "The API refused the request.");
+    else if (error.status === 422) {
+      showErrors(error.details, "The API refused the request.", pickers);
+    }
     else showErrors([], `Not submitted: ${error.message}`);
   } finally {
     $("submit").disabled = false;

@@ -99,22 +99,25 @@ export class KeyframePicker {
 // `conditions` for the pickers (the first at frame 0, the last at -1, the last frame), and
 // the picker each item came from, in the same order: an error the API reports on
 // `$.conditions[i]` belongs to pickers[i] (with only a last image, that is item 0).
-// A failed upload rejects with its picker as the error's `picker`.
+// Failed uploads reject with every failure, each with its `picker`, as `failures` (the
+// error itself is one of them, a 401 first).
 export async function keyframeConditions(first, last) {
-  const uri = (picker) =>
-    picker.resolved().catch((error) => {
-      throw Object.assign(error, { picker });
-    });
-  const [start, end] = await Promise.all([uri(first), uri(last)]);
+  const both = [first, last];
+  const settled = await Promise.allSettled(both.map((picker) => picker.resolved()));
+  const failures = [];
   const conditions = [];
   const pickers = [];
-  if (start) {
-    conditions.push({ image: start, frame_index: 0 });
-    pickers.push(first);
-  }
-  if (end) {
-    conditions.push({ image: end, frame_index: -1 });
-    pickers.push(last);
+  [0, -1].forEach((frame_index, i) => {
+    const { status, value, reason } = settled[i];
+    if (status === "rejected") failures.push(Object.assign(reason, { picker: both[i] }));
+    else if (value) {
+      conditions.push({ image: value, frame_index });
+      pickers.push(both[i]);
+    }
+  });
+  if (failures.length) {
+    const error = failures.find((failure) => failure.status === 401) || failures[0];
+    throw Object.assign(error, { failures });
   }
   return { conditions: conditions.length ? conditions : null, pickers };
 }

@@ -12,8 +12,8 @@ import pytest
 
 from gpu_worker.lifecycle import JobLifecycle
 from ltxv.core.store import TransactionContended
+from ltxv.intake.field_errors import RequestInvalid
 from ltxv.intake.refusals import Unavailable
-from ltxv.intake.validation import RequestInvalid
 
 from .conftest import pull_job_ids
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from ltxv.core import schemas
 from ltxv.core.profiles import all_profiles
 from ltxv.intake.conditions import MAX_INLINE_BYTES, SourceRefused, decode_data_url
+from ltxv.intake.field_errors import RequestInvalid
 from ltxv.intake.media_probe import MediaRefused, probe, sniff
-from ltxv.intake.validation import IntakePolicy, RequestInvalid, validate_request
+from ltxv.intake.validation import IntakePolicy, validate_request
 from tests import media_samples
 
 PROFILES = all_profiles()

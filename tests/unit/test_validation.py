@@ -8,14 +8,9 @@ from hypothesis import strategies as st
 
 from ltxv.core import schemas
 from ltxv.core.profiles import all_profiles
+from ltxv.intake.field_errors import RESERVED_KEY, RequestInvalid
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json
-from ltxv.intake.validation import (
-    REQUEST_FIELDS,
-    RESERVED_KEY,
-    IntakePolicy,
-    RequestInvalid,
-    validate_request,
-)
+from ltxv.intake.validation import REQUEST_FIELDS, IntakePolicy, validate_request
 
 PUBLIC = {"hooks.example.com": ["93.184.216.34"], "internal.example.com": ["10.1.2.3"]}
 

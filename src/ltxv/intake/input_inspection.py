@@ -33,11 +33,11 @@ from ltxv.core.profiles import ConditioningLimits, ModelProfile
 from ltxv.core.signing import split_gs_uri
 from ltxv.core.store import JobStore
 from ltxv.intake.conditions import conditioned, media_key, resolve_frame_index, trimmed_count
+from ltxv.intake.field_errors import FieldError, RequestInvalid
 from ltxv.intake.input_retention import keep, now_stamp
 from ltxv.intake.inspection_slots import InspectionSlots
 from ltxv.intake.media_probe import MediaInfo, MediaRefused, TooManyFrames, probe
 from ltxv.intake.refusals import unavailable_on_error
-from ltxv.intake.validation import FieldError, RequestInvalid
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from ltxv.core.jobs import batch_id_for_prompt_file, job_id_for_prompt_line, to_
 from ltxv.core.prompt_names import INCOMING, SUFFIXES, receipt_name
 from ltxv.core.urlsafety import LookupTimedOut, caching
 from ltxv.intake.conditions import conditioned
+from ltxv.intake.field_errors import FieldError, RequestInvalid
 from ltxv.intake.job_origin import JobOrigin
 from ltxv.intake.prompt_batches import (
     BatchFormError,
@@ -35,11 +36,7 @@ from ltxv.intake.prompt_batches import (
 from ltxv.intake.refusals import IdempotencyConflict, TooManyJobs, Unavailable
 from ltxv.intake.strict_json import JsonSyntaxError, parse_json
 from ltxv.intake.submission import Intake
-from ltxv.intake.validation import (
-    FieldError,
-    IntakePolicy,
-    RequestInvalid,
-)
+from ltxv.intake.validation import IntakePolicy
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from ltxv.core.errors import BACKEND_ERRORS
 from ltxv.core.jobs import Job
 from ltxv.intake.conditions import CONDITION_FIELDS
+from ltxv.intake.field_errors import FieldError, RequestInvalid
 from ltxv.intake.responses import HttpError, retry_after
-from ltxv.intake.validation import FieldError, RequestInvalid
 
 
 class Unavailable(RuntimeError):

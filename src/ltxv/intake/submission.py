@@ -47,6 +47,7 @@ from ltxv.core.jobs import (
 )
 from ltxv.core.store import Decision, JobExists, JobStore
 from ltxv.core.urlsafety import LookupTimedOut
+from ltxv.intake.field_errors import FieldError, RequestInvalid
 from ltxv.intake.grouped_writes import MAX_BATCH, GroupedWrites
 from ltxv.intake.in_flight import InFlightGauge
 from ltxv.intake.input_inspection import InputInspector
@@ -59,12 +60,7 @@ from ltxv.intake.refusals import (
     unavailable_on_error,
 )
 from ltxv.intake.request_checks import RequestChecks
-from ltxv.intake.validation import (
-    FieldError,
-    IntakePolicy,
-    RequestInvalid,
-    request_hash,
-)
+from ltxv.intake.validation import IntakePolicy, request_hash
 
 log = logging.getLogger(__name__)
 

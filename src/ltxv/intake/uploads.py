@@ -31,9 +31,9 @@ from ltxv.core.inputs import upload_name
 from ltxv.core.jobs import new_job_id, utcnow
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.signing import UrlSigner
+from ltxv.intake.field_errors import FieldError, RequestInvalid, schema_errors
 from ltxv.intake.responses import retry_after
 from ltxv.intake.upload_quota import UploadQuota
-from ltxv.intake.validation import FieldError, RequestInvalid, schema_errors
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import ValidationError
-
-from ltxv.core import schemas
 from ltxv.core.profiles import ModelProfile
 from ltxv.core.results import destination_prefix
 from ltxv.core.urlsafety import (
@@ -32,8 +29,8 @@ from ltxv.intake.conditions import (
     LTX_FRAME_STEP,
     check_request,
     frame_count_problem,
-    schema_message,
 )
+from ltxv.intake.field_errors import FieldError, RequestInvalid, schema_errors, short
 
 # The request fields a model profile gives a default to.
 PROFILE_DEFAULTED = (
@@ -62,24 +59,8 @@ DEFAULT_PRIORITY = "normal"
 DEFAULT_WEBHOOK_EVENTS = ("settled",)
 MAX_METADATA_BYTES = 4096
 MAX_OBJECT_NAME_BYTES = 1024
-# Firestore stores 64-bit integers, and keeps map keys of the form __name__ for itself.
+# Firestore stores 64-bit integers.
 INT64 = range(-(2**63), 2**63)
-RESERVED_KEY = re.compile(r"^__[\s\S]*__$")  # as the request schema spells it
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"path": self.path, "message": self.message}
-
-
-class RequestInvalid(ValueError):
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
 
 
 @dataclass(frozen=True)
@@ -102,86 +83,6 @@ class IntakePolicy:
         buckets = sorted(self.destination_buckets.items())
         extra = [f"gs://{bucket}/" for bucket, keys in buckets if api_key_id in keys]
         return [own, *extra]
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_TYPE_NAMES = {
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "object": "a JSON object",
-    "array": "an array",
-    "boolean": "true or false",
-    "null": "null",
-}
-_PATTERN_MESSAGES = {
-    "$.prompt": "must contain a non-space character",
-    "$.gcs_destination": "must look like gs://bucket/path/video.mp4",
-    "$.model": "must be a profile name (lowercase letters, digits, '.', '_', '-')",
-}
-
-
-def _schema_message(error: ValidationError) -> str:
-    """A message that says what is expected without quoting a possibly huge value."""
-    # Typed `Any | Unset`: unset only on an error built by hand, never on one iter_errors gives.
-    kind = error.validator
-    expected: Any = error.validator_value
-    value: Any = error.instance
-    if special := schema_message(error):
-        return special
-    if kind == "type":
-        types: list[str] = expected if isinstance(expected, list) else [expected]
-        return "must be " + " or ".join(_TYPE_NAMES.get(t, t) for t in types)
-    if kind == "minLength":
-        return "must not be empty" if expected == 1 else f"must be at least {expected} characters"
-    if kind == "maxLength":
-        return f"must be at most {expected} characters (got {len(value)})"
-    if kind == "minimum":
-        return f"must be at least {expected}"
-    if kind == "maximum":
-        return f"must be at most {expected}"
-    if kind == "multipleOf":
-        return f"must be divisible by {expected}"
-    if kind == "maxProperties":
-        return f"must have at most {expected} entries"
-    if kind == "pattern":
-        return _PATTERN_MESSAGES.get(error.json_path, f"must match {expected}")
-    if kind == "enum":
-        return f"must be one of {expected}"
-    return error.message if len(error.message) <= 200 else f"is invalid ({kind})"
-
-
-def _key_message(key: str) -> str:
-    if RESERVED_KEY.match(key):
-        return f"key {_short(key)} is reserved: names of the form __name__ cannot be stored"
-    return f"key {_short(key)} must be 1 to 64 characters"
-
-
-def schema_errors(
-    body: dict[str, Any], schema: str = "job-request", fields: Sequence[str] = REQUEST_FIELDS
-) -> list[FieldError]:
-    """Every way `body` breaks `schema` (whose top-level fields are `fields`), by path."""
-    errors: list[FieldError] = []
-    for error in schemas.validator(schema).iter_errors(body):
-        if error.validator == "additionalProperties" and not error.relative_path:
-            allowed = ", ".join(fields)
-            errors += [
-                FieldError(f"$.{name}", f"unknown field; allowed fields are: {allowed}")
-                for name in sorted(set(body) - set(fields))
-            ]
-        elif error.validator == "required":
-            for name in error.validator_value:
-                if name not in error.instance:
-                    errors.append(FieldError(f"{error.json_path}.{name}", "is required"))
-        elif "propertyNames" in error.schema_path:
-            errors.append(FieldError(error.json_path, _key_message(error.instance)))
-        else:
-            errors.append(FieldError(error.json_path, _schema_message(error)))
-    return errors
 
 
 def _check_range(
@@ -299,7 +200,7 @@ def validate_request(
     unstorable = _storable_errors(body)
     if unstorable:
         raise RequestInvalid(unstorable)
-    errors = _first_per_path(schema_errors(body))
+    errors = _first_per_path(schema_errors(body, "job-request", REQUEST_FIELDS))
     # The top-level field of each error: `$.metadata.key`'s is metadata.
     bad = {re.split(r"[.\[]", e.path.removeprefix("$."))[0] for e in errors}
     model = body.get("model") or policy.default_model
@@ -309,7 +210,7 @@ def validate_request(
             errors.append(
                 FieldError(
                     "$.model",
-                    f"unknown model {_short(model)}; available: {sorted(policy.profiles)}",
+                    f"unknown model {short(model)}; available: {sorted(policy.profiles)}",
                 )
             )
         raise RequestInvalid(errors)
